@@ -1,0 +1,137 @@
+"""GRPO-LEAD rewards and advantages (arXiv 2504.09696), vectorized over responses with segment ops.
+
+Shapes: every per-response tensor is ``(R,)``; ``group_ids`` are arbitrary integers (members of a group
+need not be adjacent). Groups are mapped to ``0..G-1`` with ``torch.unique`` and reduced with
+``scatter_add`` / ``scatter_reduce``, so there is no Python loop over responses.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lead_fast.algo.grading import CORRECT, DEGENERATE, NO_ANSWER, WRONG
+
+
+def _as_1d(name: str, x, dtype=None) -> torch.Tensor:
+    t = torch.as_tensor(x)
+    if t.dim() != 1:
+        raise ValueError(f"{name} must be 1-D (one value per response), got shape {tuple(t.shape)}")
+    return t.to(dtype) if dtype is not None else t
+
+
+def _segments(group_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Dense group index ``(R,)`` in ``0..G-1`` and ``G``."""
+    _, inv = torch.unique(group_ids, return_inverse=True)
+    return inv, int(inv.max().item()) + 1 if inv.numel() else 0
+
+
+def _seg_sum(x: torch.Tensor, seg: torch.Tensor, G: int) -> torch.Tensor:
+    return torch.zeros(G, dtype=x.dtype, device=x.device).scatter_add_(0, seg, x)
+
+
+def _seg_mean_std(x: torch.Tensor, seg: torch.Tensor, G: int, mask: torch.Tensor | None = None):
+    """Per-group mean and unbiased std of ``x`` over members where ``mask``; also the member count."""
+    w = torch.ones_like(x) if mask is None else mask.to(x.dtype)
+    cnt = _seg_sum(w, seg, G)
+    mean = _seg_sum(x * w, seg, G) / cnt.clamp_min(1)
+    dev = (x - mean[seg]) * w
+    var = _seg_sum(dev * dev, seg, G) / (cnt - 1).clamp_min(1)
+    return mean, var.sqrt(), cnt
+
+
+def lead_rewards(outcomes, lengths, group_ids, *, alpha: float = 0.05, correct_reward: float = 1.0,
+                 incorrect_reward: float = -1.0, format_error_reward: float = 0.0,
+                 degenerate_reward: float = -2.0, min_short_len: float = 0.0) -> torch.Tensor:
+    """Outcome rewards with GRPO-LEAD's length regularization among a group's correct responses.
+
+    outcomes: ``(R,)`` codes 1 / 0 / -1 / -2; lengths: ``(R,)`` response lengths in tokens;
+    group_ids: ``(R,)`` the prompt each response answers. Returns float32 ``(R,)``.
+
+    Each correct reward is scaled by ``exp(-alpha * (L - mu) / (sigma + 1e-6))`` where ``mu``, ``sigma``
+    (unbiased; 1 when fewer than 2 are correct) are the group's correct-response lengths. A group whose 3
+    shortest responses (any outcome) average ``<= min_short_len`` is left unshaped; groups of fewer than 3
+    responses are always shaped.
+    """
+    out = _as_1d("outcomes", outcomes, torch.long)
+    L = _as_1d("lengths", lengths, torch.float64)
+    gid = _as_1d("group_ids", group_ids)
+    if not (out.numel() == L.numel() == gid.numel()):
+        raise ValueError(f"outcomes, lengths and group_ids must have the same length, got "
+                         f"{out.numel()}, {L.numel()}, {gid.numel()}")
+    bad = ~torch.isin(out, torch.tensor([CORRECT, WRONG, NO_ANSWER, DEGENERATE]))
+    if bad.any():
+        raise ValueError(f"outcomes must be 1, 0, -1 or -2; got {out[bad][:5].tolist()}")
+    L = L.to(out.device)
+    base = torch.full_like(L, float(incorrect_reward))
+    base = torch.where(out == CORRECT, float(correct_reward), base)
+    base = torch.where(out == NO_ANSWER, float(format_error_reward), base)
+    base = torch.where(out == DEGENERATE, float(degenerate_reward), base)
+    if out.numel() == 0:
+        return base.float()
+
+    seg, G = _segments(gid.to(out.device))
+    correct = out == CORRECT
+    mu, sigma, n_correct = _seg_mean_std(L, seg, G, correct)
+    sigma = torch.where(n_correct < 2, torch.ones_like(sigma), sigma)
+    scale = torch.exp(-alpha * (L - mu[seg]) / (sigma[seg] + 1e-6))
+
+    # Mean of the 3 shortest lengths per group: sort by (group, length), rank within the group.
+    size = torch.bincount(seg, minlength=G)
+    order = torch.argsort(seg * (L.max() + 1) + L, stable=True) if L.numel() else seg
+    seg_sorted = seg[order]
+    first = torch.cumsum(size, 0) - size
+    rank = torch.arange(seg.numel(), device=seg.device) - first[seg_sorted]
+    top3 = (rank < 3).to(L.dtype)
+    mean3 = _seg_sum(L[order] * top3, seg_sorted, G) / _seg_sum(top3, seg_sorted, G)
+    shaped = (size < 3) | (mean3 > min_short_len)
+
+    reward = torch.where(correct & shaped[seg], base * scale, base)
+    return reward.float()
+
+
+def difficulty_weight(x: torch.Tensor, *, w_min: float = 0.4, w_max: float = 1.5, midpoint: float = 0.75,
+                      steepness: float = 10.0) -> torch.Tensor:
+    """``w(x) = w_min + (w_max - w_min) / (1 + exp(steepness * (x - midpoint)))``: high for hard prompts."""
+    return w_min + (w_max - w_min) * torch.sigmoid(-steepness * (x - midpoint))
+
+
+def lead_advantages(rewards, group_ids, *, reweight: bool = True, w_min: float = 0.4, w_max: float = 1.5,
+                    midpoint: float = 0.75, steepness: float = 10.0, eps: float = 1e-6):
+    """Group-normalized advantages with difficulty-aware reweighting.
+
+    ``a = (r - mean_g) / (std_g + eps)`` (unbiased std; a group of one has mean 0, std 1). ``rho_g`` is the
+    fraction of the group with reward > 0; ``a *= w(rho)`` where ``a > 0``, else ``a *= w(1 - rho)``.
+    Returns ``(advantages (R,), correct_ratio (R,))``, both float32; ``correct_ratio`` is ``rho`` of each
+    response's group (what ``grpo_loss(correct_ratio=...)`` takes to apply the weight in the kernel).
+    """
+    r = _as_1d("rewards", rewards, torch.float64)
+    gid = _as_1d("group_ids", group_ids)
+    if r.numel() != gid.numel():
+        raise ValueError(f"rewards and group_ids must have the same length, got {r.numel()} and {gid.numel()}")
+    if r.numel() == 0:
+        return r.float(), r.float()
+    if not torch.isfinite(r).all():
+        raise ValueError("rewards contain NaN or inf")
+    seg, G = _segments(gid.to(r.device))
+    mean, std, cnt = _seg_mean_std(r, seg, G)
+    single = cnt < 2
+    mean = torch.where(single, torch.zeros_like(mean), mean)
+    std = torch.where(single, torch.ones_like(std), std)
+    adv = (r - mean[seg]) / (std[seg] + eps)
+    rho = (_seg_sum((r > 0).to(r.dtype), seg, G) / cnt)[seg]
+    if reweight:
+        kw = dict(w_min=w_min, w_max=w_max, midpoint=midpoint, steepness=steepness)
+        adv = adv * torch.where(adv > 0, difficulty_weight(rho, **kw), difficulty_weight(1 - rho, **kw))
+    return adv.float(), rho.float()
+
+
+def groups_without_signal(rewards, group_ids, *, atol: float = 1e-6) -> torch.Tensor:
+    """``(R,)`` bool: True for responses whose whole group has equal rewards (zero advantage; drop them)."""
+    r = _as_1d("rewards", rewards, torch.float64)
+    gid = _as_1d("group_ids", group_ids)
+    if r.numel() == 0:
+        return torch.zeros(0, dtype=torch.bool)
+    seg, G = _segments(gid.to(r.device))
+    hi = torch.full((G,), -torch.inf, dtype=r.dtype, device=r.device).scatter_reduce(0, seg, r, "amax")
+    lo = torch.full((G,), torch.inf, dtype=r.dtype, device=r.device).scatter_reduce(0, seg, r, "amin")
+    return ((hi - lo) <= atol)[seg]

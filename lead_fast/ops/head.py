@@ -1,0 +1,258 @@
+"""Public API of the loss head: ``grpo_loss`` and ``token_logprobs`` (see DESIGN.md for the definition).
+
+The chunk loop is shared by both backends; only the row operation differs (plain torch or one Triton
+kernel). Per chunk of ``C`` tokens:
+
+1. ``buf[:C] = hidden_c @ weight.T (+ bias)`` into one reused ``(C, V)`` buffer;
+2. the row op computes log-probs, ratio, clipping, KL, entropy, the difficulty weight and overwrites
+   ``buf`` with ``d loss / d logits``;
+3. ``grad_hidden_c = buf @ weight``; ``grad_weight += buf.T @ hidden_c``; ``grad_bias += buf.sum(0)``.
+
+Gradients are computed in forward (as Liger's fused linear cross-entropy does); backward only scales
+them by ``grad_output``. Peak extra memory is one ``(C, V)`` buffer (plus the torch row op's float32
+temporaries), never ``(N, V)``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from lead_fast.ops import rows_torch
+
+BACKENDS = ("auto", "torch", "triton")
+
+
+@dataclass(frozen=True)
+class LossParams:
+    """Scalar hyper-parameters of the loss (see ``grpo_loss``)."""
+
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    kl_coef: float = 0.0
+    entropy_coef: float = 0.0
+    temperature: float = 1.0
+    w_min: float = 0.4
+    w_max: float = 1.5
+    midpoint: float = 0.75
+    steepness: float = 10.0
+
+
+@dataclass
+class GRPOLossOutput:
+    """``loss``: scalar, differentiable w.r.t. hidden, weight, bias. The rest are ``(N,)`` and detached."""
+
+    loss: torch.Tensor
+    logprobs: torch.Tensor
+    entropy: torch.Tensor
+    kl: torch.Tensor
+    clipped: torch.Tensor
+
+
+def _interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """``auto`` -> ``triton`` on CUDA (when Triton imports), else ``torch``; validates explicit choices."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        if device.type == "cuda":
+            try:
+                import triton  # noqa: F401
+                return "triton"
+            except ImportError:
+                return "torch"
+        return "torch"
+    if backend == "triton" and device.type != "cuda" and not _interpret():
+        raise ValueError("backend='triton' needs CUDA tensors, or TRITON_INTERPRET=1 (set before importing "
+                         f"triton) to run the kernel on {device.type} tensors; use backend='torch' there")
+    return backend
+
+
+def _row_op(backend: str):
+    if backend == "torch":
+        return rows_torch.grpo_rows
+    from lead_fast.ops import rows_triton
+    return rows_triton.grpo_rows
+
+
+def default_chunk_size(N: int, V: int, device: torch.device, dtype: torch.dtype, backend: str) -> int:
+    """Tokens per chunk: the ``(C, V)`` buffer (and the torch op's float32 temporaries) fit a budget.
+
+    On CUDA the budget is a slice of free memory capped at 1 GiB-ish of buffer (C <= 8192); on CPU 256 MiB.
+    """
+    if backend == "torch":
+        per_row = V * (torch.finfo(dtype).bits // 8 + 4 * 4)   # buffer + ~4 float32 temporaries
+    else:
+        per_row = V * (torch.finfo(dtype).bits // 8)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        budget = min(free // 8, 1_300_000_000)
+    else:
+        budget = 256 * 2**20
+    c = max(1, budget // per_row)
+    if c >= 256:
+        c = c // 128 * 128  # GEMM-friendly tile multiple
+    return int(max(1, min(c, 8192, max(N, 1))))
+
+
+def _check_inputs(hidden, weight, targets, per_token: dict, bias):
+    if hidden.dim() != 2:
+        raise ValueError(f"hidden must be (N, H), got shape {tuple(hidden.shape)}")
+    N, H = hidden.shape
+    if weight.dim() != 2 or weight.shape[1] != H:
+        raise ValueError(f"weight must be (V, H={H}), got shape {tuple(weight.shape)}")
+    V = weight.shape[0]
+    if weight.dtype != hidden.dtype:
+        raise ValueError(f"hidden and weight must share a dtype, got {hidden.dtype} and {weight.dtype}")
+    if bias is not None and (bias.shape != (V,)):
+        raise ValueError(f"bias must be (V={V},), got shape {tuple(bias.shape)}")
+    if targets.shape != (N,):
+        raise ValueError(f"targets must be (N={N},), got shape {tuple(targets.shape)}")
+    if targets.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"targets must be integer token ids, got {targets.dtype}")
+    for name, t in per_token.items():
+        if t is not None and t.shape != (N,):
+            raise ValueError(f"{name} must be (N={N},) like targets, got shape {tuple(t.shape)}")
+    if N and ((targets < 0).any() or (targets >= V).any()):
+        raise ValueError(f"targets must lie in [0, V={V})")
+    return N, H, V
+
+
+def _f32(t, device):
+    return None if t is None else t.detach().to(device=device, dtype=torch.float32).contiguous()
+
+
+def _run(hidden, weight, bias, targets, adv, tw, old, ref, rho, p: LossParams, backend: str,
+         chunk_size: int | None, want_grad: tuple[bool, bool, bool], compute_loss: bool):
+    """The shared chunk loop. Returns per-token outputs and (grad_hidden, grad_weight, grad_bias)."""
+    N, H = hidden.shape
+    V = weight.shape[0]
+    dev = hidden.device
+    row_op = _row_op(backend)
+    C = chunk_size or default_chunk_size(N, V, dev, hidden.dtype, backend)
+    if C < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {C}")
+    C = min(C, max(N, 1))
+    # bf16/fp16 GEMMs on CPU are slow and imprecise; the torch backend on CPU works in float32.
+    low = hidden.dtype in (torch.float16, torch.bfloat16)
+    cdtype = torch.float32 if (dev.type == "cpu" and backend == "torch" and low) else hidden.dtype
+    h_all = hidden.detach().to(cdtype)
+    w = weight.detach().to(cdtype)
+    b = None if bias is None else bias.detach().to(cdtype)
+    tg = targets.to(device=dev, dtype=torch.int64).contiguous()
+
+    write_grad = compute_loss and any(want_grad)
+    gh = torch.empty((N, H), dtype=cdtype, device=dev) if write_grad and want_grad[0] else None
+    gw = torch.zeros((V, H), dtype=cdtype, device=dev) if write_grad and want_grad[1] else None
+    acc = torch.promote_types(cdtype, torch.float32)
+    gb = torch.zeros((V,), dtype=acc, device=dev) if write_grad and want_grad[2] else None
+    outs: dict[str, list[torch.Tensor]] = {}
+    buf = torch.empty((C, V), dtype=cdtype, device=dev)   # the one reused logits / dlogits buffer
+
+    for i, s in enumerate(range(0, N, C)):
+        e = min(s + C, N)
+        h = h_all[s:e]                                       # (c, H)
+        lg = buf[: e - s]                                    # (c, V)
+        torch.matmul(h, w.T, out=lg)
+        if b is not None:
+            lg += b
+        sl = slice(s, e)
+        o = row_op(lg, tg[sl], None if adv is None else adv[sl], None if tw is None else tw[sl],
+                   None if old is None else old[sl], None if ref is None else ref[sl],
+                   None if rho is None else rho[sl], p, write_grad=write_grad, compute_loss=compute_loss)
+        for k, v in o.items():
+            outs.setdefault(k, []).append(v)
+        if write_grad:
+            if gh is not None:
+                torch.matmul(lg, w, out=gh[sl])              # (c, H)
+            if gw is not None:
+                if i == 0:
+                    torch.matmul(lg.T, h, out=gw)            # first chunk writes: no zero-fill + add
+                else:
+                    gw.addmm_(lg.T, h)                       # (V, H)
+            if gb is not None:
+                gb += lg.sum(0, dtype=acc)
+    res = {k: torch.cat(v) if v else torch.empty(0, device=dev) for k, v in outs.items()}
+    if N == 0:
+        res = dict(logp=torch.empty(0, device=dev), entropy=torch.empty(0, device=dev),
+                   kl=torch.empty(0, device=dev), clipped=torch.empty(0, dtype=torch.bool, device=dev),
+                   loss=torch.empty(0, device=dev))
+        if gw is not None:
+            gw.zero_()
+        if gh is not None:
+            gh.zero_()
+    grads = (
+        None if gh is None else gh.to(hidden.dtype),
+        None if gw is None else gw.to(weight.dtype),
+        None if gb is None else gb.to(bias.dtype),
+    )
+    return res, grads
+
+
+class _GRPOLossFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, adv, tw, old, ref, rho, p, backend, chunk_size):
+        want = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2])
+        res, grads = _run(hidden, weight, bias, targets, adv, tw, old, ref, rho, p, backend, chunk_size,
+                          want, compute_loss=True)
+        ctx.save_for_backward(*[g if g is not None else torch.empty(0) for g in grads])
+        ctx.has = tuple(g is not None for g in grads)
+        loss = res["loss"].sum()
+        ctx.mark_non_differentiable(res["logp"], res["entropy"], res["kl"], res["clipped"])
+        return loss, res["logp"], res["entropy"], res["kl"], res["clipped"]
+
+    @staticmethod
+    def backward(ctx, grad_loss, *_):
+        saved = ctx.saved_tensors
+        g = [s * grad_loss.to(s.dtype) if has else None for s, has in zip(saved, ctx.has)]
+        return g[0], g[1], g[2], None, None, None, None, None, None, None, None, None
+
+
+def grpo_loss(hidden, weight, targets, advantages, token_weights, *, old_logprobs=None, ref_logprobs=None,
+              bias=None, clip_low=0.2, clip_high=0.2, kl_coef=0.0, entropy_coef=0.0, temperature=1.0,
+              correct_ratio=None, w_min=0.4, w_max=1.5, midpoint=0.75, steepness=10.0, backend="auto",
+              chunk_size=None) -> GRPOLossOutput:
+    """Clipped GRPO loss with KL, entropy and difficulty weights, fused with the LM head.
+
+    hidden ``(N, H)``, weight ``(V, H)``, bias ``(V,)`` or None, targets ``(N,)`` token ids; every other
+    per-token argument is ``(N,)``. ``token_weights`` carry the aggregation (e.g. ``1 / total tokens`` for
+    a token mean), so the loss is a plain weighted sum and does not depend on chunking. See DESIGN.md.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if ref_logprobs is None and kl_coef != 0.0:
+        raise ValueError("kl_coef != 0 needs ref_logprobs")
+    per_token = dict(advantages=advantages, token_weights=token_weights, old_logprobs=old_logprobs,
+                     ref_logprobs=ref_logprobs, correct_ratio=correct_ratio)
+    _check_inputs(hidden, weight, targets, per_token, bias)
+    backend = resolve_backend(backend, hidden.device)
+    p = LossParams(float(clip_low), float(clip_high), float(kl_coef), float(entropy_coef), float(temperature),
+                   float(w_min), float(w_max), float(midpoint), float(steepness))
+    dev = hidden.device
+    loss, logp, ent, kl, clipped = _GRPOLossFn.apply(
+        hidden, weight, bias, targets, _f32(advantages, dev), _f32(token_weights, dev), _f32(old_logprobs, dev),
+        _f32(ref_logprobs, dev), _f32(correct_ratio, dev), p, backend, chunk_size)
+    return GRPOLossOutput(loss=loss, logprobs=logp, entropy=ent, kl=kl, clipped=clipped.bool())
+
+
+@torch.no_grad()
+def token_logprobs(hidden, weight, targets, *, bias=None, temperature=1.0, backend="auto", chunk_size=None,
+                   return_entropy=False):
+    """Log-probs ``(N,)`` float32 of ``targets`` under ``softmax((hidden @ weight.T + bias) / T)``; no graph.
+
+    With ``return_entropy=True`` returns ``(logprobs, entropy)``.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    _check_inputs(hidden, weight, targets, {}, bias)
+    backend = resolve_backend(backend, hidden.device)
+    p = LossParams(temperature=float(temperature))
+    res, _ = _run(hidden, weight, bias, targets, None, None, None, None, None, p, backend, chunk_size,
+                  (False, False, False), compute_loss=False)
+    logp = res["logp"].float()
+    return (logp, res["entropy"].float()) if return_entropy else logp

@@ -1,0 +1,72 @@
+"""The loss head's per-row math in plain torch: the reference the Triton row kernel must match.
+
+One call handles one chunk of ``C`` token rows. It reads the raw logits ``h @ W.T + b`` from ``buf``
+(``(C, V)``, any float dtype), computes everything in float32 (float64 for float64 inputs), and, when asked, overwrites ``buf`` with
+``d loss / d raw_logits`` (the gradient the two backward GEMMs need). Same contract as
+``rows_triton.grpo_rows``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def difficulty_scale(adv: torch.Tensor, rho: torch.Tensor, p) -> torch.Tensor:
+    """``w(rho)`` where ``adv > 0`` else ``w(1 - rho)``, with ``w(x) = w_min + (w_max - w_min) * sigmoid(-k (x - x0))``."""
+    x = torch.where(adv > 0, rho, 1.0 - rho)
+    return p.w_min + (p.w_max - p.w_min) * torch.sigmoid(-p.steepness * (x - p.midpoint))
+
+
+def policy_terms(logp, adv, tw, old, ref, rho, p):
+    """Per-token scalars shared by both backends, all ``(C,)`` float32.
+
+    Returns ``(loss_tok, coef, kl, clipped)`` with ``coef = d loss_tok / d logp`` (before the entropy term).
+    """
+    a = adv if rho is None else adv * difficulty_scale(adv, rho, p)
+    ratio = torch.ones_like(logp) if old is None else torch.exp(logp - old)
+    clamped = ratio.clamp(1.0 - p.clip_low, 1.0 + p.clip_high)
+    pg1, pg2 = -a * ratio, -a * clamped
+    clipped = pg2 > pg1  # the clamped branch is active: its gradient is zero
+    pg = torch.maximum(pg1, pg2)
+    d_pg = torch.where(clipped, torch.zeros_like(a), -a * ratio)
+    if ref is not None:
+        d = ref - logp
+        kl_raw = torch.exp(d) - d - 1.0
+        kl = kl_raw.clamp(-10.0, 10.0)
+        d_kl = torch.where(kl_raw <= 10.0, 1.0 - torch.exp(d), torch.zeros_like(d))
+    else:
+        kl = d_kl = torch.zeros_like(logp)
+    loss_core = pg + p.kl_coef * kl
+    coef = tw * (d_pg + p.kl_coef * d_kl)
+    return tw * loss_core, coef, kl, clipped
+
+
+def grpo_rows(buf, targets, adv, tw, old, ref, rho, p, *, write_grad: bool, compute_loss: bool):
+    """Process one chunk of rows. ``buf``: ``(C, V)`` raw logits, overwritten with the gradient if asked.
+
+    Returns ``dict(logp, entropy, kl, clipped, loss)`` of ``(C,)`` tensors (``kl``/``clipped``/``loss``
+    only when ``compute_loss``).
+    """
+    inv_t = 1.0 / p.temperature
+    ftype = torch.promote_types(buf.dtype, torch.float32)    # float32, or float64 for float64 inputs
+    z = buf.to(ftype) * inv_t                                 # (C, V)
+    adv, tw, old, ref, rho = (None if x is None else x.to(ftype) for x in (adv, tw, old, ref, rho))
+    lse = torch.logsumexp(z, dim=-1)                          # (C,)
+    prob = torch.exp(z - lse[:, None])                        # (C, V)
+    pz = (prob * z).sum(-1)                                   # (C,) E_p[z]
+    entropy = lse - pz
+    logp = z.gather(1, targets[:, None]).squeeze(1) - lse
+    out = dict(logp=logp, entropy=entropy)
+    if not compute_loss:
+        return out
+    loss_tok, coef, kl, clipped = policy_terms(logp, adv, tw, old, ref, rho, p)
+    loss_tok = loss_tok - tw * p.entropy_coef * entropy
+    out.update(kl=kl, clipped=clipped, loss=loss_tok)
+    if write_grad:
+        # d/dz [coef * logp - ent_w * H] = coef * (onehot - p) + ent_w * p * (z - E_p[z])
+        g = prob * (-coef[:, None])
+        if p.entropy_coef != 0.0:
+            g += (tw * p.entropy_coef)[:, None] * prob * (z - pz[:, None])
+        g.scatter_add_(1, targets[:, None], coef[:, None])
+        buf.copy_(g.mul_(inv_t))                              # chain rule through z = raw / T
+    return out

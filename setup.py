@@ -1,0 +1,27 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="lead_fast",
+    version="0.1.0",
+    description="GRPO-LEAD training with a fused Triton loss head",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["lead_fast", "lead_fast.*"]),
+    install_requires=[
+        # Loose on purpose: GPU users keep their own CUDA build (CI installs the CPU build 2.13.0 first).
+        "torch>=2.6",
+        "triton>=3.2; platform_system == 'Linux' and platform_machine == 'x86_64'",
+        "transformers>=4.51",
+        "datasets>=3.0",
+        "tokenizers>=0.21",
+        "math-verify[antlr4_13_2]>=0.7",
+        "pyyaml>=6.0",
+        "safetensors>=0.4",
+        "matplotlib>=3.8",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "liger-kernel>=0.6"],
+        "gpu": ["flash-attn", "vllm"],
+    },
+)

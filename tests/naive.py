@@ -1,0 +1,80 @@
+"""Straightforward implementations written from DESIGN.md's definitions, for tests only."""
+
+import math
+
+import torch
+
+
+def naive_grpo_loss(hidden, weight, targets, advantages, token_weights, *, old_logprobs=None, ref_logprobs=None,
+                    bias=None, clip_low=0.2, clip_high=0.2, kl_coef=0.0, entropy_coef=0.0, temperature=1.0,
+                    correct_ratio=None, w_min=0.4, w_max=1.5, midpoint=0.75, steepness=10.0):
+    """Full-logits float64 autograd version of the loss. Returns (loss, logp, entropy, kl, clipped)."""
+    f = torch.float64
+    z = hidden.to(f) @ weight.to(f).T
+    if bias is not None:
+        z = z + bias.to(f)
+    z = z / temperature
+    logsm = torch.log_softmax(z, dim=-1)
+    logp = logsm.gather(1, targets[:, None].long()).squeeze(1)
+    old = logp.detach() if old_logprobs is None else old_logprobs.to(f)
+    ratio = torch.exp(logp - old)
+    a = advantages.to(f)
+    if correct_ratio is not None:
+        def w(x):
+            return w_min + (w_max - w_min) / (1 + torch.exp(steepness * (x - midpoint)))
+        rho = correct_ratio.to(f)
+        a = torch.where(a > 0, a * w(rho), a * w(1 - rho))
+    pg1 = -a * ratio
+    pg2 = -a * torch.clamp(ratio, 1 - clip_low, 1 + clip_high)
+    pg = torch.max(pg1, pg2)
+    if ref_logprobs is not None:
+        d = ref_logprobs.to(f) - logp
+        kl = torch.clamp(torch.exp(d) - d - 1, -10, 10)
+    else:
+        kl = torch.zeros_like(logp)
+    ent = -(logsm.exp() * logsm).sum(-1)
+    loss = (token_weights.to(f) * (pg + kl_coef * kl - entropy_coef * ent)).sum()
+    return loss, logp.detach(), ent.detach(), kl.detach(), (pg2 > pg1).detach()
+
+
+def loop_rewards(outcomes, lengths, group_ids, *, alpha=0.05, correct_reward=1.0, incorrect_reward=-1.0,
+                 format_error_reward=0.0, degenerate_reward=-2.0, min_short_len=0.0):
+    base = {1: correct_reward, 0: incorrect_reward, -1: format_error_reward, -2: degenerate_reward}
+    out = [float(base[o]) for o in outcomes]
+    for g in set(group_ids):
+        idx = [i for i in range(len(outcomes)) if group_ids[i] == g]
+        lens = sorted(lengths[i] for i in idx)
+        if len(idx) >= 3 and sum(lens[:3]) / 3 <= min_short_len:
+            continue
+        cor = [i for i in idx if outcomes[i] == 1]
+        if not cor:
+            continue
+        mu = sum(lengths[i] for i in cor) / len(cor)
+        if len(cor) < 2:
+            sd = 1.0
+        else:
+            sd = math.sqrt(sum((lengths[i] - mu) ** 2 for i in cor) / (len(cor) - 1))
+        for i in cor:
+            out[i] *= math.exp(-alpha * (lengths[i] - mu) / (sd + 1e-6))
+    return out
+
+
+def loop_advantages(rewards, group_ids, *, reweight=True, w_min=0.4, w_max=1.5, midpoint=0.75, steepness=10.0,
+                    eps=1e-6):
+    adv, ratio = [0.0] * len(rewards), [0.0] * len(rewards)
+    for g in set(group_ids):
+        idx = [i for i in range(len(rewards)) if group_ids[i] == g]
+        rs = [rewards[i] for i in idx]
+        if len(rs) == 1:
+            mean, sd = 0.0, 1.0
+        else:
+            mean = sum(rs) / len(rs)
+            sd = math.sqrt(sum((r - mean) ** 2 for r in rs) / (len(rs) - 1))
+        rho = sum(r > 0 for r in rs) / len(rs)
+        for i in idx:
+            a = (rewards[i] - mean) / (sd + eps)
+            if reweight:
+                x = rho if a > 0 else 1 - rho
+                a *= w_min + (w_max - w_min) / (1 + math.exp(steepness * (x - midpoint)))
+            adv[i], ratio[i] = a, rho
+    return adv, ratio
