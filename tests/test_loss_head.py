@@ -97,12 +97,13 @@ def test_matches_float64_reference(backend, N, H, V):
     dict(opts=dict(temperature=1.3, clip_low=0.1, clip_high=0.28), inp=dict(bias=False)),
     dict(opts=dict(w_min=0.1, w_max=2.0, midpoint=0.5, steepness=3.0), inp=dict(rho=True)),
     dict(opts=dict(kl_coef=0.1, entropy_coef=0.01), inp=dict(zero_weights=True)),
-    dict(opts=dict(kl_coef=0.1, entropy_coef=0.01), inp=dict(neg_bias=True)),  # all logits near -1000
+    # all logits near -1000: float32 logits themselves carry ~1e-4 absolute error there
+    dict(opts=dict(kl_coef=0.1, entropy_coef=0.01), inp=dict(neg_bias=True), tol32=5e-4),
 ])
 def test_options(backend, case):
     _skip_no_triton(backend)
     dtype = torch.float64 if backend == "torch" else torch.float32
-    tol = 1e-9 if dtype == torch.float64 else 2e-5
+    tol = 1e-9 if dtype == torch.float64 else case.get("tol32", 2e-5)
     _compare(backend, _inputs(21, 16, 517, seed=3, dtype=dtype, **case["inp"]), tol, chunk_size=8, **case["opts"])
 
 

@@ -50,10 +50,11 @@ def grpo_rows(buf, targets, adv, tw, old, ref, rho, p, *, write_grad: bool, comp
     inv_t = 1.0 / p.temperature
     ftype = torch.promote_types(buf.dtype, torch.float32)    # float32, or float64 for float64 inputs
     z = buf.to(ftype) * inv_t                                 # (C, V)
+    z = z - z.max(-1, keepdim=True).values                    # shift: no cancellation in lse - E[z]
     adv, tw, old, ref, rho = (None if x is None else x.to(ftype) for x in (adv, tw, old, ref, rho))
     lse = torch.logsumexp(z, dim=-1)                          # (C,)
     prob = torch.exp(z - lse[:, None])                        # (C, V)
-    pz = (prob * z).sum(-1)                                   # (C,) E_p[z]
+    pz = (prob * z).sum(-1)                                   # (C,) E_p[z] (of the shifted z)
     entropy = lse - pz
     logp = z.gather(1, targets[:, None]).squeeze(1) - lse
     out = dict(logp=logp, entropy=entropy)
