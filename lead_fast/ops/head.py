@@ -209,7 +209,11 @@ class _GRPOLossFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss, *_):
         saved = ctx.saved_tensors
-        g = [s * grad_loss.to(s.dtype) if has else None for s, has in zip(saved, ctx.has)]
+        # The usual case is loss.backward(): grad 1 needs no pass over the (V, H) weight gradient.
+        if bool(grad_loss == 1):
+            g = [s if has else None for s, has in zip(saved, ctx.has)]
+        else:
+            g = [s * grad_loss.to(s.dtype) if has else None for s, has in zip(saved, ctx.has)]
         return g[0], g[1], g[2], None, None, None, None, None, None, None, None, None
 
 

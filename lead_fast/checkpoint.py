@@ -1,0 +1,103 @@
+"""Checkpoints: sharded model and optimizer state (``torch.distributed.checkpoint``), plus the trainer's
+own state (step, scheduler, data position, RNG), written atomically and pruned to the last K.
+
+Layout: ``OUTPUT_DIR/checkpoints/step-00000012/`` holds DCP shards (``*.distcp``, ``.metadata``) and
+``trainer_state.json``. A checkpoint is first written under a ``.tmp-`` name and renamed when complete,
+so a run killed at any instant leaves the previous checkpoint loadable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+
+import torch
+import torch.distributed as dist
+
+_STEP_DIR = re.compile(r"^step-(\d{8})$")
+STATE_FILE = "trainer_state.json"
+
+
+def checkpoint_root(output_dir: str) -> str:
+    return os.path.join(output_dir, "checkpoints")
+
+
+def list_checkpoints(output_dir: str) -> list[tuple[int, str]]:
+    """Complete checkpoints, oldest first."""
+    root = checkpoint_root(output_dir)
+    if not os.path.isdir(root):
+        return []
+    out = []
+    for name in os.listdir(root):
+        m = _STEP_DIR.match(name)
+        path = os.path.join(root, name)
+        if m and os.path.exists(os.path.join(path, STATE_FILE)):
+            out.append((int(m.group(1)), path))
+    return sorted(out)
+
+
+def latest_checkpoint(output_dir: str) -> str | None:
+    ckpts = list_checkpoints(output_dir)
+    return ckpts[-1][1] if ckpts else None
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def save_checkpoint(output_dir: str, step: int, model, optimizer, trainer_state: dict, keep_last: int = 2) -> str:
+    """Collective: every rank calls it. Returns the final checkpoint path."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    root = checkpoint_root(output_dir)
+    final = os.path.join(root, f"step-{step:08d}")
+    tmp = os.path.join(root, f".tmp-step-{step:08d}")
+    if _rank() == 0:
+        os.makedirs(root, exist_ok=True)
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp)  # left by a run killed mid-write
+        os.makedirs(tmp)
+    _barrier()
+    msd, osd = get_state_dict(model, optimizer)
+    dcp.save({"model": msd, "optim": osd}, checkpoint_id=tmp)
+    # Per-rank RNG state, for anything that samples from the global generators.
+    torch.save({"torch": torch.get_rng_state()}, os.path.join(tmp, f"rng-rank{_rank()}.pt"))
+    _barrier()
+    if _rank() == 0:
+        with open(os.path.join(tmp, STATE_FILE), "w") as f:
+            json.dump(trainer_state, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        os.rename(tmp, final)  # the checkpoint exists, complete, or not at all
+        for _, old in list_checkpoints(output_dir)[:-keep_last] if keep_last > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    _barrier()
+    return final
+
+
+def load_checkpoint(path: str, model, optimizer) -> dict:
+    """Collective. Loads model and optimizer state in place (any world size) and returns trainer_state."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    if not os.path.exists(os.path.join(path, STATE_FILE)):
+        raise FileNotFoundError(f"{path} is not a complete lead_fast checkpoint (no {STATE_FILE})")
+    msd, osd = get_state_dict(model, optimizer)
+    state = {"model": msd, "optim": osd}
+    dcp.load(state, checkpoint_id=path)
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    rng = os.path.join(path, f"rng-rank{_rank()}.pt")
+    if os.path.exists(rng):
+        torch.set_rng_state(torch.load(rng)["torch"])
+    with open(os.path.join(path, STATE_FILE)) as f:
+        return json.load(f)

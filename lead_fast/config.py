@@ -1,0 +1,455 @@
+"""Dataclass configs (one per concern), named presets, YAML files and command-line overrides.
+
+Precedence: preset < ``--config`` YAML < command-line flags. Any field can be set from the command line
+as ``--section.field value`` (or ``--section.field=value``); the common ones have short flags
+(``--model``, ``--data``, ``--output-dir``, ``--max-steps``, ...). ``python -m lead_fast.train --help``
+lists every field with its docstring.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import difflib
+import inspect
+import textwrap
+import typing
+from dataclasses import dataclass, field
+
+
+class ConfigError(ValueError):
+    """A bad configuration value or key; the message says which and why."""
+
+
+@dataclass
+class ModelConfig:
+    path: str | None = None
+    """Local Hugging Face model directory (config, weights, tokenizer). None: build the embedded tiny model."""
+    dtype: str = "auto"
+    """Parameter/compute dtype: auto (bfloat16 on CUDA, float32 on CPU), float32 or bfloat16."""
+    activation_checkpointing: bool = False
+    """Recompute decoder-layer activations in backward to save memory."""
+    attn_implementation: str = "sdpa"
+    """transformers attention implementation (sdpa, eager, flash_attention_2)."""
+
+    def __post_init__(self):
+        if self.dtype not in ("auto", "float32", "bfloat16"):
+            raise ConfigError(f"model.dtype must be auto, float32 or bfloat16, got {self.dtype!r}")
+
+
+@dataclass
+class DataConfig:
+    path: str | None = None
+    """Training problems: a .json, .jsonl or .parquet file. None: the embedded synthetic arithmetic task."""
+    problem_field: str = "problem"
+    """Name of the field holding the problem text."""
+    answer_field: str = "answer"
+    """Name of the field holding the gold answer (graded with math-verify)."""
+    eval_path: str | None = None
+    """Evaluation problems (same format). None: hold out eval_size problems from the training file."""
+    eval_size: int = 64
+    """How many problems to evaluate on (held out from training when eval_path is None)."""
+    max_prompt_tokens: int = 1024
+    """Prompts longer than this (in tokens) are skipped, with a warning that counts them."""
+    template: str = "auto"
+    """Prompt template: chat (the tokenizer's chat template), plain (problem + instruction), auto (chat if the tokenizer has one)."""
+    instruction: str = "Let's think step by step and put the final answer within \\boxed{}."
+    """Instruction appended to every problem (the official GRPO-LEAD instruction)."""
+
+    def __post_init__(self):
+        if self.template not in ("auto", "chat", "plain"):
+            raise ConfigError(f"data.template must be auto, chat or plain, got {self.template!r}")
+        if self.max_prompt_tokens < 1:
+            raise ConfigError(f"data.max_prompt_tokens must be >= 1, got {self.max_prompt_tokens}")
+
+
+@dataclass
+class RolloutConfig:
+    engine: str = "hf"
+    """Rollout engine: hf (transformers generate; CPU and small runs) or vllm (GPUs; unverified here)."""
+    n: int = 8
+    """Responses sampled per prompt (the group size)."""
+    temperature: float = 0.8
+    """Sampling temperature for training rollouts (also used in the loss)."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold for training rollouts."""
+    max_new_tokens: int = 1024
+    """Longest response, in tokens."""
+    eval_temperature: float = 0.6
+    """Sampling temperature for evaluation (0 = greedy)."""
+    eval_n: int = 1
+    """Responses sampled per evaluation problem."""
+    sync_bucket_mb: int = 256
+    """Weight sync hands the engine buckets of full tensors of about this many MiB."""
+    gpu_memory_utilization: float = 0.5
+    """vLLM only: fraction of GPU memory for the colocated engine."""
+
+    def __post_init__(self):
+        if self.engine not in ("hf", "vllm"):
+            raise ConfigError(f"rollout.engine must be hf or vllm, got {self.engine!r}")
+        if self.n < 1 or self.max_new_tokens < 1 or self.eval_n < 1:
+            raise ConfigError("rollout.n, rollout.eval_n and rollout.max_new_tokens must be >= 1")
+        if self.temperature <= 0:
+            raise ConfigError(f"rollout.temperature must be > 0, got {self.temperature}")
+
+
+@dataclass
+class AlgoConfig:
+    alpha: float = 0.05
+    """Length-penalty strength among a group's correct responses."""
+    correct_reward: float = 1.0
+    """Base reward of a correct answer."""
+    incorrect_reward: float = -1.0
+    """Reward of a wrong answer (GRPO-LEAD's explicit penalty)."""
+    format_error_reward: float = 0.0
+    """Reward of a response with no parsable final answer."""
+    degenerate_reward: float = -2.0
+    """Reward of a degenerate (repetitive, unanswered) response."""
+    min_short_len: float = 0.0
+    """Leave a group unshaped when its 3 shortest responses average at most this many tokens."""
+    reweight: bool = True
+    """Difficulty-aware advantage reweighting."""
+    w_min: float = 0.4
+    """Smallest difficulty weight."""
+    w_max: float = 1.5
+    """Largest difficulty weight."""
+    midpoint: float = 0.75
+    """Correct ratio at which the weight is halfway."""
+    steepness: float = 10.0
+    """Steepness of the logistic difficulty weight."""
+    clip_low: float = 0.2
+    """PPO ratio clip below 1."""
+    clip_high: float = 0.2
+    """PPO ratio clip above 1."""
+    kl_coef: float = 0.0
+    """Coefficient of the k3 KL to the reference model (0: no reference model is kept)."""
+    entropy_coef: float = 0.0
+    """Entropy bonus coefficient."""
+    drop_no_signal: bool = True
+    """Drop groups whose rewards are all equal (zero advantage)."""
+    require_think: bool = False
+    """Only text after </think> can hold the final answer; no </think> means no answer."""
+    grade_timeout_s: float = 5.0
+    """Per-response grading deadline; a timeout counts as wrong."""
+    grade_workers: int = 0
+    """Grading processes per rank (0: as many as this rank's share of the CPU cores)."""
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-6
+    """Peak learning rate (AdamW)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    warmup_steps: int = 0
+    """Linear learning-rate warmup, in optimizer steps; constant afterwards."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0: no clipping)."""
+    prompts_per_step: int = 32
+    """Prompts per rollout batch, across all ranks (must divide by the world size)."""
+    updates_per_batch: int = 1
+    """Optimizer steps per rollout batch (1 = on-policy: no old-policy log-prob pass)."""
+    micro_batch_tokens: int = 16384
+    """Token budget (prompt + response) of one forward/backward micro-batch."""
+    loss_backend: str = "auto"
+    """Loss head backend: auto, torch or triton."""
+    loss_chunk_size: int = 0
+    """Tokens per loss-head chunk (0: chosen from free memory)."""
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = "runs/lead_fast"
+    """Where metrics.jsonl, the plot and checkpoints go."""
+    max_steps: int = 100
+    """Rollout/update steps to run."""
+    save_every: int = 0
+    """Checkpoint every this many steps (0: only at the end)."""
+    keep_last: int = 2
+    """Checkpoints kept (older ones are deleted)."""
+    eval_every: int = 10
+    """Evaluate every this many steps, and before the first and after the last (0: never)."""
+    resume: bool = False
+    """Continue from the newest complete checkpoint in output_dir."""
+    seed: int = 0
+    """Seed for data order, sampling and initialization; with it a run is reproducible."""
+    warm_start_steps: int = 0
+    """Supervised warm-start steps on worked solutions (embedded task only)."""
+    max_nonfinite_steps: int = 3
+    """Stop after this many steps in a row with a non-finite loss or gradient (each is skipped)."""
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    preset: str = "tiny"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = ("model", "data", "rollout", "algo", "optim", "run")
+
+
+# --------------------------------------------------------------------------------------------------
+# Presets: plain functions.
+
+
+def tiny() -> TrainConfig:
+    """The embedded default: a synthetic arithmetic task, a tiny model, 2 CPU ranks, a few minutes."""
+    c = TrainConfig(preset="tiny")
+    c.data.eval_size = 64
+    c.data.max_prompt_tokens = 32
+    c.rollout.n = 8
+    c.rollout.temperature = 1.0
+    c.rollout.max_new_tokens = 64
+    c.rollout.eval_temperature = 0.6
+    c.rollout.eval_n = 4
+    # A response cut off before its answer must not beat a wrong answer (-1): with the default 0 the
+    # tiny policy learns never to answer.
+    c.algo.format_error_reward = -1.0
+    c.algo.alpha = 0.2
+    # lr 1e-3 collapsed the policy to one constant answer within 10 steps; 2e-4 learns steadily.
+    c.optim.lr = 2e-4
+    c.optim.prompts_per_step = 16
+    c.optim.micro_batch_tokens = 4096
+    c.run.output_dir = "runs/tiny"
+    c.run.max_steps = 80
+    c.run.eval_every = 20
+    c.run.warm_start_steps = 300
+    return c
+
+
+def grpo_lead_14b() -> TrainConfig:
+    """The official GRPO-LEAD 14B recipe (needs --model and --data)."""
+    c = TrainConfig(preset="grpo_lead_14b")
+    c.data.max_prompt_tokens = 1024
+    c.data.template = "chat"
+    c.rollout.engine = "vllm"
+    c.rollout.n = 8
+    c.rollout.temperature = 0.8
+    c.rollout.eval_temperature = 0.6
+    c.rollout.max_new_tokens = 8192
+    c.algo.min_short_len = 4000
+    c.algo.clip_low = c.algo.clip_high = 0.2
+    c.algo.kl_coef = 0.0
+    c.algo.entropy_coef = 0.001
+    c.algo.drop_no_signal = True
+    c.algo.require_think = True
+    c.optim.lr = 1e-6
+    c.optim.grad_clip = 1.0
+    c.optim.prompts_per_step = 32
+    c.optim.updates_per_batch = 1
+    c.run.output_dir = "runs/grpo_lead_14b"
+    c.run.max_steps = 500
+    c.run.eval_every = 20
+    c.run.save_every = 20
+    return c
+
+
+PRESETS = {"tiny": tiny, "grpo_lead_14b": grpo_lead_14b}
+
+# Short flags for the common fields.
+SHORT_FLAGS = {
+    "--model": "model.path",
+    "--data": "data.path",
+    "--output-dir": "run.output_dir",
+    "--max-steps": "run.max_steps",
+    "--save-every": "run.save_every",
+    "--eval-every": "run.eval_every",
+    "--seed": "run.seed",
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# Field docs, value parsing, overrides.
+
+
+def field_docs(cls) -> dict[str, str]:
+    """Attribute docstrings (the string literal under each field) of a dataclass."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    docs = {}
+    for a, b in zip(body, body[1:]):
+        if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant):
+            docs[a.target.id] = str(b.value.value)
+    return docs
+
+
+def all_keys(cfg: TrainConfig | None = None) -> list[str]:
+    cfg = cfg or TrainConfig()
+    return [f"{s}.{f.name}" for s in SECTIONS for f in dataclasses.fields(getattr(cfg, s))]
+
+
+def _suggest(key: str, choices) -> str:
+    close = difflib.get_close_matches(key, list(choices), n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _convert(key: str, raw, typ):
+    """Turn a string (from the command line) or a YAML value into the field's type."""
+    origin = typing.get_origin(typ)
+    args = typing.get_args(typ)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and type(None) in args:
+        if raw is None or (isinstance(raw, str) and raw.lower() in ("none", "null", "")):
+            return None
+        typ = next(a for a in args if a is not type(None))
+        origin = typing.get_origin(typ)
+        args = typing.get_args(typ)
+    try:
+        if typ is bool:
+            if isinstance(raw, bool):
+                return raw
+            s = str(raw).lower()
+            if s in ("1", "true", "yes", "on"):
+                return True
+            if s in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if origin is tuple:
+            items = raw if isinstance(raw, (list, tuple)) else str(raw).split(",")
+            if len(items) != len(args):
+                raise ValueError
+            return tuple(a(x) for a, x in zip(args, items))
+        if typ is int:
+            if isinstance(raw, float) and not raw.is_integer():
+                raise ValueError
+            return int(raw)
+        if typ is float:
+            return float(raw)
+        if typ is str:
+            return str(raw)
+    except (TypeError, ValueError):
+        pass
+    else:
+        return raw
+    raise ConfigError(f"{key}: cannot read {raw!r} as {getattr(typ, '__name__', typ)}")
+
+
+def _types(section_obj) -> dict:
+    return typing.get_type_hints(type(section_obj))
+
+
+def set_value(cfg: TrainConfig, key: str, raw) -> None:
+    """Set ``section.field`` from a string or YAML value, with a clear error for unknown keys."""
+    if "." not in key:
+        raise ConfigError(f"unknown config key {key!r}: keys look like section.field{_suggest(key, all_keys(cfg))}")
+    section, name = key.split(".", 1)
+    if section not in SECTIONS:
+        raise ConfigError(f"unknown config section {section!r} in {key!r}{_suggest(key, all_keys(cfg))}")
+    obj = getattr(cfg, section)
+    types = _types(obj)
+    if name not in types:
+        raise ConfigError(f"unknown config key {key!r}{_suggest(key, all_keys(cfg))}")
+    setattr(obj, name, _convert(key, raw, types[name]))
+
+
+def load_yaml(cfg: TrainConfig, path: str) -> None:
+    import yaml
+
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
+    for section, values in data.items():
+        if section == "preset":
+            continue
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: section {section!r} must be a mapping{_suggest(str(section), SECTIONS)}")
+        for name, v in values.items():
+            try:
+                set_value(cfg, f"{section}.{name}", v)
+            except ConfigError as e:
+                raise ConfigError(f"{path}: {e}") from None
+
+
+def validate(cfg: TrainConfig) -> TrainConfig:
+    """Re-run every section's checks (values may have been set after construction)."""
+    for s in SECTIONS:
+        obj = getattr(cfg, s)
+        if hasattr(obj, "__post_init__"):
+            obj.__post_init__()
+    if cfg.optim.updates_per_batch < 1:
+        raise ConfigError(f"optim.updates_per_batch must be >= 1, got {cfg.optim.updates_per_batch}")
+    if cfg.run.max_steps < 0:
+        raise ConfigError(f"run.max_steps must be >= 0, got {cfg.run.max_steps}")
+    if cfg.optim.loss_backend not in ("auto", "torch", "triton"):
+        raise ConfigError(f"optim.loss_backend must be auto, torch or triton, got {cfg.optim.loss_backend!r}")
+    if cfg.preset != "tiny" and (cfg.model.path is None or cfg.data.path is None):
+        raise ConfigError(f"preset {cfg.preset!r} needs --model (a local model directory) and --data (a problems file)")
+    return cfg
+
+
+def help_text() -> str:
+    lines = ["Config fields (set with --section.field VALUE; defaults shown are the dataclass defaults):"]
+    for s in SECTIONS:
+        cls = type(getattr(TrainConfig(), s))
+        docs = field_docs(cls)
+        lines.append(f"\n  [{s}]")
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            lines.append(f"    --{s}.{f.name} (default {default!r})\n        {docs.get(f.name, '')}")
+    short = ", ".join(f"{k} = --{v}" for k, v in SHORT_FLAGS.items())
+    lines.append(f"\n  Short flags: {short}")
+    lines.append("  Presets: " + "; ".join(f"{k}: {v.__doc__}" for k, v in PRESETS.items()))
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    """Build the config from ``--preset``, ``--config`` and overrides. Raises ConfigError on bad input."""
+    ap = argparse.ArgumentParser(
+        prog="torchrun -m lead_fast.train", description="GRPO-LEAD training with lead_fast.",
+        epilog=help_text(), formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    ap.add_argument("--preset", default="tiny", help=f"named preset: {', '.join(PRESETS)} (default tiny)")
+    ap.add_argument("--config", help="YAML file of sections (model:, data:, ...) applied over the preset")
+    ap.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    for flag, key in SHORT_FLAGS.items():
+        ap.add_argument(flag, dest=key, default=None, help=f"same as --{key}")
+    args, rest = ap.parse_known_args(argv)
+    if args.preset not in PRESETS:
+        raise ConfigError(f"unknown preset {args.preset!r}{_suggest(args.preset, PRESETS)}; choose one of "
+                          f"{', '.join(PRESETS)}")
+    cfg = PRESETS[args.preset]()
+    if args.config:
+        load_yaml(cfg, args.config)
+    overrides: list[tuple[str, str]] = []
+    i = 0
+    while i < len(rest):
+        tok = rest[i]
+        if not tok.startswith("--"):
+            raise ConfigError(f"unexpected argument {tok!r}: overrides look like --section.field VALUE")
+        key = tok[2:]
+        if "=" in key:
+            key, val = key.split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(rest):
+                raise ConfigError(f"--{key} needs a value")
+            val = rest[i + 1]
+            i += 2
+        overrides.append((key, val))
+    for key, val in overrides:
+        if "." not in key:
+            flags = list(SHORT_FLAGS) + ["--preset", "--config", "--resume"] + [f"--{k}" for k in all_keys(cfg)]
+            raise ConfigError(f"unknown option --{key}{_suggest('--' + key, flags)}")
+        set_value(cfg, key, val)
+    for key in SHORT_FLAGS.values():
+        val = getattr(args, key)
+        if val is not None:
+            set_value(cfg, key, val)
+    if args.resume:
+        cfg.run.resume = True
+    return validate(cfg)

@@ -1,0 +1,89 @@
+"""Metrics: one JSON object per step in ``metrics.jsonl``, a console line per step, a PNG at the end."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+class MetricsLogger:
+    """Writes on rank 0 only. ``resume_from_step`` drops rows past a checkpoint so a resumed run's
+    file reads as one unbroken run."""
+
+    CONSOLE_KEYS = ("loss", "reward/mean", "accuracy", "response_length/mean", "groups_dropped", "grad_norm",
+                    "clip_frac", "time/step_s", "eval/accuracy", "eval/response_length")
+
+    def __init__(self, output_dir: str, *, enabled: bool, resume_from_step: int | None = None):
+        self.enabled = enabled
+        self.path = os.path.join(output_dir, "metrics.jsonl")
+        if enabled:
+            os.makedirs(output_dir, exist_ok=True)
+            if resume_from_step is None:
+                open(self.path, "w").close()
+            elif os.path.exists(self.path):
+                rows = read_metrics(self.path)
+                with open(self.path, "w") as f:
+                    for r in rows:
+                        if r.get("step", 0) <= resume_from_step:
+                            f.write(json.dumps(r) + "\n")
+
+    def log(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(clean) + "\n")
+        parts = [f"step {row.get('step')}"]
+        parts += [f"{k}={_fmt(row[k])}" for k in self.CONSOLE_KEYS if k in row]
+        print(" | ".join(parts), file=sys.stdout, flush=True)
+
+    def info(self, msg: str) -> None:
+        if self.enabled:
+            print(msg, flush=True)
+
+
+def read_metrics(path: str) -> list[dict]:
+    rows = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                rows.append(json.loads(line))
+    return rows
+
+
+def plot_metrics(metrics_path: str, out_png: str) -> str:
+    """Accuracy, reward and response length over steps (train and eval) as one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(metrics_path)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    panels = [("accuracy", "eval/accuracy", "accuracy"), ("reward/mean", None, "reward"),
+              ("response_length/mean", "eval/response_length", "response length (tokens)")]
+    for ax, (train_key, eval_key, title) in zip(axes, panels):
+        pts = [(r["step"], r[train_key]) for r in rows if r.get(train_key) is not None]
+        if pts:
+            ax.plot(*zip(*pts), label="train rollouts", lw=1.2)
+        if eval_key:
+            ev = [(r["step"], r[eval_key]) for r in rows if r.get(eval_key) is not None]
+            if ev:
+                ax.plot(*zip(*ev), "o-", label="eval", lw=1.6)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return out_png

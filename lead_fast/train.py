@@ -1,0 +1,39 @@
+"""Entry point: ``torchrun --nproc_per_node=N -m lead_fast.train [--preset P] [--config F] [overrides]``.
+
+Parses the config, builds the trainer, runs it. Bad input ends here with a one-paragraph error and a
+non-zero exit, before any training starts.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    from lead_fast.config import ConfigError, parse_args
+
+    try:
+        cfg = parse_args(argv)
+    except ConfigError as e:
+        print(f"lead_fast: config error: {e}", file=sys.stderr)
+        return 2
+
+    from lead_fast.data import DataError
+    from lead_fast.model import ModelError
+    from lead_fast.trainer import Trainer
+
+    try:
+        trainer = Trainer(cfg)
+    except (ConfigError, DataError, ModelError, ValueError) as e:
+        print(f"lead_fast: cannot start: {e}", file=sys.stderr)
+        return 2
+    trainer.fit()
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
