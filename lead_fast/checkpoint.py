@@ -71,6 +71,11 @@ def save_checkpoint(output_dir: str, step: int, model, optimizer, trainer_state:
     # Per-rank RNG state, for anything that samples from the global generators.
     torch.save({"torch": torch.get_rng_state()}, os.path.join(tmp, f"rng-rank{_rank()}.pt"))
     _barrier()
+    if os.environ.get("LEAD_FAST_KILL_DURING_SAVE") == str(step) and _rank() == 0:
+        # Fault injection for tests: die like a preempted job, shards written, checkpoint not yet complete.
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
     if _rank() == 0:
         with open(os.path.join(tmp, STATE_FILE), "w") as f:
             json.dump(trainer_state, f, indent=1)

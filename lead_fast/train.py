@@ -6,7 +6,14 @@ non-zero exit, before any training starts.
 
 from __future__ import annotations
 
+import os
 import sys
+
+
+def _error(msg: str) -> None:
+    # Input errors are the same on every rank: say it once.
+    if os.environ.get("RANK", "0") == "0":
+        print(f"lead_fast: {msg}", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,21 +22,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = parse_args(argv)
     except ConfigError as e:
-        print(f"lead_fast: config error: {e}", file=sys.stderr)
+        _error(f"config error: {e}")
         return 2
 
     from lead_fast.data import DataError
     from lead_fast.model import ModelError
     from lead_fast.trainer import Trainer
 
-    try:
-        trainer = Trainer(cfg)
-    except (ConfigError, DataError, ModelError, ValueError) as e:
-        print(f"lead_fast: cannot start: {e}", file=sys.stderr)
-        return 2
-    trainer.fit()
     import torch.distributed as dist
 
+    try:
+        trainer = Trainer(cfg)
+    except (ConfigError, DataError, ModelError) as e:
+        _error(f"cannot start: {e}")
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        return 2
+    trainer.fit()
     if dist.is_initialized():
         dist.destroy_process_group()
     return 0

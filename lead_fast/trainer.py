@@ -32,7 +32,7 @@ import torch.distributed as dist
 from lead_fast import checkpoint as ckpt
 from lead_fast.algo import grade_batch, groups_without_signal, lead_advantages, lead_rewards
 from lead_fast.algo.grading import get_pool
-from lead_fast.config import TrainConfig
+from lead_fast.config import ConfigError, TrainConfig
 from lead_fast.data import (TASK_INSTRUCTION, DataError, Problem, build_prompt, load_problems, split_eval,
                             synthetic_problems)
 from lead_fast.metrics import MetricsLogger, plot_metrics
@@ -248,10 +248,10 @@ class Trainer:
         self.log = (lambda msg: print(msg, flush=True)) if self.rank == 0 else (lambda msg: None)
         c = cfg
         if c.optim.prompts_per_step % self.world:
-            raise ValueError(f"optim.prompts_per_step={c.optim.prompts_per_step} must be divisible by the "
+            raise ConfigError(f"optim.prompts_per_step={c.optim.prompts_per_step} must be divisible by the "
                              f"number of ranks ({self.world})")
         if c.optim.prompts_per_step < self.world:
-            raise ValueError(f"optim.prompts_per_step={c.optim.prompts_per_step} is smaller than the number of "
+            raise ConfigError(f"optim.prompts_per_step={c.optim.prompts_per_step} is smaller than the number of "
                              f"ranks ({self.world}): every rank needs at least one prompt")
         torch.manual_seed(step_seed(c.run.seed, 0, self.rank, salt=1))
 

@@ -22,3 +22,16 @@ def train_data():
     if not path.exists():
         pytest.skip(f"{path} not found (the shared GRPO-LEAD data lives beside the checkout)")
     return json.loads(path.read_text())
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, train_data):
+    """A real model directory: a BPE tokenizer trained on the GRPO-LEAD problems and a random-init
+    Qwen2-style model, saved and loaded back by the code under test."""
+    from lead_fast.model import build_tiny_model, train_tokenizer
+
+    out = tmp_path_factory.mktemp("tiny_model")
+    texts = [r["problem"] for r in train_data[:1500]] + [r["solution"] for r in train_data[:300]]
+    tok = train_tokenizer(texts, str(out), vocab_size=1000)
+    build_tiny_model(tok, str(out), hidden=64, layers=2, heads=4, max_positions=1024)
+    return str(out)

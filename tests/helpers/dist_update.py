@@ -1,0 +1,53 @@
+"""Run under torchrun: one update of a fixed global batch, then a weight sync; writes what it saw as JSON.
+
+argv: MODEL_DIR DATA_FILE OUT_JSON
+"""
+
+import json
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+
+
+def main():
+    model_dir, data, out = sys.argv[1:4]
+    from lead_fast.config import parse_args
+    from lead_fast.trainer import Sample, Trainer, sync_weights
+
+    cfg = parse_args(["--model", model_dir, "--data", data, "--output-dir", os.path.dirname(out) + "/run",
+                      "--optim.lr", "1e-3", "--optim.prompts_per_step", "2", "--data.max_prompt_tokens", "512",
+                      "--data.eval_size", "4", "--optim.micro_batch_tokens", "96", "--algo.entropy_coef", "0.01"])
+    tr = Trainer(cfg)
+    rank, world = tr.rank, tr.world
+    g = torch.Generator().manual_seed(0)
+    V = len(tr.tok)
+    samples = []
+    for i in range(8):  # the same global batch whatever the world size
+        P, R = int(torch.randint(3, 20, (1,), generator=g)), int(torch.randint(1, 30, (1,), generator=g))
+        samples.append(Sample(torch.randint(2, V, (P,), generator=g).tolist(),
+                              torch.randint(2, V, (R,), generator=g).tolist(),
+                              float(torch.randn(1, generator=g)), float(torch.rand(1, generator=g))))
+    mine = samples[rank::world]
+    res = tr.update(mine, step=0, fallback=mine[0])
+    sync_weights(tr.policy, tr.engine, bucket_bytes=64 * 1024)  # small buckets: several load_weights calls
+    from torch.distributed.tensor import DTensor
+
+    eng = tr.engine.state_dict()
+    exact, n = True, 0
+    for name, p in tr.policy.state_dict().items():
+        full = p.full_tensor() if isinstance(p, DTensor) else p
+        exact &= torch.equal(full.cpu(), eng[name.removeprefix("lm.")].cpu())
+        n += 1
+    if rank == 0:
+        with open(out, "w") as f:
+            json.dump(dict(loss=res["loss"], grad_norm=res["grad_norm"], clip_frac=res["clip_frac"],
+                           entropy=res["entropy"], sync_exact=bool(exact), tensors=n, world=world,
+                           engine_tensors=len(eng)), f)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""The trainer with real torchrun, FSDP2 on gloo, a real (tiny) model directory and the real data."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "grpo_lead" / "train_stage2_3.json"
+
+
+def torchrun(nproc, args, timeout=600, cwd=None):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.pop("TRITON_INTERPRET", None)
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd or ROOT, env=env)
+    return p
+
+
+def _check(p):
+    assert p.returncode == 0, f"exit {p.returncode}\nSTDOUT:\n{p.stdout[-4000:]}\nSTDERR:\n{p.stderr[-6000:]}"
+
+
+@pytest.fixture(scope="module")
+def update_results(tiny_model_dir, tmp_path_factory):
+    out = {}
+    for world in (1, 2):
+        d = tmp_path_factory.mktemp(f"upd{world}")
+        p = torchrun(world, [str(ROOT / "tests/helpers/dist_update.py"), tiny_model_dir, str(DATA),
+                             str(d / "res.json")])
+        _check(p)
+        out[world] = json.loads((d / "res.json").read_text())
+    return out
+
+
+def test_two_ranks_match_one_rank(update_results):
+    one, two = update_results[1], update_results[2]
+    assert one["world"] == 1 and two["world"] == 2
+    assert abs(one["loss"] - two["loss"]) <= 1e-5 * max(1.0, abs(one["loss"])), (one, two)
+    assert abs(one["grad_norm"] - two["grad_norm"]) <= 1e-4 * one["grad_norm"], (one, two)
+    assert abs(one["entropy"] - two["entropy"]) <= 1e-5 * one["entropy"]
+    assert one["grad_norm"] > 0
+
+
+def test_sync_makes_engine_bit_identical(update_results):
+    for world, r in update_results.items():
+        assert r["sync_exact"], r
+        assert r["tensors"] == r["engine_tensors"]
+
+
+def test_one_full_step_on_real_data(tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    p = torchrun(2, ["-m", "lead_fast.train", "--model", tiny_model_dir, "--data", str(DATA), "--output-dir", str(out),
+                     "--max-steps", "1", "--eval-every", "1", "--optim.prompts_per_step", "4", "--rollout.n", "4",
+                     "--rollout.max_new_tokens", "12", "--data.max_prompt_tokens", "200", "--data.eval_size", "4",
+                     "--algo.drop_no_signal", "false", "--optim.lr", "1e-4"])
+    _check(p)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1]
+    last = rows[-1]
+    for key in ("loss", "reward/mean", "accuracy", "response_length/mean", "clip_frac", "kl", "entropy", "grad_norm",
+                "lr", "groups_dropped", "time/rollout_s", "time/grade_s", "time/update_s", "time/sync_s",
+                "time/step_s", "tokens_per_s", "eval/accuracy", "eval/response_length"):
+        assert key in last, key
+    assert last["loss"] is not None and last["grad_norm"] is not None
+    assert "skipped" in p.stdout + p.stderr  # prompts over 200 tokens are skipped and counted
+    assert (out / "metrics.png").exists()
+    assert (out / "checkpoints" / "step-00000001" / "trainer_state.json").exists()
+
+
+def test_default_run_learns(tmp_path):
+    """The embedded default, exactly as README runs it (only the output directory moved): eval accuracy
+    up >= 20 points and mean eval response length down >= 20% from the first eval to the last."""
+    out = tmp_path / "default"
+    p = torchrun(2, ["-m", "lead_fast.train", "--output-dir", str(out)], timeout=900)
+    _check(p)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if r.get("eval/accuracy") is not None]
+    first, last = evals[0], evals[-1]
+    assert first["step"] == 0 and last["step"] == rows[-1]["step"]
+    assert last["eval/accuracy"] - first["eval/accuracy"] >= 0.20, (first, last)
+    assert last["eval/response_length"] <= 0.8 * first["eval/response_length"], (first, last)
+    assert (out / "metrics.png").exists()
