@@ -19,15 +19,14 @@ def embedded_model(tmp_path_factory):
     from lead_fast.warmstart import build_embedded_model
 
     d = tmp_path_factory.mktemp("embedded") / "base_model"
-    build_embedded_model(str(d), steps=60, seed=0, log=lambda m: None)
+    build_embedded_model(str(d), steps=150, seed=0, log=lambda m: None)
     return str(d)
 
 
 def _args(model, out, *extra):
-    # the default (tiny) preset, shortened: 4 prompts x 4 responses per step
-    return ["-m", "lead_fast.train", "--model", model, "--output-dir", str(out), "--optim.prompts_per_step", "4",
-            "--rollout.n", "4", "--rollout.max_new_tokens", "24", "--eval-every", "2", "--data.eval_size", "8",
-            "--rollout.eval_n", "1", *extra]
+    # the default (tiny) preset with fewer prompts per step and a smaller eval
+    return ["-m", "lead_fast.train", "--model", model, "--output-dir", str(out), "--optim.prompts_per_step", "8",
+            "--eval-every", "2", "--data.eval_size", "8", "--rollout.eval_n", "1", *extra]
 
 
 def _rows(out):

@@ -56,7 +56,8 @@ def test_one_full_step_on_real_data(tiny_model_dir, tmp_path):
     p = torchrun(2, ["-m", "lead_fast.train", "--model", tiny_model_dir, "--data", str(DATA), "--output-dir", str(out),
                      "--max-steps", "1", "--eval-every", "1", "--optim.prompts_per_step", "4", "--rollout.n", "4",
                      "--rollout.max_new_tokens", "12", "--data.max_prompt_tokens", "200", "--data.eval_size", "4",
-                     "--algo.drop_no_signal", "false", "--optim.lr", "1e-4"])
+                     "--algo.drop_no_signal", "false", "--optim.lr", "1e-4",
+                     "--model.activation_checkpointing", "true"])
     _check(p)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1]

@@ -40,6 +40,13 @@ def make_engine(kind: str, model_path: str, *, device: torch.device, dtype: torc
 
         return HFEngine(model_path, device=device, dtype=dtype, tokenizer=tokenizer)
     if kind == "vllm":
+        try:
+            import vllm  # noqa: F401
+        except ImportError:
+            from lead_fast.config import ConfigError
+
+            raise ConfigError("rollout.engine=vllm needs vLLM (pip install 'lead_fast[gpu]' on a CUDA machine); "
+                              "use --rollout.engine hf for transformers generate") from None
         from lead_fast.rollout.vllm_engine import VLLMEngine
 
         return VLLMEngine(model_path, dtype=dtype, tokenizer=tokenizer, **kw)
