@@ -31,7 +31,7 @@ def tiny_model_dir(tmp_path_factory, train_data):
     from lead_fast.model import build_tiny_model, train_tokenizer
 
     out = tmp_path_factory.mktemp("tiny_model")
-    texts = [r["problem"] for r in train_data[:1500]] + [r["solution"] for r in train_data[:300]]
+    texts = [r["problem"] for r in train_data[:1500]] + [r.get("solution") or "" for r in train_data[:300]]
     tok = train_tokenizer(texts, str(out), vocab_size=1000)
     build_tiny_model(tok, str(out), hidden=64, layers=2, heads=4, max_positions=1024)
     return str(out)
