@@ -237,6 +237,35 @@ def sync_weights(policy: torch.nn.Module, engine, bucket_bytes: int) -> None:
         engine.finish_sync()
 
 
+class _StopRequest:
+    """Turns SIGTERM / SIGINT into a flag the loop checks between steps (a second signal acts at once)."""
+
+    def __init__(self):
+        import signal
+
+        self.requested = False
+        self._old = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+
+    def _handle(self, signum, frame):
+        import signal
+
+        if self.requested:  # asked twice: stop now
+            signal.signal(signum, self._old.get(signum, signal.SIG_DFL))
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def restore(self) -> None:
+        import signal
+
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
 # --------------------------------------------------------------------------------------------------
 # The loop
 
@@ -307,6 +336,7 @@ class Trainer:
         self.log(f"lead_fast: {self.world} rank(s) on {self.device}, model {self.model_dir}, "
                  f"{len(self.train)} training / {len(self.eval)} eval prompts, steps {self.start_step}..{c.run.max_steps}")
         get_pool(self.grade_workers)  # start the grading workers before the first step needs them
+        stop = _StopRequest()
         for step in range(self.start_step, c.run.max_steps):
             row = {"step": step + 1}
             if c.run.eval_every and step == self.start_step == 0:
@@ -316,8 +346,14 @@ class Trainer:
             if c.run.eval_every and ((step + 1) % c.run.eval_every == 0 or last):
                 row.update(self.evaluate())
             self.metrics.log(row)
-            if (c.run.save_every and (step + 1) % c.run.save_every == 0) or last:
+            # A SIGTERM/SIGINT (preemption, Ctrl-C) on any rank: finish this step, save, stop.
+            interrupted = all_max(int(stop.requested), self.device) > 0
+            if (c.run.save_every and (step + 1) % c.run.save_every == 0) or last or interrupted:
                 self.save(step + 1)
+            if interrupted:
+                self.log(f"stopped by signal after step {step + 1}; continue with --resume")
+                break
+        stop.restore()
         dist.barrier()
         if self.rank == 0 and os.path.exists(self.metrics.path):
             png = plot_metrics(self.metrics.path, os.path.join(c.run.output_dir, "metrics.png"))

@@ -179,3 +179,44 @@ def test_batch_not_divisible_across_ranks(tmp_path, embedded_model):
     err = _train("--model", embedded_model, "--optim.prompts_per_step", "5", "--output-dir", str(tmp_path / "o"),
                  nproc=2)
     assert "optim.prompts_per_step=5 must be divisible by the number of ranks (2)" in err
+
+
+def test_sigterm_saves_and_resumes(embedded_model, tmp_path):
+    """A preempted run (SIGTERM) finishes its step, saves, and --resume carries on from there."""
+    import signal
+    import time
+
+    out = tmp_path / "term"
+    cmd = [sys.executable, "-m", "lead_fast.train", *_args(embedded_model, out, "--max-steps", "50")[2:]]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env)
+    lines = []
+    deadline = time.time() + 300
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("step 2 |") or time.time() > deadline:
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest, _ = proc.communicate(timeout=300)
+    text = "".join(lines) + rest
+    assert proc.returncode == 0, text[-3000:]
+    assert "stopped by signal after step" in text
+    steps = [r["step"] for r in _rows(out)]
+    saved = int(text.split("stopped by signal after step ")[1].split(";")[0])
+    assert 2 <= saved < 50 and steps[-1] == saved
+    assert (out / "checkpoints" / f"step-{saved:08d}").exists()
+    p = torchrun(1, _args(embedded_model, out, "--max-steps", str(saved + 1), "--resume"))
+    _check(p)
+    assert f"at step {saved}" in p.stdout and [r["step"] for r in _rows(out)][-1] == saved + 1
+
+
+def test_help_lists_every_field():
+    from lead_fast.config import all_keys
+
+    p = subprocess.run([sys.executable, "-m", "lead_fast.train", "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == 0
+    for key in all_keys():
+        assert f"--{key} " in p.stdout, key
+    for flag in ("--preset", "--config", "--model", "--data", "--output-dir", "--max-steps", "--save-every",
+                 "--eval-every", "--resume"):
+        assert flag in p.stdout

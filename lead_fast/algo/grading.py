@@ -124,8 +124,12 @@ _READY = "ready"
 def _worker_main(conn) -> None:
     """Grade one item at a time: receives (index, response, answer, require_think, timeout_s)."""
     import logging
+    import signal
 
     import math_verify  # noqa: F401  (import before saying ready: deadlines start after imports)
+
+    # Ctrl-C reaches the whole process group; the trainer decides when to stop, not its graders.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     logging.getLogger("math_verify").setLevel(logging.ERROR)
     conn.send(_READY)
