@@ -85,7 +85,6 @@ def grpo_from_logp(logp, old, adv):
 def methods_fwd_bwd(hidden, weight, targets, adv, old, dev):
     """name -> callable returning the loss (after its backward), or a string saying why it is missing."""
     N, H = hidden.shape
-    V = weight.shape[0]
     h = hidden.clone().requires_grad_(True)
     w = weight.clone().requires_grad_(True)
     tw = torch.full((N,), 1.0 / N, device=dev)

@@ -87,8 +87,7 @@ def test_matches_float64_reference(backend, N, H, V):
              chunk_size=max(1, N // 3))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("case", [
+CASES = [
     dict(opts=dict(), inp=dict(old=False, ref=False, rho=False)),          # on-policy: ratio = 1
     dict(opts=dict(), inp=dict(old=True, ref=False, rho=False)),
     dict(opts=dict(kl_coef=0.5), inp=dict(old=False, ref=True, rho=False)),
@@ -99,7 +98,11 @@ def test_matches_float64_reference(backend, N, H, V):
     dict(opts=dict(kl_coef=0.1, entropy_coef=0.01), inp=dict(zero_weights=True)),
     # all logits near -1000: float32 logits themselves carry ~1e-4 absolute error there
     dict(opts=dict(kl_coef=0.1, entropy_coef=0.01), inp=dict(neg_bias=True), tol32=5e-4),
-])
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", CASES)
 def test_options(backend, case):
     _skip_no_triton(backend)
     dtype = torch.float64 if backend == "torch" else torch.float32

@@ -5,6 +5,7 @@ import os
 import pytest
 import torch
 from naive import naive_grpo_loss
+from test_loss_head import CASES, _compare, _inputs
 
 from lead_fast.ops import grpo_loss, token_logprobs
 
@@ -13,7 +14,7 @@ pytestmark = pytest.mark.skipif(
     reason="needs CUDA, with TRITON_INTERPRET unset (LEAD_FAST_NO_INTERPRET=1 keeps conftest from setting it)")
 
 
-def _inputs(N, H, V, dtype, seed=0):
+def _gpu_inputs(N, H, V, dtype, seed=0):
     g = torch.Generator(device="cuda").manual_seed(seed)
     hidden = torch.randn(N, H, device="cuda", generator=g).to(dtype)
     weight = (torch.randn(V, H, device="cuda", generator=g) / H**0.5).to(dtype)
@@ -38,7 +39,7 @@ def _grads(fn, hidden, weight, bias, *args, **kw):
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 2e-2)])
 @pytest.mark.parametrize("N,H,V", [(2048, 1024, 151936), (777, 512, 32001)])
 def test_triton_vs_float64_reference(dtype, tol, N, H, V):
-    hidden, weight, bias, targets, adv, tw, kw = _inputs(N, H, V, dtype)
+    hidden, weight, bias, targets, adv, tw, kw = _gpu_inputs(N, H, V, dtype)
     opts = dict(kl_coef=0.05, entropy_coef=0.001, temperature=0.8)
     ref, rgh, rgw, rgb = _grads(naive_grpo_loss, hidden.double(), weight.double(), bias.double(), targets, adv, tw,
                                 **kw, **opts)
@@ -53,7 +54,17 @@ def test_triton_vs_float64_reference(dtype, tol, N, H, V):
 
 
 def test_token_logprobs_triton_matches_torch():
-    hidden, weight, bias, targets, *_ = _inputs(4096, 2048, 151936, torch.bfloat16)
+    hidden, weight, bias, targets, *_ = _gpu_inputs(4096, 2048, 151936, torch.bfloat16)
     a = token_logprobs(hidden, weight, targets, bias=bias, backend="triton")
     b = token_logprobs(hidden, weight, targets, bias=bias, backend="torch")
     torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-2)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_every_cpu_case_at_a_larger_shape(case):
+    """The interpreter tests' cases (on-policy, KL, entropy, temperatures, clip ranges, weights, masked
+    tokens, all-negative logits) with the real kernel at N=1024, H=512, V=32001, float32."""
+    *tensors, kw = _inputs(1024, 512, 32001, seed=3, dtype=torch.float32, **case["inp"])
+    tensors = [None if t is None else t.cuda() for t in tensors]
+    kw = {k: v.cuda() for k, v in kw.items()}
+    _compare("triton", (*tensors, kw), max(case.get("tol32", 2e-5), 1e-4), chunk_size=300, **case["opts"])
