@@ -14,6 +14,7 @@ import dataclasses
 import difflib
 import inspect
 import textwrap
+import types
 import typing
 from dataclasses import dataclass, field
 
@@ -298,7 +299,7 @@ def _convert(key: str, raw, typ):
     """Turn a string (from the command line) or a YAML value into the field's type."""
     origin = typing.get_origin(typ)
     args = typing.get_args(typ)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and type(None) in args:
+    if origin in (typing.Union, types.UnionType) and type(None) in args:
         if raw is None or (isinstance(raw, str) and raw.lower() in ("none", "null", "")):
             return None
         typ = next(a for a in args if a is not type(None))

@@ -20,6 +20,7 @@ the rollout engine -> metrics, eval, checkpoint.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import random
@@ -146,17 +147,18 @@ def tokenize_prompts(problems, tok, cfg, instruction, what: str, log):
     return out
 
 
+@functools.lru_cache(maxsize=2)
+def _epoch_order(n_train: int, seed: int, epoch: int) -> tuple[int, ...]:
+    perm = list(range(n_train))
+    random.Random(seed * 7_919 + epoch).shuffle(perm)
+    return tuple(perm)
+
+
 def prompts_for_step(n_train: int, step: int, per_step: int, rank: int, world: int, seed: int) -> list[int]:
     """Indices of this rank's prompts: a fresh seeded permutation per epoch over one global stream."""
     per_rank = per_step // world
     start = step * per_step + rank * per_rank
-    idx = []
-    for k in range(start, start + per_rank):
-        epoch, pos = divmod(k, n_train)
-        perm = list(range(n_train))
-        random.Random(seed * 7_919 + epoch).shuffle(perm)
-        idx.append(perm[pos])
-    return idx
+    return [_epoch_order(n_train, seed, k // n_train)[k % n_train] for k in range(start, start + per_rank)]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import torch
 
+from lead_fast.algo.rewards import difficulty_weight
+
 
 def difficulty_scale(adv: torch.Tensor, rho: torch.Tensor, p) -> torch.Tensor:
-    """``w(rho)`` where ``adv > 0`` else ``w(1 - rho)``, with ``w(x) = w_min + (w_max - w_min) * sigmoid(-k (x - x0))``."""
-    x = torch.where(adv > 0, rho, 1.0 - rho)
-    return p.w_min + (p.w_max - p.w_min) * torch.sigmoid(-p.steepness * (x - p.midpoint))
+    """``w(rho)`` where ``adv > 0`` else ``w(1 - rho)`` (``w`` is ``lead_fast.algo.difficulty_weight``)."""
+    return difficulty_weight(torch.where(adv > 0, rho, 1.0 - rho), w_min=p.w_min, w_max=p.w_max,
+                             midpoint=p.midpoint, steepness=p.steepness)
 
 
 def policy_terms(logp, adv, tw, old, ref, rho, p):
