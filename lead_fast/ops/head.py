@@ -100,6 +100,12 @@ def default_chunk_size(N: int, V: int, device: torch.device, dtype: torch.dtype,
     return int(max(1, min(c, 8192, max(N, 1))))
 
 
+def buffer_stride(V: int, backend: str) -> int:
+    """Row stride of the chunk buffer: for Triton a multiple of 64 elements, so every row starts 128-byte
+    aligned and the kernel's loads are 16 bytes wide whatever V is (V = 32001, say)."""
+    return V if backend == "torch" else -(-V // 64) * 64
+
+
 def _check_inputs(hidden, weight, targets, per_token: dict, bias):
     if hidden.dim() != 2:
         raise ValueError(f"hidden must be (N, H), got shape {tuple(hidden.shape)}")
@@ -156,7 +162,8 @@ def _run(hidden, weight, bias, targets, adv, tw, old, ref, rho, p: LossParams, b
     acc = torch.promote_types(cdtype, torch.float32)
     gb = torch.zeros((V,), dtype=acc, device=dev) if write_grad and want_grad[2] else None
     outs: dict[str, list[torch.Tensor]] = {}
-    buf = torch.empty((C, V), dtype=cdtype, device=dev)   # the one reused logits / dlogits buffer
+    # the one reused logits / dlogits buffer (the GEMMs write and read it through its row stride)
+    buf = torch.empty((C, buffer_stride(V, backend)), dtype=cdtype, device=dev)[:, :V]
 
     for i, s in enumerate(range(0, N, C)):
         e = min(s + C, N)

@@ -44,42 +44,58 @@ def _grpo_rows_kernel(
     COMPUTE_LOSS: tl.constexpr,
     WRITE_GRAD: tl.constexpr,
 ):
+    # Streaming a row at HBM speed leaves an H100 ~20 issued instructions per bf16 element, so the loops
+    # below keep per-element work to a handful: blocks are (BLOCK // 8, 8) tiles whose 8-wide rows sit in
+    # one thread (one 16-byte load), the running max and its rescaling exp are per tile row (not per
+    # element), exps are exp2 of log2-scaled values, and full blocks need no mask (only the tail does).
+    LOG2E: tl.constexpr = 1.4426950408889634
+    LN2: tl.constexpr = 0.6931471805599453
+    NEG: tl.constexpr = -1.0e30       # finite "no value yet" max: (NEG - m) * c stays finite, exp2 -> 0
+    V_FULL: tl.constexpr = V // BLOCK * BLOCK
     row = tl.program_id(0).to(tl.int64)
     row_ptr = buf_ptr + row * stride_buf
-    offs = tl.arange(0, BLOCK)
+    offs = tl.arange(0, BLOCK // 8)[:, None] * 8 + tl.arange(0, 8)[None, :]   # (BLOCK // 8, 8)
+    c = inv_temp * LOG2E              # raw logit difference -> log2 units of the tempered logit
 
-    # Pass 1: per-lane online max m, s = sum exp(z - m) and t = sum exp(z - m) * (z - m); lanes are
-    # combined once at the end. Keeping z - m (not z) in t avoids cancellation in lse - E[z] when
-    # |z| is large (all logits near -1000, say).
-    m_vec = tl.full([BLOCK], float("-inf"), tl.float32)
-    s_vec = tl.zeros([BLOCK], tl.float32)
-    t_vec = tl.zeros([BLOCK], tl.float32)
-    for start in range(0, V, BLOCK):
-        idx = start + offs
+    # Pass 1, per tile row r: m = max raw logit seen, s = sum 2^a, t = sum 2^a * a with a = (z - m) * c.
+    # Keeping z - m (not z) in t avoids cancellation in lse - E[z] when |z| is large.
+    m_vec = tl.full([BLOCK // 8], NEG, tl.float32)
+    s_vec = tl.zeros([BLOCK // 8], tl.float32)
+    t_vec = tl.zeros([BLOCK // 8], tl.float32)
+    for start in range(0, V_FULL, BLOCK):
+        z = tl.load(row_ptr + start + offs).to(tl.float32)
+        m_new = tl.maximum(m_vec, tl.max(z, 1))
+        d = (m_vec - m_new) * c                                  # <= 0: rescales the running sums
+        a = (z - m_new[:, None]) * c
+        e = tl.exp2(a)
+        sc = tl.exp2(d)
+        t_vec = sc * (t_vec + s_vec * d) + tl.sum(e * a, 1)
+        s_vec = sc * s_vec + tl.sum(e, 1)
+        m_vec = m_new
+    if V_FULL < V:  # the ragged tail, masked
+        idx = V_FULL + offs
         mask = idx < V
-        z = tl.load(row_ptr + idx, mask=mask, other=float("-inf")).to(tl.float32) * inv_temp
-        m_new = tl.maximum(m_vec, z)
-        seen = m_vec != float("-inf")  # lanes with a running sum to rescale (others hold zeros)
-        delta = tl.where(seen, m_vec - m_new, 0.0)
-        scale = tl.where(seen, tl.exp(delta), 0.0)
-        zs = tl.where(mask, z - m_new, 0.0)
-        e = tl.where(mask, tl.exp(zs), 0.0)
-        t_vec = scale * (t_vec + s_vec * delta) + e * zs
-        s_vec = s_vec * scale + e
+        z = tl.where(mask, tl.load(row_ptr + idx, mask=mask, other=0.0).to(tl.float32), NEG)
+        m_new = tl.maximum(m_vec, tl.max(z, 1))
+        d = (m_vec - m_new) * c
+        a = (z - m_new[:, None]) * c
+        e = tl.where(mask, tl.exp2(a), 0.0)
+        sc = tl.exp2(d)
+        t_vec = sc * (t_vec + s_vec * d) + tl.sum(e * a, 1)
+        s_vec = sc * s_vec + tl.sum(e, 1)
         m_vec = m_new
     m = tl.max(m_vec, 0)
-    seen = m_vec != float("-inf")
-    delta = tl.where(seen, m_vec - m, 0.0)
-    lane_scale = tl.where(seen, tl.exp(delta), 0.0)
-    s = tl.sum(s_vec * lane_scale, 0)
-    t = tl.sum(lane_scale * (t_vec + s_vec * delta), 0)
-    lse = m + tl.log(s)
-    pzs = t / s                     # E_p[z - m]
-    entropy = tl.log(s) - pzs       # lse - E_p[z]
+    d = (m_vec - m) * c
+    sc = tl.exp2(d)
+    s = tl.sum(sc * s_vec, 0)
+    t = tl.sum(sc * (t_vec + s_vec * d), 0)
+    log_s = tl.log(s)               # lse - m / T
+    pz = t / s * LN2                # E_p[(z - m) / T]
+    entropy = log_s - pz            # lse - E_p[z / T]
 
     tgt = tl.load(tgt_ptr + row)
-    z_t = tl.load(row_ptr + tgt).to(tl.float32) * inv_temp
-    logp = z_t - lse
+    zt_t = (tl.load(row_ptr + tgt).to(tl.float32) - m) * inv_temp    # read before pass 2 overwrites it
+    logp = zt_t - log_s
     tl.store(logp_ptr + row, logp)
     tl.store(ent_ptr + row, entropy)
 
@@ -101,10 +117,10 @@ def _grpo_rows_kernel(
         pg = tl.maximum(pg1, pg2)
         d_pg = tl.where(is_clipped, 0.0, -a * ratio)
         if HAS_REF:
-            d = tl.load(ref_ptr + row) - logp
-            kl_raw = tl.exp(d) - d - 1.0
+            dr = tl.load(ref_ptr + row) - logp
+            kl_raw = tl.exp(dr) - dr - 1.0
             kl = tl.minimum(tl.maximum(kl_raw, -10.0), 10.0)
-            d_kl = tl.where(kl_raw <= 10.0, 1.0 - tl.exp(d), 0.0)
+            d_kl = tl.where(kl_raw <= 10.0, 1.0 - tl.exp(dr), 0.0)
         else:
             kl = logp * 0.0
             d_kl = logp * 0.0
@@ -115,27 +131,42 @@ def _grpo_rows_kernel(
         if WRITE_GRAD:
             coef = tw * (d_pg + kl_coef * d_kl)      # d loss / d logp
             ew = tw * ent_coef                       # d loss / d (-entropy)
-            # Pass 2: d/dz = coef * (onehot - p) + ew * p * (z - E_p[z]); times 1/T for the raw logits.
-            for start in range(0, V, BLOCK):
-                idx = start + offs
+            # Pass 2: d/d raw = (coef * (onehot - p) + ew * p * (z/T - E_p[z/T])) / T, with
+            # p = 2^((z - m) * c - log2 s). Off the target that is p * ((z - m) * g1 + g0):
+            g1 = ew * inv_temp * inv_temp
+            g0 = -(ew * pz + coef) * inv_temp
+            log2_s = log_s * LOG2E
+            tl.debug_barrier()  # every thread has read z_t (above) before any thread overwrites the row
+            for start in range(0, V_FULL, BLOCK):
+                zm = tl.load(row_ptr + start + offs).to(tl.float32) - m
+                p = tl.exp2(zm * c - log2_s)
+                tl.store(row_ptr + start + offs, (p * (zm * g1 + g0)).to(buf_ptr.dtype.element_ty))
+            if V_FULL < V:
+                idx = V_FULL + offs
                 mask = idx < V
-                zs = tl.load(row_ptr + idx, mask=mask, other=float("-inf")).to(tl.float32) * inv_temp - m
-                zs = tl.where(mask, zs, 0.0)  # keep the ragged tail finite (it is never stored)
-                p = tl.exp(zs - (lse - m))
-                g = p * (ew * (zs - pzs) - coef)
-                g = tl.where(idx == tgt, g + coef, g)
-                tl.store(row_ptr + idx, (g * inv_temp).to(buf_ptr.dtype.element_ty), mask=mask)
+                zm = tl.where(mask, tl.load(row_ptr + idx, mask=mask, other=0.0).to(tl.float32) - m, 0.0)
+                p = tl.exp2(zm * c - log2_s)
+                tl.store(row_ptr + idx, (p * (zm * g1 + g0)).to(buf_ptr.dtype.element_ty), mask=mask)
+            # The target's one-hot term, written after every thread's stores above (hence the barrier);
+            # keeping it out of the loops keeps their stores unmasked and 16 bytes wide.
+            tl.debug_barrier()
+            p_t = tl.exp(logp)
+            g_t = p_t * ((zt_t - pz) * ew * inv_temp - coef * inv_temp) + coef * inv_temp
+            tl.store(row_ptr + tgt, g_t.to(buf_ptr.dtype.element_ty))
 
 
 def _interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def pick_block(V: int) -> tuple[int, int]:
-    """(BLOCK, num_warps). Small blocks under the interpreter so tests cover several blocks and a ragged tail."""
-    if _interpret():
+def pick_block(V: int, gpu: bool | None = None) -> tuple[int, int]:
+    """(BLOCK, num_warps) for a vocabulary of ``V``; ``gpu`` defaults to "not under the interpreter".
+
+    Small blocks under the interpreter so tests cover several blocks and a ragged tail.
+    """
+    if not (not _interpret() if gpu is None else gpu):
         return 128, 4
-    block = min(4096, triton.next_power_of_2(V))
+    block = max(16, min(4096, triton.next_power_of_2(V)))   # >= 16: the kernel tiles blocks as (BLOCK // 8, 8)
     return block, (16 if block >= 4096 else 8 if block >= 2048 else 4)
 
 
