@@ -49,11 +49,16 @@ def bench_ms(fn, dev, warmup: int, rep: int) -> float:
     return statistics.median(ts)
 
 
-def transient_gib(fn, dev, grad_bytes: int):
-    """Peak memory during ``fn`` above what was allocated before it, less the returned gradients."""
+def transient_gib(fn, dev, grad_bytes: int, reset=lambda: None):
+    """Peak memory during ``fn`` above what was allocated before it, less the returned gradients.
+
+    ``reset`` frees the previous call's gradients first: they would otherwise sit in the baseline and be
+    subtracted twice (``fn`` frees them before it allocates the new ones).
+    """
     if dev.type != "cuda":
         return None
     fn()  # warm (autotune, compile) outside the measurement
+    reset()
     torch.cuda.synchronize()
     torch.cuda.empty_cache()
     base = torch.cuda.memory_allocated()
@@ -83,7 +88,8 @@ def grpo_from_logp(logp, old, adv):
 
 
 def methods_fwd_bwd(hidden, weight, targets, adv, old, dev):
-    """name -> callable returning the loss (after its backward), or a string saying why it is missing."""
+    """(name -> callable returning the loss after its backward, or a string saying why it is missing;
+    a function that drops the gradients the callables leave behind)."""
     N, H = hidden.shape
     h = hidden.clone().requires_grad_(True)
     w = weight.clone().requires_grad_(True)
@@ -146,7 +152,7 @@ def methods_fwd_bwd(hidden, weight, targets, adv, old, dev):
     if dev.type != "cuda":
         out["Liger triton_grpo_loss (full logits)"] = "missing: needs CUDA"
         out["Cut Cross-Entropy (log-probs only)"] = "missing: needs CUDA"
-        return out
+        return out, clear
     try:
         from liger_kernel.transformers.grpo_loss import triton_grpo_loss
 
@@ -177,7 +183,7 @@ def methods_fwd_bwd(hidden, weight, targets, adv, old, dev):
         out["Cut Cross-Entropy (log-probs only)"] = cce
     except Exception as e:  # noqa: BLE001
         out["Cut Cross-Entropy (log-probs only)"] = f"missing: {type(e).__name__}: {e}"
-    return out
+    return out, clear
 
 
 def methods_fwd(hidden, weight, targets, dev):
@@ -226,9 +232,10 @@ def run_shape(N, H, V, dtype, dev, warmup, rep):
     hidden, weight, targets, adv, old = make_inputs(N, H, V, dtype, dev)
     esz = hidden.element_size()
     rows = []
-    for mode, flops, grad_bytes, methods in (
-        ("fwd+bwd", 6 * N * H * V, (N * H + V * H) * esz, methods_fwd_bwd(hidden, weight, targets, adv, old, dev)),
-        ("fwd", 2 * N * H * V, 0, methods_fwd(hidden, weight, targets, dev)),
+    fb_methods, clear = methods_fwd_bwd(hidden, weight, targets, adv, old, dev)
+    for mode, flops, grad_bytes, methods, reset in (
+        ("fwd+bwd", 6 * N * H * V, (N * H + V * H) * esz, fb_methods, clear),
+        ("fwd", 2 * N * H * V, 0, methods_fwd(hidden, weight, targets, dev), lambda: None),
     ):
         floor_ms = None
         ref_val = None
@@ -241,7 +248,7 @@ def run_shape(N, H, V, dtype, dev, warmup, rep):
             try:
                 val = fn()
                 ms = bench_ms(fn, dev, warmup, rep)
-                mem = transient_gib(fn, dev, grad_bytes)
+                mem = transient_gib(fn, dev, grad_bytes, reset)
             except Exception as e:  # noqa: BLE001  (a peer failing is reported, not fatal)
                 row.update(status=f"failed: {type(e).__name__}: {str(e)[:200]}")
                 rows.append(row)

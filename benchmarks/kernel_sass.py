@@ -25,13 +25,12 @@ import sys
 import tempfile
 
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton 3.9 warns when unset; 1 is what launches use
-if __name__ == "__main__":
-    os.environ.pop("TRITON_INTERPRET", None)  # as a script: decorate the real kernel, not the interpreter's
+if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    sys.exit("kernel_sass.py compiles the real kernel: run it without TRITON_INTERPRET")
 
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
-from triton.runtime.jit import JITFunction  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from lead_fast.ops import rows_triton  # noqa: E402
@@ -50,8 +49,6 @@ def compile_rows_kernel(V: int, block: int, warps: int, dtype: str = "bf16", gra
                         arch: int = 90):
     """The row kernel compiled for ``sm_{arch}`` as a launch on a ``(C, V)`` ``dtype`` buffer would compile it."""
     k = rows_triton._grpo_rows_kernel
-    if not isinstance(k, JITFunction):  # imported under TRITON_INTERPRET=1: compile the same source
-        k = JITFunction(k.fn)
     sig = {n: "*fp32" for n in k.arg_names}
     sig.update(buf_ptr=f"*{dtype}", tgt_ptr="*i64", clip_ptr="*i8", stride_buf="i32")
     sig.update({n: "fp32" for n in FLOAT_ARGS})
@@ -121,6 +118,7 @@ def main(argv=None):
     ap.add_argument("--vocab", default="151936,152064,32001", help="comma-separated V values")
     ap.add_argument("--block", type=int, default=None, help="override BLOCK (default: pick_block's choice)")
     ap.add_argument("--warps", type=int, default=None, help="override num_warps")
+    ap.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"), help="logits buffer dtype")
     ap.add_argument("--out", default="kernel_sass.json", help="JSON output path")
     args = ap.parse_args(argv)
     if not available():
@@ -130,10 +128,10 @@ def main(argv=None):
         block, warps = rows_triton.pick_block(V, gpu=True)
         block, warps = args.block or block, args.warps or warps
         for grad in (True, False):
-            rows.append(analyze(V, block, warps, "bf16", grad))
+            rows.append(analyze(V, block, warps, args.dtype, grad))
     with open(args.out, "w") as f:
         json.dump(dict(triton=triton.__version__, arch="sm_90", rows=rows), f, indent=1)
-    print(f"triton {triton.__version__}, sm_90, bf16 logits; per-element counts are per vocabulary element")
+    print(f"triton {triton.__version__}, sm_90, {args.dtype} logits; counts are per vocabulary element")
     print(f"{'V':>7} {'BLOCK':>6} {'warps':>5} {'mode':<5} {'regs':>4} {'spill':>5}  loops: instr/elem (MUFU/elem)")
     for r in rows:
         loops = "  ".join(f"{lp['per_element']:.1f} ({lp['mufu_per_element']:.2f})" for lp in r["loops"]

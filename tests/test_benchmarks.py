@@ -29,3 +29,4 @@ def test_bench_loss_head_quick(tmp_path):
         losses = [r["loss"] for r in ok if r["shape"] == shape and "loss" in r]
         assert len(losses) >= 3
         assert max(losses) - min(losses) < 1e-4 * max(1.0, abs(losses[0])), losses
+

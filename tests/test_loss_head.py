@@ -74,7 +74,8 @@ def _skip_no_triton(backend):
         pytest.importorskip("triton")
 
 
-SHAPES = [(1, 8, 257), (13, 16, 257), (33, 24, 4099), (64, 32, 1000)]
+# V=256: whole blocks only (the interpreter's BLOCK is 128); V=100: a lone ragged block; the rest both
+SHAPES = [(1, 8, 257), (13, 16, 257), (33, 24, 4099), (64, 32, 1000), (5, 8, 256), (7, 8, 100)]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -131,14 +132,15 @@ def test_independent_of_chunk_size(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_bf16_inputs(backend):
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_inputs(backend, dtype):
     _skip_no_triton(backend)
-    hidden, weight, bias, targets, adv, tw, kw = _inputs(24, 32, 700, seed=9, dtype=torch.bfloat16)
+    hidden, weight, bias, targets, adv, tw, kw = _inputs(24, 32, 700, seed=9, dtype=dtype)
     ref_out, rgh, rgw, rgb = _run(naive_grpo_loss, hidden.double(), weight.double(), bias.double(), targets, adv,
                                   tw, kw, kl_coef=0.1, entropy_coef=0.01)
     out, gh, gw, gb = _run(grpo_loss, hidden, weight, bias, targets, adv, tw, kw, backend=backend, chunk_size=10,
                            kl_coef=0.1, entropy_coef=0.01)
-    assert gh.dtype == gw.dtype == gb.dtype == torch.bfloat16
+    assert gh.dtype == gw.dtype == gb.dtype == dtype
     torch.testing.assert_close(out.loss.double(), ref_out[0], rtol=2e-2, atol=2e-3)
     torch.testing.assert_close(out.logprobs.double(), ref_out[1], rtol=2e-2, atol=5e-2)
     for got, want in ((gh, rgh), (gw, rgw), (gb, rgb)):
@@ -160,6 +162,23 @@ def test_token_logprobs(backend, N, V):
         assert lp.dtype == torch.float32 and lp.shape == (N,) and not lp.requires_grad
         torch.testing.assert_close(lp.double(), want, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(ent.double(), want_ent, rtol=1e-5, atol=1e-5)
+
+
+def test_default_chunks_fit_the_budget_and_are_even():
+    from lead_fast.ops.head import chunk_for_budget
+
+    budget = 1_300_000_000  # the CUDA cap
+    for N, V in ((8192, 151936), (16384, 152064)):  # the DESIGN.md shapes, bf16 rows
+        assert chunk_for_budget(N, 2 * V, budget) == 4096
+    for N in (1, 7, 300, 4095, 4097, 8300, 20000, 100000):
+        for per_row in (100, 2 * 151936, 18 * 32000):
+            c = chunk_for_budget(N, per_row, budget)
+            cap = min(budget // per_row, 8192)
+            assert 1 <= c <= max(1, min(cap, N)), (N, per_row, c)
+            n = -(-N // c)
+            assert n == max(1, -(-N // (cap // 128 * 128 if cap >= 256 else cap))), (N, per_row, c)  # no extra pass
+            assert c >= 256 or cap < 256 or c >= N, (N, per_row, c)
+    assert chunk_for_budget(10, 2 * 151936, 1000) == 1  # a row larger than the budget still runs
 
 
 def test_only_hidden_needs_grad():
