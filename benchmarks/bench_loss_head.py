@@ -240,6 +240,7 @@ def run_shape(N, H, V, dtype, dev, warmup, rep):
         floor_ms = None
         ref_val = None
         for name, fn in methods.items():
+            print(f"  {mode:<8} {name} ...", file=sys.stderr, flush=True)
             row = dict(shape=f"N={N} H={H} V={V}", N=N, H=H, V=V, mode=mode, method=name)
             if isinstance(fn, str):
                 row.update(status=fn)
@@ -259,10 +260,75 @@ def run_shape(N, H, V, dtype, dev, warmup, rep):
                 v = float(val.detach().float())
                 row["loss"] = v
                 ref_val = v if ref_val is None else ref_val
+                row["loss_rel_diff"] = abs(v - ref_val) / max(abs(ref_val), 1e-12)  # vs the first loss (ours)
             elif isinstance(val, torch.Tensor) and val.dim() == 1 and val.numel() == N:
                 row["logprob_sum"] = float(val.float().sum())
             row.update(status="ok", ms=ms, tflops=flops / ms / 1e9, x_floor=ms / floor_ms, transient_gib=mem)
             rows.append(row)
+    return rows
+
+
+SWEEP_BLOCKS = ("2048x8", "4096x8", "4096x16", "8192x16", "8192x32")
+SWEEP_CHUNKS = (2048, 4096, 8192)
+
+
+def run_sweep(N, H, V, dtype, dev, warmup, rep, blocks=SWEEP_BLOCKS, chunks=SWEEP_CHUNKS):
+    """lead_fast triton under every row-kernel config (LEAD_FAST_ROW_BLOCK) and chunk size, with the floors."""
+    hidden, weight, targets, adv, old = make_inputs(N, H, V, dtype, dev)
+    h = hidden.clone().requires_grad_(True)
+    w = weight.clone().requires_grad_(True)
+    tw = torch.full((N,), 1.0 / N, device=dev)
+    grad_bytes = (N * H + V * H) * hidden.element_size()
+
+    def clear():
+        h.grad = w.grad = None
+
+    def fwd_bwd(chunk):
+        def run():
+            clear()
+            out = grpo_loss(h, w, targets, adv, tw, old_logprobs=old, clip_low=CLIP, clip_high=CLIP,
+                            backend="triton", chunk_size=chunk)
+            out.loss.backward()
+            return out.loss
+        return run
+
+    def floor3():
+        logits = hidden @ weight.T
+        logits @ weight
+        logits.T @ hidden
+
+    shape = f"N={N} H={H} V={V}"
+    floors = {"fwd+bwd": bench_ms(floor3, dev, warmup, rep), "fwd": bench_ms(lambda: hidden @ weight.T, dev, warmup, rep)}
+    rows = [dict(shape=shape, mode=m, method="GEMM floor", status="ok", ms=ms, x_floor=1.0, transient_gib=None)
+            for m, ms in floors.items()]
+    saved = os.environ.get("LEAD_FAST_ROW_BLOCK")
+    try:
+        for cfg in blocks:
+            os.environ["LEAD_FAST_ROW_BLOCK"] = cfg
+            for chunk in chunks:
+                for mode, fn, gb, reset in (
+                    ("fwd+bwd", fwd_bwd(chunk), grad_bytes, clear),
+                    ("fwd", lambda c=chunk: token_logprobs(hidden, weight, targets, backend="triton", chunk_size=c),
+                     0, lambda: None),
+                ):
+                    row = dict(shape=shape, mode=mode, method=f"lead_fast triton {cfg} C={chunk}")
+                    print(f"  {mode:<8} {row['method']} ...", file=sys.stderr, flush=True)
+                    try:
+                        val = fn()
+                        ms = bench_ms(fn, dev, warmup, rep)
+                        mem = transient_gib(fn, dev, gb, reset)
+                    except Exception as e:  # noqa: BLE001
+                        rows.append(dict(row, status=f"failed: {type(e).__name__}: {str(e)[:200]}"))
+                        continue
+                    row.update(status="ok", ms=ms, x_floor=ms / floors[mode], transient_gib=mem)
+                    if mode == "fwd+bwd":
+                        row["loss"] = float(val.detach().float())
+                    rows.append(row)
+    finally:
+        if saved is None:
+            os.environ.pop("LEAD_FAST_ROW_BLOCK", None)
+        else:
+            os.environ["LEAD_FAST_ROW_BLOCK"] = saved
     return rows
 
 
@@ -274,7 +340,10 @@ def print_table(rows):
             continue
         gib = "-" if r["transient_gib"] is None else f"{r['transient_gib']:.3f}"
         loss = f"{r['loss']:.6f}" if "loss" in r else ""
-        print(f"{r['shape']:<24} {r['mode']:<8} {r['method']:<48} {r['ms']:9.2f} {r['tflops']:8.1f} "
+        if r.get("loss_rel_diff", 0.0) > 1e-2:
+            loss += " (!)"  # disagrees with lead_fast's loss by more than 1%
+        tflops = f"{r['tflops']:8.1f}" if "tflops" in r else f"{'':8}"
+        print(f"{r['shape']:<24} {r['mode']:<8} {r['method']:<48} {r['ms']:9.2f} {tflops} "
               f"{r['x_floor']:8.3f} {gib:>7} {loss:>11}")
 
 
@@ -284,6 +353,10 @@ def main(argv=None):
     ap.add_argument("--shapes", default="8192x4096x151936,16384x5120x152064", help="NxHxV,...")
     ap.add_argument("--warmup", type=int, default=25, help="do_bench warm-up, ms")
     ap.add_argument("--rep", type=int, default=200, help="do_bench measurement, ms")
+    ap.add_argument("--sweep", action="store_true",
+                    help="tune instead: lead_fast triton for each row-kernel config x chunk size, against the floors")
+    ap.add_argument("--sweep-blocks", default=",".join(SWEEP_BLOCKS), help="BLOCKxWARPS,... for --sweep")
+    ap.add_argument("--sweep-chunks", default=",".join(map(str, SWEEP_CHUNKS)), help="chunk sizes for --sweep")
     ap.add_argument("--out", default="bench_loss_head.json", help="JSON output path")
     args = ap.parse_args(argv)
     if args.quick:
@@ -296,7 +369,11 @@ def main(argv=None):
     rows = []
     for N, H, V in shapes:
         print(f"# N={N} H={H} V={V} {dtype} on {dev}", flush=True)
-        rows += run_shape(N, H, V, dtype, dev, args.warmup, args.rep)
+        if args.sweep:
+            rows += run_sweep(N, H, V, dtype, dev, args.warmup, args.rep, args.sweep_blocks.split(","),
+                              [int(c) for c in args.sweep_chunks.split(",")])
+        else:
+            rows += run_shape(N, H, V, dtype, dev, args.warmup, args.rep)
     import triton
 
     meta = dict(date=datetime.now(timezone.utc).isoformat(timespec="seconds"), torch=torch.__version__,
@@ -305,7 +382,7 @@ def main(argv=None):
     with open(args.out, "w") as f:
         json.dump(dict(meta=meta, rows=rows), f, indent=1)
     print(json.dumps(meta))
-    print_table(rows)
+    print_table(sorted(rows, key=lambda r: (r["shape"], r["mode"], r.get("ms", float("inf")))) if args.sweep else rows)
     return rows
 
 

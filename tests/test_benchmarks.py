@@ -2,7 +2,10 @@
 
 import importlib.util
 import json
+import os
 from pathlib import Path
+
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,3 +33,14 @@ def test_bench_loss_head_quick(tmp_path):
         assert len(losses) >= 3
         assert max(losses) - min(losses) < 1e-4 * max(1.0, abs(losses[0])), losses
 
+
+
+def test_bench_loss_head_sweep_small():
+    bench = _load("bench_loss_head")
+    rows = bench.run_sweep(8, 8, 300, torch.float32, torch.device("cpu"), 0, 0, blocks=["4096x16", "8192x32"],
+                           chunks=[3, 1000])
+    assert os.environ.get("LEAD_FAST_ROW_BLOCK") is None  # restored
+    tuned = [r for r in rows if r["method"].startswith("lead_fast triton")]
+    assert len(tuned) == 2 * 2 * 2 and all(r["status"] == "ok" for r in tuned)  # configs x chunks x modes
+    losses = [r["loss"] for r in tuned if "loss" in r]
+    assert len(losses) == 4 and max(losses) - min(losses) < 1e-5 * max(1.0, abs(losses[0]))

@@ -219,3 +219,17 @@ def test_auto_is_torch_on_cpu():
     from lead_fast.ops import resolve_backend
 
     assert resolve_backend("auto", torch.device("cpu")) == "torch"
+
+
+def test_row_block_override(monkeypatch):
+    pytest.importorskip("triton")
+    from lead_fast.ops.rows_triton import pick_block
+
+    assert pick_block(151936, gpu=True) == (4096, 16)
+    monkeypatch.setenv("LEAD_FAST_ROW_BLOCK", "8192x32")
+    assert pick_block(151936, gpu=True) == (8192, 32)
+    assert pick_block(151936) == (128, 4)  # the interpreter keeps its small blocks
+    for bad in ("4096", "3000x16", "4096x3", "axb"):
+        monkeypatch.setenv("LEAD_FAST_ROW_BLOCK", bad)
+        with pytest.raises(ValueError, match="LEAD_FAST_ROW_BLOCK"):
+            pick_block(100, gpu=True)

@@ -162,10 +162,22 @@ def _interpret() -> bool:
 def pick_block(V: int, gpu: bool | None = None) -> tuple[int, int]:
     """(BLOCK, num_warps) for a vocabulary of ``V``; ``gpu`` defaults to "not under the interpreter".
 
-    Small blocks under the interpreter so tests cover several blocks and a ragged tail.
+    Small blocks under the interpreter so tests cover several blocks and a ragged tail. On a GPU the
+    environment variable ``LEAD_FAST_ROW_BLOCK=BLOCKxWARPS`` (e.g. ``8192x16``) overrides the choice, for
+    tuning (``benchmarks/bench_loss_head.py --sweep``).
     """
     if not (not _interpret() if gpu is None else gpu):
         return 128, 4
+    env = os.environ.get("LEAD_FAST_ROW_BLOCK")
+    if env:
+        try:
+            block, warps = (int(x) for x in env.lower().split("x"))
+        except ValueError:
+            raise ValueError(f"LEAD_FAST_ROW_BLOCK={env!r}: expected BLOCKxWARPS, e.g. 4096x16") from None
+        if block < 16 or block & (block - 1) or warps not in (1, 2, 4, 8, 16, 32):
+            raise ValueError(f"LEAD_FAST_ROW_BLOCK={env!r}: BLOCK must be a power of two >= 16, "
+                             "WARPS one of 1, 2, 4, 8, 16, 32")
+        return block, warps
     block = max(16, min(4096, triton.next_power_of_2(V)))   # >= 16: the kernel tiles blocks as (BLOCK // 8, 8)
     return block, (16 if block >= 4096 else 8 if block >= 2048 else 4)
 

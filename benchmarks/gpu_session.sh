@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# One prepared run on a CUDA machine, in priority order, each step time-boxed and saving as it goes:
+#   1. the GPU test module (the real kernel vs float64 at realistic sizes),
+#   2. the benchmark (both DESIGN.md shapes, every peer, fwd+bwd and fwd),
+#   3. the tuning sweep (row-kernel BLOCK x warps x chunk size at the first shape).
+# Usage, from the repository root:  OUT=/path/to/results bash benchmarks/gpu_session.sh
+# Peers that are pure Python (liger-kernel, cut-cross-entropy, pytest) may travel as wheels in .whl/:
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux_2_28_x86_64 -d .whl liger-kernel==0.8.5 cut-cross-entropy==25.1.1
+set -u
+OUT=${OUT:-gpu_results}
+mkdir -p "$OUT"
+if compgen -G ".whl/*.whl" > /dev/null; then
+    python3 -m pip install -q --no-index --no-deps --target .site .whl/*.whl && export PYTHONPATH=$PWD/.site${PYTHONPATH:+:$PYTHONPATH}
+fi
+export LEAD_FAST_NO_INTERPRET=1 TRITON_DEFAULT_FP_FUSION=1
+unset TRITON_INTERPRET
+{
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader
+    python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.version.cuda)"
+    date -u +%FT%TZ
+} > "$OUT/machine.txt" 2>&1
+cat "$OUT/machine.txt"
+
+echo "== 1. GPU tests"
+timeout 200 python3 -m pytest -q -x -p no:cacheprovider tests/test_loss_head_gpu.py > "$OUT/gpu_tests.txt" 2>&1
+echo "pytest exit $?"; tail -3 "$OUT/gpu_tests.txt"
+
+echo "== 2. benchmark"
+timeout 270 python3 benchmarks/bench_loss_head.py --out "$OUT/bench.json" > "$OUT/bench.txt" 2> "$OUT/bench.log"
+echo "bench exit $?"
+
+echo "== 3. sweep"
+timeout 110 python3 benchmarks/bench_loss_head.py --sweep --shapes 8192x4096x151936 --out "$OUT/sweep.json" \
+    > "$OUT/sweep.txt" 2> "$OUT/sweep.log"
+echo "sweep exit $?"
+
+echo "== sweep (fastest first)"; grep -E "GEMM floor|lead_fast" "$OUT/sweep.txt" | head -12
+echo "== benchmark"; cat "$OUT/bench.txt"
