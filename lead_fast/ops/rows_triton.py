@@ -21,6 +21,22 @@ import triton.language as tl
 
 
 @triton.jit
+def _online_update(z, mask, m_vec, s_vec, t_vec, c, MASKED: tl.constexpr):
+    """Pass 1 over one (BLOCK // 8, 8) tile ``z`` of raw logits: per tile row, the running max ``m``,
+    ``s = sum 2^a`` and ``t = sum 2^a * a`` with ``a = (z - m) * c``, rescaled when ``m`` grows."""
+    m_new = tl.maximum(m_vec, tl.max(z, 1))
+    d = (m_vec - m_new) * c                   # <= 0
+    a = (z - m_new[:, None]) * c
+    e = tl.exp2(a)
+    if MASKED:
+        e = tl.where(mask, e, 0.0)
+    sc = tl.exp2(d)
+    t_new = sc * (t_vec + s_vec * d) + tl.sum(e * a, 1)
+    s_new = sc * s_vec + tl.sum(e, 1)
+    return m_new, s_new, t_new
+
+
+@triton.jit
 def _grpo_rows_kernel(
     buf_ptr,        # (C, V) raw logits (h @ W.T + b) of this chunk; overwritten with d loss / d logits if WRITE_GRAD
     stride_buf,     # elements between consecutive rows of buf
@@ -57,33 +73,19 @@ def _grpo_rows_kernel(
     offs = tl.arange(0, BLOCK // 8)[:, None] * 8 + tl.arange(0, 8)[None, :]   # (BLOCK // 8, 8)
     c = inv_temp * LOG2E              # raw logit difference -> log2 units of the tempered logit
 
-    # Pass 1, per tile row r: m = max raw logit seen, s = sum 2^a, t = sum 2^a * a with a = (z - m) * c.
-    # Keeping z - m (not z) in t avoids cancellation in lse - E[z] when |z| is large.
+    # Pass 1 (see _online_update). Keeping z - m (not z) in t avoids cancellation in lse - E[z] when |z|
+    # is large; the tile rows are combined once at the end.
     m_vec = tl.full([BLOCK // 8], NEG, tl.float32)
     s_vec = tl.zeros([BLOCK // 8], tl.float32)
     t_vec = tl.zeros([BLOCK // 8], tl.float32)
     for start in range(0, V_FULL, BLOCK):
         z = tl.load(row_ptr + start + offs).to(tl.float32)
-        m_new = tl.maximum(m_vec, tl.max(z, 1))
-        d = (m_vec - m_new) * c                                  # <= 0: rescales the running sums
-        a = (z - m_new[:, None]) * c
-        e = tl.exp2(a)
-        sc = tl.exp2(d)
-        t_vec = sc * (t_vec + s_vec * d) + tl.sum(e * a, 1)
-        s_vec = sc * s_vec + tl.sum(e, 1)
-        m_vec = m_new
+        m_vec, s_vec, t_vec = _online_update(z, None, m_vec, s_vec, t_vec, c, MASKED=False)
     if V_FULL < V:  # the ragged tail, masked
         idx = V_FULL + offs
         mask = idx < V
         z = tl.where(mask, tl.load(row_ptr + idx, mask=mask, other=0.0).to(tl.float32), NEG)
-        m_new = tl.maximum(m_vec, tl.max(z, 1))
-        d = (m_vec - m_new) * c
-        a = (z - m_new[:, None]) * c
-        e = tl.where(mask, tl.exp2(a), 0.0)
-        sc = tl.exp2(d)
-        t_vec = sc * (t_vec + s_vec * d) + tl.sum(e * a, 1)
-        s_vec = sc * s_vec + tl.sum(e, 1)
-        m_vec = m_new
+        m_vec, s_vec, t_vec = _online_update(z, mask, m_vec, s_vec, t_vec, c, MASKED=True)
     m = tl.max(m_vec, 0)
     d = (m_vec - m) * c
     sc = tl.exp2(d)
