@@ -3,7 +3,7 @@
 #   1. the GPU test module (the real kernel vs float64 at realistic sizes),
 #   2. the benchmark (both DESIGN.md shapes, every peer, fwd+bwd and fwd),
 #   3. the tuning sweep (row-kernel BLOCK x warps x chunk size at the first shape).
-# Usage, from the repository root:  OUT=/path/to/results bash benchmarks/gpu_session.sh
+# Usage, from the repository root:  OUT=/path/to/results bash benchmarks/gpu_session.sh   (under ~9.5 min)
 # Peers that are pure Python (liger-kernel, cut-cross-entropy, pytest) may travel as wheels in .whl/:
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux_2_28_x86_64 -d .whl liger-kernel==0.8.5 cut-cross-entropy==25.1.1
@@ -27,11 +27,11 @@ timeout 200 python3 -m pytest -q -x -p no:cacheprovider tests/test_loss_head_gpu
 echo "pytest exit $?"; tail -3 "$OUT/gpu_tests.txt"
 
 echo "== 2. benchmark"
-timeout 270 python3 benchmarks/bench_loss_head.py --out "$OUT/bench.json" > "$OUT/bench.txt" 2> "$OUT/bench.log"
+timeout 250 python3 benchmarks/bench_loss_head.py --out "$OUT/bench.json" > "$OUT/bench.txt" 2> "$OUT/bench.log"
 echo "bench exit $?"
 
 echo "== 3. sweep"
-timeout 110 python3 benchmarks/bench_loss_head.py --sweep --shapes 8192x4096x151936 --out "$OUT/sweep.json" \
+timeout 100 python3 benchmarks/bench_loss_head.py --sweep --shapes 8192x4096x151936 --out "$OUT/sweep.json" \
     > "$OUT/sweep.txt" 2> "$OUT/sweep.log"
 echo "sweep exit $?"
 
