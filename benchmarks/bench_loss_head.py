@@ -366,6 +366,11 @@ def main(argv=None):
             sys.exit("the full benchmark needs a CUDA GPU; use --quick for the CPU smoke run")
         dev, dtype = torch.device("cuda"), torch.bfloat16
         shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
+    import triton
+
+    meta = dict(date=datetime.now(timezone.utc).isoformat(timespec="seconds"), torch=torch.__version__,
+                triton=triton.__version__, device=torch.cuda.get_device_name() if dev.type == "cuda" else platform.processor() or "cpu",
+                dtype=str(dtype))
     rows = []
     for N, H, V in shapes:
         print(f"# N={N} H={H} V={V} {dtype} on {dev}", flush=True)
@@ -374,13 +379,8 @@ def main(argv=None):
                               [int(c) for c in args.sweep_chunks.split(",")])
         else:
             rows += run_shape(N, H, V, dtype, dev, args.warmup, args.rep)
-    import triton
-
-    meta = dict(date=datetime.now(timezone.utc).isoformat(timespec="seconds"), torch=torch.__version__,
-                triton=triton.__version__, device=torch.cuda.get_device_name() if dev.type == "cuda" else platform.processor() or "cpu",
-                dtype=str(dtype))
-    with open(args.out, "w") as f:
-        json.dump(dict(meta=meta, rows=rows), f, indent=1)
+        with open(args.out, "w") as f:  # after every shape: a run cut short keeps what it measured
+            json.dump(dict(meta=meta, rows=rows), f, indent=1)
     print(json.dumps(meta))
     print_table(sorted(rows, key=lambda r: (r["shape"], r["mode"], r.get("ms", float("inf")))) if args.sweep else rows)
     return rows

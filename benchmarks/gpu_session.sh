@@ -35,5 +35,20 @@ timeout 100 python3 benchmarks/bench_loss_head.py --sweep --shapes 8192x4096x151
     > "$OUT/sweep.txt" 2> "$OUT/sweep.log"
 echo "sweep exit $?"
 
-echo "== sweep (fastest first)"; grep -E "GEMM floor|lead_fast" "$OUT/sweep.txt" | head -12
-echo "== benchmark"; cat "$OUT/bench.txt"
+# the tables from the JSON, which each script rewrites after every shape (so a timed-out run still shows)
+table() {
+    python3 - "$1" "$2" <<'PY'
+import json, sys
+sys.path.insert(0, "benchmarks")
+import bench_loss_head as b
+try:
+    rows = json.load(open(sys.argv[1]))["rows"]
+except (OSError, ValueError) as e:
+    sys.exit(f"no results: {e}")
+if sys.argv[2] == "sweep":
+    rows = sorted(rows, key=lambda r: (r["shape"], r["mode"], r.get("ms", float("inf"))))
+b.print_table(rows)
+PY
+}
+echo "== sweep (fastest first)"; table "$OUT/sweep.json" sweep | head -40
+echo "== benchmark"; table "$OUT/bench.json" bench
