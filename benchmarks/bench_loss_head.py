@@ -87,31 +87,52 @@ def grpo_from_logp(logp, old, adv):
     return pg.mean()
 
 
+def floor_3_gemms(hidden, weight):
+    """The floor of fwd+bwd: the logits GEMM and the two gradient GEMMs, alone."""
+    logits = hidden @ weight.T
+    logits @ weight
+    logits.T @ hidden
+
+
+class Leaves:
+    """Trainable copies of hidden and weight that the fwd+bwd methods differentiate."""
+
+    def __init__(self, hidden, weight):
+        self.h = hidden.clone().requires_grad_(True)
+        self.w = weight.clone().requires_grad_(True)
+
+    def clear(self):
+        """Drop the gradients the previous call left (each call starts from none)."""
+        self.h.grad = self.w.grad = None
+
+
+def lead_fwd_bwd(x: Leaves, targets, adv, old, backend, chunk=None):
+    tw = torch.full((targets.numel(),), 1.0 / targets.numel(), device=targets.device)
+
+    def run():
+        x.clear()
+        out = grpo_loss(x.h, x.w, targets, adv, tw, old_logprobs=old, clip_low=CLIP, clip_high=CLIP,
+                        backend=backend, chunk_size=chunk)
+        out.loss.backward()
+        return out.loss
+    return run
+
+
+def measure(fn, dev, warmup, rep, grad_bytes, reset):
+    """(value of one call, median ms, transient GiB), or the failure as a status string."""
+    try:
+        val = fn()
+        return val, bench_ms(fn, dev, warmup, rep), transient_gib(fn, dev, grad_bytes, reset)
+    except Exception as e:  # noqa: BLE001  (a peer failing is reported, not fatal)
+        return f"failed: {type(e).__name__}: {str(e)[:200]}"
+
+
 def methods_fwd_bwd(hidden, weight, targets, adv, old, dev):
     """(name -> callable returning the loss after its backward, or a string saying why it is missing;
     a function that drops the gradients the callables leave behind)."""
     N, H = hidden.shape
-    h = hidden.clone().requires_grad_(True)
-    w = weight.clone().requires_grad_(True)
-    tw = torch.full((N,), 1.0 / N, device=dev)
-
-    def clear():
-        h.grad = None
-        w.grad = None
-
-    def floor():
-        logits = hidden @ weight.T
-        gh = logits @ weight
-        gw = logits.T @ hidden
-        return None if gh is None or gw is None else float("nan")
-
-    def lead(backend):
-        def run():
-            clear()
-            out = grpo_loss(h, w, targets, adv, tw, old_logprobs=old, clip_low=CLIP, clip_high=CLIP, backend=backend)
-            out.loss.backward()
-            return out.loss
-        return run
+    x = Leaves(hidden, weight)
+    h, w, clear = x.h, x.w, x.clear
 
     def plain_torch():
         clear()
@@ -121,12 +142,12 @@ def methods_fwd_bwd(hidden, weight, targets, adv, old, dev):
         loss.backward()
         return loss
 
-    out = {"GEMM floor (3 GEMMs)": floor}
+    out = {"GEMM floor (3 GEMMs)": lambda: floor_3_gemms(hidden, weight)}
     if dev.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
-        out["lead_fast triton"] = lead("triton")
+        out["lead_fast triton"] = lead_fwd_bwd(x, targets, adv, old, "triton")
     else:
         out["lead_fast triton"] = "missing: needs CUDA (or TRITON_INTERPRET=1)"
-    out["lead_fast torch"] = lead("torch")
+    out["lead_fast torch"] = lead_fwd_bwd(x, targets, adv, old, "torch")
     out["torch full logits (fp32 log_softmax)"] = plain_torch
 
     B = 8 if N % 8 == 0 else 1
@@ -246,14 +267,11 @@ def run_shape(N, H, V, dtype, dev, warmup, rep):
                 row.update(status=fn)
                 rows.append(row)
                 continue
-            try:
-                val = fn()
-                ms = bench_ms(fn, dev, warmup, rep)
-                mem = transient_gib(fn, dev, grad_bytes, reset)
-            except Exception as e:  # noqa: BLE001  (a peer failing is reported, not fatal)
-                row.update(status=f"failed: {type(e).__name__}: {str(e)[:200]}")
-                rows.append(row)
+            res = measure(fn, dev, warmup, rep, grad_bytes, reset)
+            if isinstance(res, str):
+                rows.append(dict(row, status=res))
                 continue
+            val, ms, mem = res
             if floor_ms is None:
                 floor_ms = ms
             if mode == "fwd+bwd" and isinstance(val, torch.Tensor):
@@ -275,30 +293,11 @@ SWEEP_CHUNKS = (2048, 4096, 8192)
 def run_sweep(N, H, V, dtype, dev, warmup, rep, blocks=SWEEP_BLOCKS, chunks=SWEEP_CHUNKS):
     """lead_fast triton under every row-kernel config (LEAD_FAST_ROW_BLOCK) and chunk size, with the floors."""
     hidden, weight, targets, adv, old = make_inputs(N, H, V, dtype, dev)
-    h = hidden.clone().requires_grad_(True)
-    w = weight.clone().requires_grad_(True)
-    tw = torch.full((N,), 1.0 / N, device=dev)
+    x = Leaves(hidden, weight)
     grad_bytes = (N * H + V * H) * hidden.element_size()
-
-    def clear():
-        h.grad = w.grad = None
-
-    def fwd_bwd(chunk):
-        def run():
-            clear()
-            out = grpo_loss(h, w, targets, adv, tw, old_logprobs=old, clip_low=CLIP, clip_high=CLIP,
-                            backend="triton", chunk_size=chunk)
-            out.loss.backward()
-            return out.loss
-        return run
-
-    def floor3():
-        logits = hidden @ weight.T
-        logits @ weight
-        logits.T @ hidden
-
     shape = f"N={N} H={H} V={V}"
-    floors = {"fwd+bwd": bench_ms(floor3, dev, warmup, rep), "fwd": bench_ms(lambda: hidden @ weight.T, dev, warmup, rep)}
+    floors = {"fwd+bwd": bench_ms(lambda: floor_3_gemms(hidden, weight), dev, warmup, rep),
+              "fwd": bench_ms(lambda: hidden @ weight.T, dev, warmup, rep)}
     rows = [dict(shape=shape, mode=m, method="GEMM floor", status="ok", ms=ms, x_floor=1.0, transient_gib=None)
             for m, ms in floors.items()]
     saved = os.environ.get("LEAD_FAST_ROW_BLOCK")
@@ -307,19 +306,17 @@ def run_sweep(N, H, V, dtype, dev, warmup, rep, blocks=SWEEP_BLOCKS, chunks=SWEE
             os.environ["LEAD_FAST_ROW_BLOCK"] = cfg
             for chunk in chunks:
                 for mode, fn, gb, reset in (
-                    ("fwd+bwd", fwd_bwd(chunk), grad_bytes, clear),
+                    ("fwd+bwd", lead_fwd_bwd(x, targets, adv, old, "triton", chunk), grad_bytes, x.clear),
                     ("fwd", lambda c=chunk: token_logprobs(hidden, weight, targets, backend="triton", chunk_size=c),
                      0, lambda: None),
                 ):
                     row = dict(shape=shape, mode=mode, method=f"lead_fast triton {cfg} C={chunk}")
                     print(f"  {mode:<8} {row['method']} ...", file=sys.stderr, flush=True)
-                    try:
-                        val = fn()
-                        ms = bench_ms(fn, dev, warmup, rep)
-                        mem = transient_gib(fn, dev, gb, reset)
-                    except Exception as e:  # noqa: BLE001
-                        rows.append(dict(row, status=f"failed: {type(e).__name__}: {str(e)[:200]}"))
+                    res = measure(fn, dev, warmup, rep, gb, reset)
+                    if isinstance(res, str):
+                        rows.append(dict(row, status=res))
                         continue
+                    val, ms, mem = res
                     row.update(status="ok", ms=ms, x_floor=ms / floors[mode], transient_gib=mem)
                     if mode == "fwd+bwd":
                         row["loss"] = float(val.detach().float())
@@ -330,6 +327,11 @@ def run_sweep(N, H, V, dtype, dev, warmup, rep, blocks=SWEEP_BLOCKS, chunks=SWEE
         else:
             os.environ["LEAD_FAST_ROW_BLOCK"] = saved
     return rows
+
+
+def fastest_first(rows):
+    """Sweep rows grouped by shape and mode, fastest first."""
+    return sorted(rows, key=lambda r: (r["shape"], r["mode"], r.get("ms", float("inf"))))
 
 
 def print_table(rows):
@@ -382,7 +384,7 @@ def main(argv=None):
         with open(args.out, "w") as f:  # after every shape: a run cut short keeps what it measured
             json.dump(dict(meta=meta, rows=rows), f, indent=1)
     print(json.dumps(meta))
-    print_table(sorted(rows, key=lambda r: (r["shape"], r["mode"], r.get("ms", float("inf")))) if args.sweep else rows)
+    print_table(fastest_first(rows) if args.sweep else rows)
     return rows
 
 

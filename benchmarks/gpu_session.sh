@@ -45,9 +45,7 @@ try:
     rows = json.load(open(sys.argv[1]))["rows"]
 except (OSError, ValueError) as e:
     sys.exit(f"no results: {e}")
-if sys.argv[2] == "sweep":
-    rows = sorted(rows, key=lambda r: (r["shape"], r["mode"], r.get("ms", float("inf"))))
-b.print_table(rows)
+b.print_table(b.fastest_first(rows) if sys.argv[2] == "sweep" else rows)
 PY
 }
 echo "== sweep (fastest first)"; table "$OUT/sweep.json" sweep | head -40

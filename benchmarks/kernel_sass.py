@@ -100,10 +100,11 @@ def analyze(V: int, block: int, warps: int, dtype: str = "bf16", grad: bool = Tr
             continue  # not a branch, a forward branch, or the trailing self-loop
         body = [t for a, t in instrs if int(br.group(2), 16) <= a <= addr]
         # ptxas unrolls loops, so count the row elements one trip loads (per thread) rather than assume one
-        loaded = sum(_load_bytes(t) for t in body)
+        loads = [_load_bytes(t) for t in body]
+        loaded = sum(loads)
         elems = loaded / esize
         mufu = sum(1 for t in body if t.startswith("MUFU") or " MUFU" in t)
-        wide = sum(_load_bytes(t) for t in body if _load_bytes(t) == 16)
+        wide = sum(b for b in loads if b == 16)
         loops.append(dict(instructions=len(body), elements=elems, mufu=mufu,
                           wide_load_fraction=round(wide / loaded, 3) if loaded else None,
                           per_element=round(len(body) / elems, 2) if elems else None,

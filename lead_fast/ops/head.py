@@ -135,7 +135,7 @@ def _check_inputs(hidden, weight, targets, per_token: dict, bias):
     for name, t in per_token.items():
         if t is not None and t.shape != (N,):
             raise ValueError(f"{name} must be (N={N},) like targets, got shape {tuple(t.shape)}")
-    if N and ((targets < 0).any() or (targets >= V).any()):
+    if N and bool(((targets < 0) | (targets >= V)).any()):  # one host sync, not two
         raise ValueError(f"targets must lie in [0, V={V})")
     return N, H, V
 

@@ -198,11 +198,6 @@ def grpo_rows(buf, targets, adv, tw, old, ref, rho, p, *, write_grad: bool, comp
         loss = torch.empty(C, dtype=torch.float32, device=dev)
     else:
         kl, clipped, loss = logp, logp, logp  # never written: COMPUTE_LOSS is off
-    if C == 0:
-        out = dict(logp=logp, entropy=ent)
-        if compute_loss:
-            out.update(kl=kl, clipped=clipped.bool(), loss=loss)
-        return out
     dummy = logp  # stands in for absent per-token inputs; the kernel never reads it
     block, warps = pick_block(V)
     _grpo_rows_kernel[(C,)](
