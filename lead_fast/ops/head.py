@@ -1,4 +1,4 @@
-"""Public API of the loss head: ``grpo_loss`` and ``token_logprobs`` (see DESIGN.md for the definition).
+"""Public API of the loss head: ``grpo_loss`` and ``token_logprobs`` (the definition is in docs/design.md).
 
 The chunk loop is shared by both backends; only the row operation differs (plain torch or one Triton
 kernel). Per chunk of ``C`` tokens:
@@ -15,29 +15,14 @@ temporaries), never ``(N, V)``.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
 
 from lead_fast.ops import rows_torch
+from lead_fast.ops.common import LossParams, TokenInputs, triton_interpret
 
 BACKENDS = ("auto", "torch", "triton")
-
-
-@dataclass(frozen=True)
-class LossParams:
-    """Scalar hyper-parameters of the loss (see ``grpo_loss``)."""
-
-    clip_low: float = 0.2
-    clip_high: float = 0.2
-    kl_coef: float = 0.0
-    entropy_coef: float = 0.0
-    temperature: float = 1.0
-    w_min: float = 0.4
-    w_max: float = 1.5
-    midpoint: float = 0.75
-    steepness: float = 10.0
 
 
 @dataclass
@@ -49,10 +34,6 @@ class GRPOLossOutput:
     entropy: torch.Tensor
     kl: torch.Tensor
     clipped: torch.Tensor
-
-
-def _interpret() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
@@ -67,7 +48,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
             except ImportError:
                 return "torch"
         return "torch"
-    if backend == "triton" and device.type != "cuda" and not _interpret():
+    if backend == "triton" and device.type != "cuda" and not triton_interpret():
         raise ValueError("backend='triton' needs CUDA tensors, or TRITON_INTERPRET=1 (set before importing "
                          f"triton) to run the kernel on {device.type} tensors; use backend='torch' there")
     return backend
@@ -144,8 +125,12 @@ def _f32(t, device):
     return None if t is None else t.detach().to(device=device, dtype=torch.float32).contiguous()
 
 
-def _run(hidden, weight, bias, targets, adv, tw, old, ref, rho, p: LossParams, backend: str,
-         chunk_size: int | None, want_grad: tuple[bool, bool, bool], compute_loss: bool):
+def _targets(t, device):
+    return t.to(device=device, dtype=torch.int64).contiguous()
+
+
+def _run(hidden, weight, bias, tok: TokenInputs, p: LossParams, backend: str, chunk_size: int | None,
+         want_grad: tuple[bool, bool, bool], compute_loss: bool):
     """The shared chunk loop. Returns per-token outputs and (grad_hidden, grad_weight, grad_bias)."""
     N, H = hidden.shape
     V = weight.shape[0]
@@ -161,7 +146,6 @@ def _run(hidden, weight, bias, targets, adv, tw, old, ref, rho, p: LossParams, b
     h_all = hidden.detach().to(cdtype)
     w = weight.detach().to(cdtype)
     b = None if bias is None else bias.detach().to(cdtype)
-    tg = targets.to(device=dev, dtype=torch.int64).contiguous()
 
     write_grad = compute_loss and any(want_grad)
     gh = torch.empty((N, H), dtype=cdtype, device=dev) if write_grad and want_grad[0] else None
@@ -183,15 +167,12 @@ def _run(hidden, weight, bias, targets, adv, tw, old, ref, rho, p: LossParams, b
         torch.matmul(h, w.T, out=lg)
         if b is not None:
             lg += b
-        sl = slice(s, e)
-        o = row_op(lg, tg[sl], None if adv is None else adv[sl], None if tw is None else tw[sl],
-                   None if old is None else old[sl], None if ref is None else ref[sl],
-                   None if rho is None else rho[sl], p, write_grad=write_grad, compute_loss=compute_loss)
+        o = row_op(lg, tok.slice(s, e), p, write_grad=write_grad, compute_loss=compute_loss)
         for k, v in o.items():
             outs.setdefault(k, []).append(v)
         if write_grad:
             if gh is not None:
-                torch.matmul(lg, w, out=gh[sl])              # (c, H)
+                torch.matmul(lg, w, out=gh[s:e])              # (c, H)
             if gw is not None:
                 if i == 0:
                     torch.matmul(lg.T, h, out=gw)            # first chunk writes: no zero-fill + add
@@ -218,10 +199,9 @@ def _run(hidden, weight, bias, targets, adv, tw, old, ref, rho, p: LossParams, b
 
 class _GRPOLossFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, adv, tw, old, ref, rho, p, backend, chunk_size):
+    def forward(ctx, hidden, weight, bias, tok, p, backend, chunk_size):
         want = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2])
-        res, grads = _run(hidden, weight, bias, targets, adv, tw, old, ref, rho, p, backend, chunk_size,
-                          want, compute_loss=True)
+        res, grads = _run(hidden, weight, bias, tok, p, backend, chunk_size, want, compute_loss=True)
         ctx.save_for_backward(*[g if g is not None else torch.empty(0) for g in grads])
         ctx.has = tuple(g is not None for g in grads)
         loss = res["loss"].sum()
@@ -236,7 +216,7 @@ class _GRPOLossFn(torch.autograd.Function):
             g = [s if has else None for s, has in zip(saved, ctx.has)]
         else:
             g = [s * grad_loss.to(s.dtype) if has else None for s, has in zip(saved, ctx.has)]
-        return g[0], g[1], g[2], None, None, None, None, None, None, None, None, None
+        return g[0], g[1], g[2], None, None, None, None
 
 
 def grpo_loss(hidden, weight, targets, advantages, token_weights, *, old_logprobs=None, ref_logprobs=None,
@@ -247,7 +227,7 @@ def grpo_loss(hidden, weight, targets, advantages, token_weights, *, old_logprob
 
     hidden ``(N, H)``, weight ``(V, H)``, bias ``(V,)`` or None, targets ``(N,)`` token ids; every other
     per-token argument is ``(N,)``. ``token_weights`` carry the aggregation (e.g. ``1 / total tokens`` for
-    a token mean), so the loss is a plain weighted sum and does not depend on chunking. See DESIGN.md.
+    a token mean), so the loss is a plain weighted sum and does not depend on chunking. See docs/design.md.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -260,9 +240,9 @@ def grpo_loss(hidden, weight, targets, advantages, token_weights, *, old_logprob
     p = LossParams(float(clip_low), float(clip_high), float(kl_coef), float(entropy_coef), float(temperature),
                    float(w_min), float(w_max), float(midpoint), float(steepness))
     dev = hidden.device
-    loss, logp, ent, kl, clipped = _GRPOLossFn.apply(
-        hidden, weight, bias, targets, _f32(advantages, dev), _f32(token_weights, dev), _f32(old_logprobs, dev),
-        _f32(ref_logprobs, dev), _f32(correct_ratio, dev), p, backend, chunk_size)
+    tok = TokenInputs(_targets(targets, dev), *(_f32(t, dev) for t in (advantages, token_weights, old_logprobs,
+                                                                       ref_logprobs, correct_ratio)))
+    loss, logp, ent, kl, clipped = _GRPOLossFn.apply(hidden, weight, bias, tok, p, backend, chunk_size)
     return GRPOLossOutput(loss=loss, logprobs=logp, entropy=ent, kl=kl, clipped=clipped.bool())
 
 
@@ -278,7 +258,7 @@ def token_logprobs(hidden, weight, targets, *, bias=None, temperature=1.0, backe
     _check_inputs(hidden, weight, targets, {}, bias)
     backend = resolve_backend(backend, hidden.device)
     p = LossParams(temperature=float(temperature))
-    res, _ = _run(hidden, weight, bias, targets, None, None, None, None, None, p, backend, chunk_size,
-                  (False, False, False), compute_loss=False)
+    tok = TokenInputs(_targets(targets, hidden.device))
+    res, _ = _run(hidden, weight, bias, tok, p, backend, chunk_size, (False, False, False), compute_loss=False)
     logp = res["logp"].float()
     return (logp, res["entropy"].float()) if return_entropy else logp

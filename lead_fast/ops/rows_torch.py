@@ -43,8 +43,9 @@ def policy_terms(logp, adv, tw, old, ref, rho, p):
     return tw * loss_core, coef, kl, clipped
 
 
-def grpo_rows(buf, targets, adv, tw, old, ref, rho, p, *, write_grad: bool, compute_loss: bool):
-    """Process one chunk of rows. ``buf``: ``(C, V)`` raw logits, overwritten with the gradient if asked.
+def grpo_rows(buf, tok, p, *, write_grad: bool, compute_loss: bool):
+    """Process one chunk of rows. ``buf``: ``(C, V)`` raw logits, overwritten with the gradient if asked;
+    ``tok``: the chunk's ``TokenInputs``; ``p``: ``LossParams``.
 
     Returns ``dict(logp, entropy, kl, clipped, loss)`` of ``(C,)`` tensors (``kl``/``clipped``/``loss``
     only when ``compute_loss``).
@@ -53,7 +54,9 @@ def grpo_rows(buf, targets, adv, tw, old, ref, rho, p, *, write_grad: bool, comp
     ftype = torch.promote_types(buf.dtype, torch.float32)    # float32, or float64 for float64 inputs
     z = buf.to(ftype) * inv_t                                 # (C, V)
     z = z - z.max(-1, keepdim=True).values                    # shift: no cancellation in lse - E[z]
-    adv, tw, old, ref, rho = (None if x is None else x.to(ftype) for x in (adv, tw, old, ref, rho))
+    adv, tw, old, ref, rho = (None if x is None else x.to(ftype) for x in (
+        tok.advantages, tok.token_weights, tok.old_logprobs, tok.ref_logprobs, tok.correct_ratio))
+    targets = tok.targets
     lse = torch.logsumexp(z, dim=-1)                          # (C,)
     prob = torch.exp(z - lse[:, None])                        # (C, V)
     pz = (prob * z).sum(-1)                                   # (C,) E_p[z] (of the shifted z)

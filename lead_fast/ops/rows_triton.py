@@ -19,6 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
+from lead_fast.ops.common import triton_interpret
+
 
 @triton.jit
 def _online_update(z, mask, m_vec, s_vec, t_vec, c, MASKED: tl.constexpr):
@@ -157,10 +159,6 @@ def _grpo_rows_kernel(
             tl.store(row_ptr + tgt, g_t.to(buf_ptr.dtype.element_ty))
 
 
-def _interpret() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
 def pick_block(V: int, gpu: bool | None = None) -> tuple[int, int]:
     """(BLOCK, num_warps) for a vocabulary of ``V``; ``gpu`` defaults to "not under the interpreter".
 
@@ -168,7 +166,8 @@ def pick_block(V: int, gpu: bool | None = None) -> tuple[int, int]:
     environment variable ``LEAD_FAST_ROW_BLOCK=BLOCKxWARPS`` (e.g. ``8192x16``) overrides the choice, for
     tuning (``benchmarks/bench_loss_head.py --sweep``).
     """
-    if not (not _interpret() if gpu is None else gpu):
+    on_gpu = (not triton_interpret()) if gpu is None else gpu
+    if not on_gpu:
         return 128, 4
     env = os.environ.get("LEAD_FAST_ROW_BLOCK")
     if env:
@@ -184,12 +183,13 @@ def pick_block(V: int, gpu: bool | None = None) -> tuple[int, int]:
     return block, (16 if block >= 4096 else 8 if block >= 2048 else 4)
 
 
-def grpo_rows(buf, targets, adv, tw, old, ref, rho, p, *, write_grad: bool, compute_loss: bool):
+def grpo_rows(buf, tok, p, *, write_grad: bool, compute_loss: bool):
     """Same contract as ``rows_torch.grpo_rows``: ``buf`` ``(C, V)`` raw logits, overwritten with the gradient."""
     C, V = buf.shape
     if buf.stride(1) != 1:
         raise ValueError("the logits buffer must be contiguous along the vocabulary")
     dev = buf.device
+    adv, tw, old, ref, rho = tok.advantages, tok.token_weights, tok.old_logprobs, tok.ref_logprobs, tok.correct_ratio
     logp = torch.empty(C, dtype=torch.float32, device=dev)
     ent = torch.empty(C, dtype=torch.float32, device=dev)
     if compute_loss:
@@ -201,7 +201,7 @@ def grpo_rows(buf, targets, adv, tw, old, ref, rho, p, *, write_grad: bool, comp
     dummy = logp  # stands in for absent per-token inputs; the kernel never reads it
     block, warps = pick_block(V)
     _grpo_rows_kernel[(C,)](
-        buf, buf.stride(0), targets.contiguous(),
+        buf, buf.stride(0), tok.targets.contiguous(),
         dummy if adv is None else adv, dummy if tw is None else tw,
         dummy if old is None else old, dummy if ref is None else ref, dummy if rho is None else rho,
         logp, ent, kl, clipped, loss,

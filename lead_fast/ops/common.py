@@ -1,0 +1,48 @@
+"""What the chunk loop hands a row op: the loss's scalar hyper-parameters and the per-token inputs."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+
+import torch
+
+
+def triton_interpret() -> bool:
+    """True when Triton kernels run under the interpreter (``TRITON_INTERPRET=1``, set before import)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@dataclass(frozen=True)
+class LossParams:
+    """Scalar hyper-parameters of the loss (see ``grpo_loss``)."""
+
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    kl_coef: float = 0.0
+    entropy_coef: float = 0.0
+    temperature: float = 1.0
+    w_min: float = 0.4
+    w_max: float = 1.5
+    midpoint: float = 0.75
+    steepness: float = 10.0
+
+
+@dataclass(frozen=True)
+class TokenInputs:
+    """Per-token inputs of the loss, each ``(N,)`` (float32, or int64 ``targets``); None where absent.
+
+    ``advantages`` and ``token_weights`` are None for a forward-only (log-prob) pass.
+    """
+
+    targets: torch.Tensor
+    advantages: torch.Tensor | None = None
+    token_weights: torch.Tensor | None = None
+    old_logprobs: torch.Tensor | None = None
+    ref_logprobs: torch.Tensor | None = None
+    correct_ratio: torch.Tensor | None = None
+
+    def slice(self, start: int, end: int) -> "TokenInputs":
+        """Rows ``start:end`` of every input (views, no copies)."""
+        return TokenInputs(**{f.name: None if (t := getattr(self, f.name)) is None else t[start:end]
+                              for f in fields(self)})
