@@ -230,8 +230,12 @@ def tiny() -> TrainConfig:
 
 
 def grpo_lead_14b() -> TrainConfig:
-    """The official GRPO-LEAD 14B recipe (needs --model and --data)."""
+    """The official GRPO-LEAD 14B recipe on the shipped data (needs --model)."""
+    from lead_fast.data import SHIPPED_DATA
+
     c = TrainConfig(preset="grpo_lead_14b")
+    c.data.path = str(SHIPPED_DATA / "train_stage2_3.json")
+    c.data.eval_path = str(SHIPPED_DATA / "aime24.json")
     c.data.max_prompt_tokens = 1024
     c.data.template = "chat"
     c.rollout.engine = "vllm"
@@ -389,8 +393,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"run.max_steps must be >= 0, got {cfg.run.max_steps}")
     if cfg.optim.loss_backend not in ("auto", "torch", "triton"):
         raise ConfigError(f"optim.loss_backend must be auto, torch or triton, got {cfg.optim.loss_backend!r}")
-    if cfg.preset != "tiny" and (cfg.model.path is None or cfg.data.path is None):
-        raise ConfigError(f"preset {cfg.preset!r} needs --model (a local model directory) and --data (a problems file)")
+    if cfg.preset != "tiny" and cfg.model.path is None:
+        raise ConfigError(f"preset {cfg.preset!r} needs --model (a local model directory)")
     return cfg
 
 

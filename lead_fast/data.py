@@ -1,13 +1,18 @@
-"""Problems in, prompts out: file loading (json / jsonl / parquet via ``datasets``), prompt templates,
-and the embedded synthetic task that the default run trains on.
+"""Problems in, prompts out: file loading (json / jsonl / parquet via ``datasets``), the eval split,
+prompt templates and tokenization, and which prompts each rank takes at each step.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
 from dataclasses import dataclass
+from pathlib import Path
+
+SHIPPED_DATA = Path(__file__).resolve().parents[1] / "data" / "grpo_lead"
+"""The GRPO-LEAD data shipped with the repository (Apache-2.0; see its README)."""
 
 
 class DataError(ValueError):
@@ -93,45 +98,6 @@ def build_prompt(tokenizer, problem: str, instruction: str, template: str = "aut
     return tokenizer(text + "\n", add_special_tokens=False)["input_ids"]
 
 
-# --------------------------------------------------------------------------------------------------
-# The embedded task: sums of two numbers, with worked solutions of varying length for a warm start.
-
-TASK_INSTRUCTION = "Put the final answer within \\boxed{}."
-TASK_MAX = 20  # operands in [0, TASK_MAX)
-
-
-def synthetic_problems() -> list[Problem]:
-    """All ``a + b`` problems with ``0 <= a, b < 20`` (400), in a fixed order."""
-    return [Problem(f"What is {a} + {b}?", str(a + b)) for a in range(TASK_MAX) for b in range(TASK_MAX)]
-
-
-def synthetic_solution(a: int, b: int, rng: random.Random) -> str:
-    """One worked solution, drawn from a deliberately mixed distribution.
-
-    Half are concise (just the boxed answer) and half verbose (restate, compute, check 1-3 times); half
-    carry an arithmetic slip (the sum is off by 1 or 10). The warm-started policy therefore answers right
-    about half the time and spends many tokens doing it: GRPO-LEAD has both accuracy and length to win.
-    """
-    s = a + b
-    if rng.random() < 0.5:
-        s = max(0, s + rng.choice([-10, -1, 1, 10]))
-    if rng.random() < 0.5:
-        return f"\\boxed{{{s}}}"
-    checks = " ".join(f"Check: {s} - {b} = {s - b}." for _ in range(rng.randint(1, 3)))
-    return f"We add {a} and {b}. {a} + {b} = {s}. {checks} So the answer is \\boxed{{{s}}}"
-
-
-def synthetic_corpus(n: int, seed: int) -> list[tuple[Problem, str]]:
-    rng = random.Random(seed)
-    probs = synthetic_problems()
-    out = []
-    for _ in range(n):
-        p = rng.choice(probs)
-        a, b = (int(x) for x in p.problem[len("What is "):-1].split(" + "))
-        out.append((p, synthetic_solution(a, b, rng)))
-    return out
-
-
 def split_eval(problems: list[Problem], eval_size: int, seed: int) -> tuple[list[Problem], list[Problem]]:
     """Hold out ``eval_size`` problems (a seeded choice) from training."""
     if eval_size >= len(problems):
@@ -140,3 +106,53 @@ def split_eval(problems: list[Problem], eval_size: int, seed: int) -> tuple[list
     random.Random(seed + 7919).shuffle(idx)
     ev = set(idx[:eval_size])
     return [p for i, p in enumerate(problems) if i not in ev], [problems[i] for i in sorted(ev)]
+
+
+def load_task(cfg) -> tuple[list[Problem], list[Problem], str]:
+    """``(train problems, eval problems, instruction)`` for a ``TrainConfig``; no data path: the demo task."""
+    d = cfg.data
+    if d.path is None:
+        from lead_fast.demo import TASK_INSTRUCTION, synthetic_problems
+
+        train, ev = split_eval(synthetic_problems(), d.eval_size, cfg.run.seed)
+        return train, ev, TASK_INSTRUCTION
+    train = load_problems(d.path, d.problem_field, d.answer_field)
+    if d.eval_path:
+        ev = load_problems(d.eval_path, d.problem_field, d.answer_field)[: d.eval_size]
+    else:
+        train, ev = split_eval(train, d.eval_size, cfg.run.seed)
+    return train, ev, d.instruction
+
+
+def tokenize_prompts(problems: list[Problem], tokenizer, *, instruction: str, template: str, max_tokens: int,
+                     what: str, log=print) -> list[tuple[list[int], str]]:
+    """``(prompt ids, gold answer)`` per problem; prompts over ``max_tokens`` are skipped and counted."""
+    out, skipped = [], 0
+    for p in problems:
+        ids = build_prompt(tokenizer, p.problem, instruction, template)
+        if len(ids) > max_tokens:
+            skipped += 1
+            continue
+        out.append((ids, p.answer))
+    if not out:
+        raise DataError(f"every one of the {len(problems)} {what} prompts is longer than "
+                        f"data.max_prompt_tokens={max_tokens} tokens; raise the limit")
+    if skipped:
+        log(f"WARNING: skipped {skipped} of {len(problems)} {what} prompts longer than "
+            f"data.max_prompt_tokens={max_tokens}")
+    return out
+
+
+@functools.lru_cache(maxsize=2)
+def _epoch_order(n: int, seed: int, epoch: int) -> tuple[int, ...]:
+    perm = list(range(n))
+    random.Random(seed * 7_919 + epoch).shuffle(perm)
+    return tuple(perm)
+
+
+def prompts_for_step(n_train: int, step: int, per_step: int, rank: int, world: int, seed: int) -> list[int]:
+    """Indices of this rank's prompts at ``step``: one global stream of seeded per-epoch permutations,
+    ``per_step`` prompts a step, rank ``r`` taking the ``r``-th contiguous share."""
+    per_rank = per_step // world
+    start = step * per_step + rank * per_rank
+    return [_epoch_order(n_train, seed, k // n_train)[k % n_train] for k in range(start, start + per_rank)]

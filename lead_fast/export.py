@@ -17,6 +17,7 @@ import sys
 import torch
 
 from lead_fast import checkpoint as ckpt
+from lead_fast.model import PolicyWithHead
 
 
 def export_checkpoint(checkpoint_dir: str, out_dir: str, base_model_dir: str | None = None) -> str:
@@ -34,9 +35,9 @@ def export_checkpoint(checkpoint_dir: str, out_dir: str, base_model_dir: str | N
     if not os.path.isdir(base_model_dir):
         raise FileNotFoundError(f"base model directory {base_model_dir} not found; pass --base-model")
     model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32)
-    sd = {f"lm.{k}": v for k, v in model.state_dict().items()}
+    sd = {PolicyWithHead.key_for(k): v for k, v in model.state_dict().items()}
     dcp.load({"model": sd}, checkpoint_id=checkpoint_dir)
-    model.load_state_dict({k.removeprefix("lm."): v for k, v in sd.items()})
+    model.load_state_dict({PolicyWithHead.hf_name(k): v for k, v in sd.items()})
     os.makedirs(out_dir, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
     AutoTokenizer.from_pretrained(base_model_dir).save_pretrained(out_dir)

@@ -45,10 +45,6 @@ class MetricsLogger:
         parts += [f"{k}={_fmt(row[k])}" for k in self.CONSOLE_KEYS if k in row]
         print(" | ".join(parts), file=sys.stdout, flush=True)
 
-    def info(self, msg: str) -> None:
-        if self.enabled:
-            print(msg, flush=True)
-
 
 def read_metrics(path: str) -> list[dict]:
     rows = []

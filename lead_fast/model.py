@@ -1,5 +1,5 @@
-"""Models: load a local Hugging Face model and tokenizer, build tiny ones, wrap with FSDP2, and run the
-backbone + fused loss head in one root forward (so FSDP2 gathers ``lm_head`` for the head).
+"""Models: load a local Hugging Face model and tokenizer, wrap with FSDP2, and run the backbone + fused
+loss head in one root forward (so FSDP2 gathers ``lm_head`` for the head).
 """
 
 from __future__ import annotations
@@ -9,47 +9,13 @@ import os
 import torch
 import torch.nn as nn
 
+from typing import Iterator
+
 from lead_fast.ops import grpo_loss, token_logprobs
 
 
 class ModelError(ValueError):
     """A model directory that cannot be used; the message says what is missing."""
-
-
-def train_tokenizer(texts, out_dir: str, vocab_size: int = 512):
-    """A small byte-level BPE tokenizer (digits split one per token) trained on ``texts``; saved to ``out_dir``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
-                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<eos>", "<unk>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(texts, trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>", unk_token="<unk>")
-    fast.save_pretrained(out_dir)
-    return fast
-
-
-def build_tiny_model(tokenizer, out_dir: str, *, hidden: int = 128, layers: int = 2, heads: int = 4,
-                     max_positions: int = 256, seed: int = 0):
-    """A random-init Qwen2-style causal LM sized for CPU tests, saved as a real model directory."""
-    from transformers import AutoModelForCausalLM, Qwen2Config
-
-    cfg = Qwen2Config(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 3,
-                      num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
-                      max_position_embeddings=max_positions, tie_word_embeddings=False,
-                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                      bos_token_id=None)
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(cfg)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    return model
 
 
 def check_model_dir(path: str) -> None:
@@ -98,6 +64,28 @@ class PolicyWithHead(nn.Module):
     def __init__(self, lm: nn.Module):
         super().__init__()
         self.lm = lm
+
+    # Parameter names: this module's state-dict keys are the Hugging Face model's, under "lm.".
+    @staticmethod
+    def hf_name(key: str) -> str:
+        """This module's state-dict key -> the Hugging Face model's parameter name."""
+        return key.removeprefix("lm.")
+
+    @staticmethod
+    def key_for(hf_name: str) -> str:
+        """A Hugging Face parameter name -> this module's state-dict key."""
+        return f"lm.{hf_name}"
+
+    def hf_named_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """``(Hugging Face name, full tensor)`` for every entry of the state dict, in a fixed order.
+
+        Collective when sharded: each ``full_tensor()`` all-gathers, so every rank must drain this
+        iterator, in step with the others (the rollout engines' ``update_weights`` do).
+        """
+        from torch.distributed.tensor import DTensor
+
+        for key, t in self.state_dict().items():
+            yield self.hf_name(key), (t.full_tensor() if isinstance(t, DTensor) else t).detach()
 
     def decoder_layers(self) -> list[nn.Module]:
         return list(self.lm.get_decoder().layers)

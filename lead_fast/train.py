@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     from lead_fast.data import DataError
     from lead_fast.model import ModelError
     from lead_fast.trainer import Trainer
+    from lead_fast.update import NonFiniteError
 
     import torch.distributed as dist
 
@@ -38,7 +39,13 @@ def main(argv: list[str] | None = None) -> int:
         if dist.is_initialized():
             dist.destroy_process_group()
         return 2
-    trainer.fit()
+    try:
+        trainer.fit()
+    except NonFiniteError as e:
+        _error(f"stopped: {e}")
+        return 1
+    finally:
+        trainer.close()
     if dist.is_initialized():
         dist.destroy_process_group()
     return 0

@@ -1,37 +1,40 @@
 import os
-import sys
-from pathlib import Path
 
 # The Triton kernels run on CPU tensors under the interpreter; it must be set before triton is imported.
 if os.environ.get("LEAD_FAST_NO_INTERPRET") is None:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+import json  # noqa: E402
+
 import pytest  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-DATA = SHARED / "data" / "grpo_lead"
-sys.path.insert(0, str(ROOT / "tests"))
+from tests.launch import DATA_DIR  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def train_data():
-    import json
-
-    path = DATA / "train_stage2_3.json"
-    if not path.exists():
-        pytest.skip(f"{path} not found (the shared GRPO-LEAD data lives beside the checkout)")
-    return json.loads(path.read_text())
+    """The shipped GRPO-LEAD training rows."""
+    return json.loads((DATA_DIR / "train_stage2_3.json").read_text())
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, train_data):
     """A real model directory: a BPE tokenizer trained on the GRPO-LEAD problems and a random-init
     Qwen2-style model, saved and loaded back by the code under test."""
-    from lead_fast.model import build_tiny_model, train_tokenizer
+    from lead_fast.demo import build_tiny_model, train_tokenizer
 
     out = tmp_path_factory.mktemp("tiny_model")
     texts = [r["problem"] for r in train_data[:1500]] + [r.get("solution") or "" for r in train_data[:300]]
     tok = train_tokenizer(texts, str(out), vocab_size=1000)
     build_tiny_model(tok, str(out), hidden=64, layers=2, heads=4, max_positions=1024)
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def embedded_model(tmp_path_factory):
+    """The embedded task's model after a short warm start (built once, passed with --model)."""
+    from lead_fast.demo import build_embedded_model
+
+    d = tmp_path_factory.mktemp("embedded") / "base_model"
+    build_embedded_model(str(d), steps=150, seed=0, log=lambda m: None)
+    return str(d)

@@ -1,27 +1,10 @@
-"""The trainer with real torchrun, FSDP2 on gloo, a real (tiny) model directory and the real data."""
+"""The trainer with real torchrun, FSDP2 on gloo, a real (tiny) model directory and the shipped data."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "grpo_lead" / "train_stage2_3.json"
-
-
-def torchrun(nproc, args, timeout=600, cwd=None):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    env.pop("TRITON_INTERPRET", None)
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd or ROOT, env=env)
-    return p
-
-
-def _check(p):
-    assert p.returncode == 0, f"exit {p.returncode}\nSTDOUT:\n{p.stdout[-4000:]}\nSTDERR:\n{p.stderr[-6000:]}"
+from tests.launch import HELPERS, TRAIN_DATA, check, torchrun
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +12,7 @@ def update_results(tiny_model_dir, tmp_path_factory):
     out = {}
     for world in (1, 2):
         d = tmp_path_factory.mktemp(f"upd{world}")
-        p = torchrun(world, [str(ROOT / "tests/helpers/dist_update.py"), tiny_model_dir, str(DATA),
-                             str(d / "res.json")])
-        _check(p)
+        check(torchrun(world, [str(HELPERS / "dist_update.py"), tiny_model_dir, str(TRAIN_DATA), str(d / "res.json")]))
         out[world] = json.loads((d / "res.json").read_text())
     return out
 
@@ -53,12 +34,12 @@ def test_sync_makes_engine_bit_identical(update_results):
 
 def test_one_full_step_on_real_data(tiny_model_dir, tmp_path):
     out = tmp_path / "run"
-    p = torchrun(2, ["-m", "lead_fast.train", "--model", tiny_model_dir, "--data", str(DATA), "--output-dir", str(out),
-                     "--max-steps", "1", "--eval-every", "1", "--optim.prompts_per_step", "4", "--rollout.n", "4",
-                     "--rollout.max_new_tokens", "12", "--data.max_prompt_tokens", "200", "--data.eval_size", "4",
-                     "--algo.drop_no_signal", "false", "--optim.lr", "1e-4",
-                     "--model.activation_checkpointing", "true"])
-    _check(p)
+    p = check(torchrun(2, ["-m", "lead_fast.train", "--model", tiny_model_dir, "--data", str(TRAIN_DATA),
+                           "--output-dir", str(out), "--max-steps", "1", "--eval-every", "1",
+                           "--optim.prompts_per_step", "4", "--rollout.n", "4", "--rollout.max_new_tokens", "12",
+                           "--data.max_prompt_tokens", "200", "--data.eval_size", "4",
+                           "--algo.drop_no_signal", "false", "--optim.lr", "1e-4",
+                           "--model.activation_checkpointing", "true"]))
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1]
     last = rows[-1]
@@ -76,8 +57,7 @@ def test_default_run_learns(tmp_path):
     """The embedded default, exactly as README runs it (only the output directory moved): eval accuracy
     up >= 20 points and mean eval response length down >= 20% from the first eval to the last."""
     out = tmp_path / "default"
-    p = torchrun(2, ["-m", "lead_fast.train", "--output-dir", str(out)], timeout=900)
-    _check(p)
+    check(torchrun(2, ["-m", "lead_fast.train", "--output-dir", str(out)], timeout=900))
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in rows if r.get("eval/accuracy") is not None]
     first, last = evals[0], evals[-1]

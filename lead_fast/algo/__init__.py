@@ -1,13 +1,22 @@
-"""GRPO-LEAD math: grading, length-regularized rewards, difficulty-weighted advantages.
+"""GRPO-LEAD math: grading, length-regularized rewards, difficulty-weighted advantages, loss weights.
 
-Pure functions: tensors (or strings) in, tensors out; no model, no distributed state.
+Pure functions: tensors (or strings) in, tensors out; no model, no distributed state. The one piece of
+process-global state is ``grade_batch``'s worker pool (``grading_pool``). The tensor functions are
+imported on first use, so a grading worker never imports torch.
 """
 
-from lead_fast.algo.grading import CORRECT, DEGENERATE, NO_ANSWER, WRONG, grade, grade_batch, is_degenerate_text
-from lead_fast.algo.rewards import difficulty_weight, groups_without_signal, lead_advantages, lead_rewards
+from lead_fast.algo.grading import CORRECT, DEGENERATE, NO_ANSWER, WRONG, grade, is_degenerate_text
+from lead_fast.algo.grading_pool import grade_batch
 
-__all__ = [
-    "CORRECT", "WRONG", "NO_ANSWER", "DEGENERATE",
-    "grade", "grade_batch", "is_degenerate_text",
-    "lead_rewards", "lead_advantages", "difficulty_weight", "groups_without_signal",
-]
+_REWARDS = ("lead_rewards", "lead_advantages", "difficulty_weight", "groups_without_signal")
+
+__all__ = ["CORRECT", "WRONG", "NO_ANSWER", "DEGENERATE", "grade", "grade_batch", "is_degenerate_text",
+           *_REWARDS]
+
+
+def __getattr__(name):
+    if name in _REWARDS:
+        from lead_fast.algo import rewards
+
+        return getattr(rewards, name)
+    raise AttributeError(f"module 'lead_fast.algo' has no attribute {name!r}")

@@ -1,9 +1,14 @@
-"""The rollout protocol: what the trainer needs from an engine, and nothing more."""
+"""The rollout protocol: what the trainer needs from an engine, and nothing more.
+
+``generate`` samples responses, ``update_weights`` takes the trainer's new weights, ``close`` frees the
+engine. An engine manages its own memory inside those calls (a vLLM engine sleeps and wakes there); the
+trainer never asks.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Protocol
+from typing import Iterable, Literal, Protocol
 
 import torch
 
@@ -20,21 +25,35 @@ class SamplingSettings:
     """Sampling seed for this call: the same prompts, weights and seed give the same responses."""
 
 
+@dataclass(frozen=True)
+class Completion:
+    """One sampled response."""
+
+    token_ids: list[int]
+    """The response's tokens; a response that stopped on EOS ends with it (the policy learns to stop)."""
+    finish_reason: Literal["stop", "length"]
+    """``stop``: ended on EOS; ``length``: cut off at ``max_new_tokens``."""
+
+
 class RolloutEngine(Protocol):
-    def generate(self, prompts: list[list[int]], settings: SamplingSettings) -> list[list[list[int]]]:
-        """For each prompt (token ids), ``settings.n`` responses as token ids (ending in EOS unless cut off)."""
+    def generate(self, prompts: list[list[int]], settings: SamplingSettings) -> list[list[Completion]]:
+        """For each prompt (token ids), ``settings.n`` completions."""
 
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Take full (unsharded) tensors by Hugging Face parameter name; called with buckets after each update."""
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Take full (unsharded) tensors by Hugging Face parameter name. Must drain the iterable: under
+        FSDP each item is produced by a collective. The engine buckets and finishes the load itself."""
 
-    def sleep(self) -> None:
-        """Free what the engine can while the trainer runs (may do nothing)."""
-
-    def wake_up(self) -> None:
-        """Undo ``sleep`` (may do nothing)."""
+    def close(self) -> None:
+        """Free the engine's memory and processes."""
 
 
-def make_engine(kind: str, model_path: str, *, device: torch.device, dtype: torch.dtype, tokenizer, **kw) -> RolloutEngine:
+def make_engine(kind: str, model_path: str, *, device: torch.device, dtype: torch.dtype, tokenizer, seed: int,
+                max_model_len: int, gpu_memory_utilization: float, sync_bucket_mb: int) -> RolloutEngine:
+    """The engine named ``kind`` (``hf`` or ``vllm``) for ``model_path``.
+
+    ``hf`` runs on ``device`` and loads weights tensor by tensor (it needs no model length, memory share
+    or bucketing); ``vllm`` takes every argument but ``device`` (it uses the current CUDA device).
+    """
     if kind == "hf":
         from lead_fast.rollout.hf import HFEngine
 
@@ -49,5 +68,6 @@ def make_engine(kind: str, model_path: str, *, device: torch.device, dtype: torc
                               "use --rollout.engine hf for transformers generate") from None
         from lead_fast.rollout.vllm_engine import VLLMEngine
 
-        return VLLMEngine(model_path, dtype=dtype, tokenizer=tokenizer, **kw)
+        return VLLMEngine(model_path, dtype=dtype, tokenizer=tokenizer, seed=seed, max_model_len=max_model_len,
+                          gpu_memory_utilization=gpu_memory_utilization, bucket_bytes=sync_bucket_mb * 2**20)
     raise ValueError(f"unknown rollout engine {kind!r}; choose hf or vllm")

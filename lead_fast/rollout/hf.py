@@ -6,11 +6,11 @@ from typing import Iterable
 
 import torch
 
-from lead_fast.rollout.base import SamplingSettings
+from lead_fast.rollout.base import Completion, SamplingSettings
 
 
 class HFEngine:
-    """Generates with ``model.generate``; receives new weights only through ``load_weights``."""
+    """Generates with ``model.generate``; receives new weights only through ``update_weights``."""
 
     def __init__(self, model_path: str, *, device: torch.device, dtype: torch.dtype, tokenizer):
         from transformers import AutoModelForCausalLM
@@ -24,7 +24,7 @@ class HFEngine:
         self._params.update(dict(self.model.named_buffers()))
 
     @torch.no_grad()
-    def generate(self, prompts: list[list[int]], settings: SamplingSettings) -> list[list[list[int]]]:
+    def generate(self, prompts: list[list[int]], settings: SamplingSettings) -> list[list[Completion]]:
         if not prompts:
             return []
         width = max(len(p) for p in prompts)
@@ -50,15 +50,17 @@ class HFEngine:
         for i in range(len(prompts)):
             group = []
             for r in resp[i * settings.n:(i + 1) * settings.n]:
-                if self.eos_id in r:
-                    r = r[: r.index(self.eos_id) + 1]   # keep EOS: the policy must learn to stop
-                group.append(r)
+                if self.eos_id in r:   # keep EOS: the policy must learn to stop
+                    group.append(Completion(r[: r.index(self.eos_id) + 1], "stop"))
+                else:
+                    group.append(Completion(r, "length"))
             result.append(group)
         return result
 
     @torch.no_grad()
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        for name, t in weights:
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy each tensor into the engine's model as it arrives (no buckets: no extra memory here)."""
+        for name, t in named_tensors:
             p = self._params.get(name)
             if p is None:
                 raise KeyError(f"rollout engine has no parameter {name!r}")
@@ -69,8 +71,6 @@ class HFEngine:
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.model.state_dict()
 
-    def sleep(self) -> None:
-        pass
-
-    def wake_up(self) -> None:
-        pass
+    def close(self) -> None:
+        self.model = None
+        self._params = {}

@@ -14,7 +14,8 @@ import torch.distributed as dist
 def main():
     model_dir, data, out = sys.argv[1:4]
     from lead_fast.config import parse_args
-    from lead_fast.trainer import Sample, Trainer, sync_weights
+    from lead_fast.trainer import Trainer
+    from lead_fast.update import Sample
 
     cfg = parse_args(["--model", model_dir, "--data", data, "--output-dir", os.path.dirname(out) + "/run",
                       "--optim.lr", "1e-3", "--optim.prompts_per_step", "2", "--data.max_prompt_tokens", "512",
@@ -30,15 +31,12 @@ def main():
                               torch.randint(2, V, (R,), generator=g).tolist(),
                               float(torch.randn(1, generator=g)), float(torch.rand(1, generator=g))))
     mine = samples[rank::world]
-    res = tr.update(mine, step=0, fallback=mine[0])
-    sync_weights(tr.policy, tr.engine, bucket_bytes=64 * 1024)  # small buckets: several load_weights calls
-    from torch.distributed.tensor import DTensor
-
+    res = tr.updater.update(mine, step=0)
+    tr.engine.update_weights(tr.policy.hf_named_tensors())
     eng = tr.engine.state_dict()
     exact, n = True, 0
-    for name, p in tr.policy.state_dict().items():
-        full = p.full_tensor() if isinstance(p, DTensor) else p
-        exact &= torch.equal(full.cpu(), eng[name.removeprefix("lm.")].cpu())
+    for name, full in tr.policy.hf_named_tensors():
+        exact &= torch.equal(full.cpu(), eng[name].cpu())
         n += 1
     if rank == 0:
         with open(out, "w") as f:

@@ -12,18 +12,19 @@ import torch.distributed as dist
 def main():
     model_dir, out = sys.argv[1:3]
     from lead_fast.config import parse_args
-    from lead_fast.trainer import Sample, Trainer
+    from lead_fast.trainer import Trainer
+    from lead_fast.update import NonFiniteError, Sample
 
     tr = Trainer(parse_args(["--model", model_dir, "--output-dir", os.path.dirname(out) + "/run",
                              "--run.max_nonfinite_steps", "2", "--optim.prompts_per_step", "2"]))
     before = [p.detach().clone() for p in tr.policy.parameters()]
     bad = [Sample([5, 6, 7], [8, 9], float("nan"), 0.5)]
-    res = tr.update(bad, step=0, fallback=bad[0])
+    res = tr.updater.update(bad, step=0)
     unchanged = all(torch.equal(a, b.detach()) for a, b in zip(before, tr.policy.parameters()))
     stopped = ""
     try:
-        tr.update(bad, step=1, fallback=bad[0])
-    except RuntimeError as e:
+        tr.updater.update(bad, step=1)
+    except NonFiniteError as e:
         stopped = str(e)
     if tr.rank == 0:
         with open(out, "w") as f:

@@ -1,4 +1,4 @@
-"""Straightforward implementations written from DESIGN.md's definitions, for tests only."""
+"""Straightforward implementations written from the definitions in docs/design.md, for tests only."""
 
 import math
 

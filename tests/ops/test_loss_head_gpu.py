@@ -4,10 +4,9 @@ import os
 
 import pytest
 import torch
-from naive import naive_grpo_loss
-from test_loss_head import CASES, _compare, _inputs
-
 from lead_fast.ops import grpo_loss, token_logprobs
+from tests.ops.cases import CASES, compare, make_inputs
+from tests.reference import naive_grpo_loss
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET", "0") != "0",
@@ -64,7 +63,7 @@ def test_token_logprobs_triton_matches_torch():
 def test_every_cpu_case_at_a_larger_shape(case):
     """The interpreter tests' cases (on-policy, KL, entropy, temperatures, clip ranges, weights, masked
     tokens, all-negative logits) with the real kernel at N=1024, H=512, V=32001, float32."""
-    *tensors, kw = _inputs(1024, 512, 32001, seed=3, dtype=torch.float32, **case["inp"])
+    *tensors, kw = make_inputs(1024, 512, 32001, seed=3, dtype=torch.float32, **case["inp"])
     tensors = [None if t is None else t.cuda() for t in tensors]
     kw = {k: v.cuda() for k, v in kw.items()}
-    _compare("triton", (*tensors, kw), max(case.get("tol32", 2e-5), 1e-4), chunk_size=300, **case["opts"])
+    compare("triton", (*tensors, kw), max(case.get("tol32", 2e-5), 1e-4), chunk_size=300, **case["opts"])

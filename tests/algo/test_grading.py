@@ -3,7 +3,7 @@ import time
 
 import pytest
 
-from lead_fast.algo import grade, grade_batch, is_degenerate_text
+from lead_fast.algo import grade, is_degenerate_text
 
 
 @pytest.fixture(scope="module")
@@ -44,37 +44,23 @@ def test_require_think():
     assert grade("answer \\boxed{3}", "3", require_think=False) == 1
 
 
-def test_grade_batch_matches_grade(sample):
-    resp, ans = [], []
-    for i, row in enumerate(sample):
-        a = row["answer"].strip().strip("$")
-        resp.append([f"\\boxed{{{a}}}", "\\boxed{99999}", "no answer", "ha " * 50][i % 4])
-        ans.append(row["answer"])
-    got = grade_batch(resp, ans)
-    assert got == [grade(r, a) for r, a in zip(resp, ans)]
-    assert got[:4] == [1, 0, -1, -2]
-
-
-def test_grade_batch_hostile_latex_costs_at_most_its_timeout():
-    hostile = [
-        "\\boxed{" + "{" * 3000 + "1" + "}" * 3000 + "}",          # deep nesting
-        "\\boxed{9^{9^{9^{9^{9^{9^{9^{9}}}}}}}}",                   # a tower of exponents
-        "\\boxed{" + "\\sqrt{" * 400 + "2" + "}" * 400 + "}",
-        "\\boxed{(10^{10^{10}})!}",
-    ]
-    good = ["\\boxed{4}"] * 4
-    t0 = time.monotonic()
-    out = grade_batch(hostile + good, ["1"] * 4 + ["4"] * 4, timeout_s=2.0, num_workers=2)
-    took = time.monotonic() - t0
-    assert out[4:] == [1, 1, 1, 1]
-    assert all(o in (0, -1) for o in out[:4])
-    # 4 hostile items on 2 workers: two rounds of at most 2 s each, plus worker restarts.
-    assert took < 30, took
-
-
-def test_grade_batch_errors():
-    with pytest.raises(ValueError, match="2 responses but 1 answers"):
-        grade_batch(["a", "b"], ["1"])
-    assert grade_batch([], []) == []
+def test_non_strings_are_a_type_error():
     with pytest.raises(TypeError):
         grade(None, "1")
+
+
+def test_math_verify_timeout_grades_wrong_instead_of_raising():
+    # math-verify's TimeoutException is a BaseException: it must not escape grade()
+    assert grade("\\boxed{10^{10^{10^{10}}}}", "1", timeout_s=1) == 0
+
+
+def test_last_box_is_found_in_linear_time():
+    t0 = time.monotonic()
+    assert grade("\\boxed{" * 150_000, "1") in (-1, -2)         # 1 MB of unclosed boxes
+    assert grade("x " * 200_000 + "\\boxed{1}" + " \\boxed{" * 50_000, "1") == 1
+    assert time.monotonic() - t0 < 5
+
+
+def test_nested_and_unclosed_boxes():
+    assert grade("\\boxed{\\frac{1}{2}} and \\boxed{7", "\\frac{1}{2}") == 1   # an unclosed last box is no answer
+    assert grade("{ \\boxed{3} } \\boxed{\\boxed{4}}", "4") == 1

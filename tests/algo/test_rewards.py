@@ -2,9 +2,9 @@ import random
 
 import pytest
 import torch
-from naive import loop_advantages, loop_rewards
 
 from lead_fast.algo import difficulty_weight, groups_without_signal, lead_advantages, lead_rewards
+from tests.reference import loop_advantages, loop_rewards
 
 
 def _case(sizes, seed, outcome_pool=(1, 0, -1, -2), shuffle=True):

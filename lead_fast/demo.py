@@ -1,0 +1,172 @@
+"""The embedded demo: a task, a tokenizer and a tiny model built locally, and a supervised warm start.
+
+The task is ``What is a + b?`` for ``0 <= a, b < 20``. The tokenizer (byte-level BPE, digits split) is
+trained on its text; the model is a random-init Qwen2-style causal LM saved as a real model directory;
+the warm start (GRPO-LEAD's own stage 1 is an SFT too) teaches it worked solutions of deliberately mixed
+length and quality, so GRPO-LEAD has both accuracy and length to win. Everything derives from the seed:
+rank 0 builds the directory once and the other ranks load it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import time
+
+import torch
+import torch.distributed as dist
+
+from lead_fast.data import Problem, build_prompt
+
+TASK_INSTRUCTION = "Put the final answer within \\boxed{}."
+TASK_MAX = 20  # operands in [0, TASK_MAX)
+
+
+def synthetic_problems() -> list[Problem]:
+    """All ``a + b`` problems with ``0 <= a, b < 20`` (400), in a fixed order."""
+    return [Problem(f"What is {a} + {b}?", str(a + b)) for a in range(TASK_MAX) for b in range(TASK_MAX)]
+
+
+def synthetic_solution(a: int, b: int, rng: random.Random) -> str:
+    """One worked solution, drawn from a deliberately mixed distribution.
+
+    Half are concise (just the boxed answer) and half verbose (restate, compute, check 1-3 times); half
+    carry an arithmetic slip (the sum is off by 1 or 10). The warm-started policy therefore answers right
+    about half the time and spends many tokens doing it: GRPO-LEAD has both accuracy and length to win.
+    """
+    s = a + b
+    if rng.random() < 0.5:
+        s = max(0, s + rng.choice([-10, -1, 1, 10]))
+    if rng.random() < 0.5:
+        return f"\\boxed{{{s}}}"
+    checks = " ".join(f"Check: {s} - {b} = {s - b}." for _ in range(rng.randint(1, 3)))
+    return f"We add {a} and {b}. {a} + {b} = {s}. {checks} So the answer is \\boxed{{{s}}}"
+
+
+def synthetic_corpus(n: int, seed: int) -> list[tuple[Problem, str]]:
+    rng = random.Random(seed)
+    probs = synthetic_problems()
+    out = []
+    for _ in range(n):
+        p = rng.choice(probs)
+        a, b = (int(x) for x in p.problem[len("What is "):-1].split(" + "))
+        out.append((p, synthetic_solution(a, b, rng)))
+    return out
+
+
+def train_tokenizer(texts, out_dir: str, vocab_size: int = 512):
+    """A small byte-level BPE tokenizer (digits split one per token) trained on ``texts``; saved to ``out_dir``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<eos>", "<unk>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>", unk_token="<unk>")
+    fast.save_pretrained(out_dir)
+    return fast
+
+
+def build_tiny_model(tokenizer, out_dir: str, *, hidden: int = 128, layers: int = 2, heads: int = 4,
+                     max_positions: int = 256, seed: int = 0):
+    """A random-init Qwen2-style causal LM sized for CPU tests, saved as a real model directory."""
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    cfg = Qwen2Config(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 3,
+                      num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+                      max_position_embeddings=max_positions, tie_word_embeddings=False,
+                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                      bos_token_id=None)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return model
+
+
+def prepare_model_dir(output_dir: str, *, steps: int, seed: int, rank: int, log=print) -> str:
+    """Collective: rank 0 builds (or reuses) ``OUTPUT_DIR/base_model``; every rank returns its path."""
+    path = os.path.join(output_dir, "base_model")
+    if rank == 0:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(os.cpu_count() or 1)  # the other ranks wait: give the warm start every core
+        try:
+            build_embedded_model(path, steps=steps, seed=seed, log=log)
+        finally:
+            torch.set_num_threads(threads)
+    dist.barrier()
+    return path
+
+
+MARKER = "lead_fast_warmstart.json"
+
+
+def build_embedded_model(out_dir: str, *, steps: int, seed: int, log=print) -> str:
+    """Build (or reuse) ``out_dir``: tokenizer + tiny Qwen2-style model after ``steps`` SFT steps."""
+    spec = dict(steps=steps, seed=seed, version=1)
+    marker = os.path.join(out_dir, MARKER)
+    if os.path.exists(marker):
+        with open(marker) as f:
+            if json.load(f) == spec:
+                log(f"[warm start] reusing {out_dir}")
+                return out_dir
+    t0 = time.time()
+    tmp = out_dir + ".tmp"
+    os.makedirs(tmp, exist_ok=True)
+    corpus = synthetic_corpus(20000, seed)
+    texts = [f"{p.problem} {TASK_INSTRUCTION}\n{s}" for p, s in corpus]
+    tok = train_tokenizer(texts + [p.problem for p in synthetic_problems()], tmp, vocab_size=400)
+    model = build_tiny_model(tok, tmp, seed=seed)
+    if steps > 0:
+        _sft(model, tok, corpus, steps=steps, seed=seed, log=log)
+    model.save_pretrained(tmp)
+    with open(os.path.join(tmp, MARKER), "w") as f:
+        json.dump(spec, f)
+    if os.path.exists(out_dir):
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    log(f"[warm start] built {out_dir} ({steps} SFT steps) in {time.time() - t0:.1f}s")
+    return out_dir
+
+
+def _sft(model, tok, corpus, *, steps: int, seed: int, batch: int = 64, lr: float = 3e-3, log=print) -> None:
+    """Next-token loss on the solution tokens (and EOS) only."""
+    rng = random.Random(seed + 1)
+    torch.manual_seed(seed + 1)
+    eos = tok.eos_token_id
+    examples = []
+    for p, sol in corpus:
+        prompt = build_prompt(tok, p.problem, TASK_INSTRUCTION, "plain")
+        resp = tok(sol, add_special_tokens=False)["input_ids"] + [eos]
+        examples.append((prompt, resp))
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * max(0.1, 1 - s / steps))
+    model.train()
+    for step in range(steps):
+        rows = [examples[rng.randrange(len(examples))] for _ in range(batch)]
+        T = max(len(a) + len(b) for a, b in rows)
+        ids = torch.full((batch, T), tok.pad_token_id)
+        labels = torch.full((batch, T), -100)
+        mask = torch.zeros((batch, T), dtype=torch.long)
+        for i, (a, b) in enumerate(rows):
+            seq = a + b
+            ids[i, : len(seq)] = torch.tensor(seq)
+            labels[i, len(a): len(seq)] = torch.tensor(b)
+            mask[i, : len(seq)] = 1
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        if step % 50 == 0 or step == steps - 1:
+            log(f"[warm start] step {step + 1}/{steps} loss {loss.item():.4f}")
+    model.eval()

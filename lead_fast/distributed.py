@@ -1,0 +1,47 @@
+"""Process-group set-up and the few collectives the loop needs, by name rather than by position."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+
+
+def setup_distributed() -> tuple[int, int, torch.device]:
+    """``(rank, world size, device)``; NCCL on CUDA, gloo on CPU. Without torchrun: a world of one."""
+    if "RANK" not in os.environ:  # plain `python -m lead_fast.train`
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+                                device_id=device if device.type == "cuda" else None)
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def all_sum(values: dict[str, float | torch.Tensor], device: torch.device) -> dict[str, float]:
+    """Sum each named value (a number or a 0-d tensor) over ranks: one collective, float64. Every rank
+    passes the same names."""
+    names = sorted(values)
+    t = torch.stack([torch.as_tensor(values[k], dtype=torch.float64).to(device) for k in names])
+    dist.all_reduce(t)
+    return dict(zip(names, t.tolist()))
+
+
+def all_max(value: int, device: torch.device) -> int:
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
+def step_seed(seed: int, step: int, rank: int, salt: int = 0) -> int:
+    """The seed of one step's sampling on one rank (``salt`` separates uses within a step)."""
+    return (seed * 1_000_003 + step * 10_007 + rank * 101 + salt) % (2**62)

@@ -1,0 +1,224 @@
+"""The update: one rollout batch in, ``updates_per_batch`` optimizer steps out.
+
+Micro-batches are planned by a token budget and collated right-padded; the old-policy pass (only when
+``updates_per_batch > 1``) and the reference pass (only when ``kl_coef > 0``) run first, without a graph;
+then each mini-batch accumulates gradients over its micro-batches, syncs them once, clips, and steps —
+unless the loss or gradient is non-finite, in which case the step is skipped and counted.
+
+Aggregation is a token mean over each mini-batch across all ranks: every token carries the weight
+``world / tokens_in_mini_batch`` (FSDP2 averages gradients over ranks, hence the ``world``), so the step
+does not depend on how tokens are split over micro-batches or ranks.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+import torch
+
+from lead_fast.distributed import all_max, all_sum, step_seed
+
+
+@dataclass
+class Sample:
+    """One response, ready for the update."""
+
+    prompt: list[int]
+    response: list[int]
+    advantage: float
+    correct_ratio: float
+    old_logprobs: torch.Tensor | None = None   # (len(response),) when updates_per_batch > 1
+    ref_logprobs: torch.Tensor | None = None   # (len(response),) when kl_coef > 0
+
+
+@dataclass
+class MicroBatch:
+    """Right-padded rows and the per-token inputs of their response tokens, flattened in row order."""
+
+    input_ids: torch.Tensor        # (B, T)
+    attention_mask: torch.Tensor   # (B, T)
+    positions: torch.Tensor        # (n,) flat indices into B*T of the hidden states predicting `targets`
+    targets: torch.Tensor          # (n,)
+    advantages: torch.Tensor       # (n,)
+    correct_ratio: torch.Tensor    # (n,)
+    token_weights: torch.Tensor    # (n,)
+    old_logprobs: torch.Tensor | None   # (n,)
+    ref_logprobs: torch.Tensor | None   # (n,)
+
+
+def plan_micro_batches(samples: list[Sample], budget: int) -> list[list[Sample]]:
+    """Greedy packing by padded tokens (rows x longest row) under ``budget``, shortest first; every
+    batch holds at least one row (a row longer than the budget gets a batch of its own)."""
+    batches, cur, longest = [], [], 0
+    for s in sorted(samples, key=lambda s: len(s.prompt) + len(s.response)):
+        length = len(s.prompt) + len(s.response)
+        if cur and max(longest, length) * (len(cur) + 1) > budget:
+            batches.append(cur)
+            cur, longest = [], 0
+        cur.append(s)
+        longest = max(longest, length)
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+def collate(batch: list[Sample], pad_id: int, device, token_weight: float) -> MicroBatch:
+    """Right-pad ``batch`` into ``(B, T)``; every response token gets ``token_weight``."""
+    T = max(len(s.prompt) + len(s.response) for s in batch)
+    ids = torch.full((len(batch), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), T), dtype=torch.long)
+    pos, tgt, adv, rho, old, ref = [], [], [], [], [], []
+    for b, s in enumerate(batch):
+        seq = s.prompt + s.response
+        ids[b, : len(seq)] = torch.tensor(seq)
+        mask[b, : len(seq)] = 1
+        P, R = len(s.prompt), len(s.response)
+        pos.append(torch.arange(b * T + P - 1, b * T + P - 1 + R))  # hidden at t predicts token t + 1
+        tgt.append(torch.tensor(s.response))
+        adv.append(torch.full((R,), s.advantage))
+        rho.append(torch.full((R,), s.correct_ratio))
+        if s.old_logprobs is not None:
+            old.append(s.old_logprobs)
+        if s.ref_logprobs is not None:
+            ref.append(s.ref_logprobs)
+    n = sum(len(s.response) for s in batch)
+    return MicroBatch(
+        input_ids=ids.to(device), attention_mask=mask.to(device), positions=torch.cat(pos).to(device),
+        targets=torch.cat(tgt).to(device), advantages=torch.cat(adv).to(device),
+        correct_ratio=torch.cat(rho).to(device), token_weights=torch.full((n,), token_weight, device=device),
+        old_logprobs=torch.cat(old).to(device) if len(old) == len(batch) else None,
+        ref_logprobs=torch.cat(ref).to(device) if len(ref) == len(batch) else None,
+    )
+
+
+class NonFiniteError(RuntimeError):
+    """Too many optimizer steps in a row had a non-finite loss or gradient."""
+
+
+class Updater:
+    """Runs the update for one rollout batch on this rank (a collective: every rank calls ``update``)."""
+
+    def __init__(self, cfg, *, policy, ref, optimizer, scheduler, pad_id: int, device, rank: int, world: int,
+                 log=print):
+        self.cfg, self.policy, self.ref = cfg, policy, ref
+        self.opt, self.sched = optimizer, scheduler
+        self.pad_id, self.device, self.rank, self.world, self.log = pad_id, device, rank, world, log
+        self.nonfinite_in_a_row = 0
+        # Stands in on a rank with fewer micro-batches than another: FSDP2 gathers in every forward, so
+        # all ranks run the same number; its tokens weigh 0.
+        self.filler = Sample([pad_id], [pad_id], 0.0, 0.0)
+
+    def _plan(self, samples: list[Sample]) -> list[tuple[list[Sample], bool]]:
+        """Micro-batches, padded with filler ones to the largest count on any rank; ``(batch, real)``."""
+        plan = plan_micro_batches(samples, self.cfg.optim.micro_batch_tokens)
+        n = all_max(len(plan), self.device)
+        return [(b, True) for b in plan] + [([self.filler], False)] * (n - len(plan))
+
+    def _loss_kwargs(self) -> dict:
+        o = self.cfg.optim
+        return dict(temperature=self.cfg.rollout.temperature, backend=o.loss_backend,
+                    chunk_size=o.loss_chunk_size or None)
+
+    @torch.no_grad()
+    def _fill_logprobs(self, model, samples: list[Sample], attr: str) -> None:
+        """Set ``attr`` (``old_logprobs`` / ``ref_logprobs``) of every sample from ``model``, no graph."""
+        for batch, real in self._plan(samples):
+            mb = collate(batch, self.pad_id, self.device, 0.0)
+            lp = model(mb.input_ids, mb.attention_mask, mb.positions, mb.targets, mode="logprobs",
+                       **self._loss_kwargs()).cpu()
+            if real:
+                offset = 0  # collate flattens rows in batch order, each row's response contiguous
+                for s in batch:
+                    setattr(s, attr, lp[offset: offset + len(s.response)])
+                    offset += len(s.response)
+
+    def update(self, samples: list[Sample], step: int) -> dict:
+        """Returns ``loss``, ``clip_frac``, ``kl``, ``entropy``, ``grad_norm`` (NaN when nothing was
+        updated), ``updated`` and ``nonfinite_skipped``."""
+        c = self.cfg
+        result = dict(loss=math.nan, clip_frac=math.nan, kl=math.nan, entropy=math.nan, grad_norm=math.nan,
+                      updated=False, nonfinite_skipped=0)
+        if all_sum({"tokens": sum(len(s.response) for s in samples)}, self.device)["tokens"] == 0:
+            return result  # every group on every rank was dropped
+        n_updates = c.optim.updates_per_batch
+        if self.ref is not None:
+            self._fill_logprobs(self.ref, samples, "ref_logprobs")
+        if n_updates > 1:
+            self._fill_logprobs(self.policy, samples, "old_logprobs")
+        order = samples[:]
+        random.Random(step_seed(c.run.seed, step, self.rank, salt=2)).shuffle(order)
+        totals = {"loss": 0.0, "clipped": 0.0, "kl": 0.0, "entropy": 0.0, "weight": 0.0}
+        done = 0
+        for mini in (order[i::n_updates] for i in range(n_updates)):
+            sums = self._accumulate(mini)
+            if sums is None:
+                continue
+            grad_norm = self._clip()
+            if not (math.isfinite(grad_norm) and math.isfinite(sums["loss"])):
+                self._skip(step, sums["loss"], grad_norm)
+                result["nonfinite_skipped"] += 1
+                continue
+            self.nonfinite_in_a_row = 0
+            self.opt.step()
+            self.sched.step()
+            self.opt.zero_grad(set_to_none=True)
+            totals = {k: totals[k] + sums[k] for k in totals}
+            result["grad_norm"] = grad_norm
+            done += 1
+        if done:
+            w = totals["weight"]
+            result.update(loss=totals["loss"] / done, clip_frac=totals["clipped"] / w, kl=totals["kl"] / w,
+                          entropy=totals["entropy"] / w, updated=True)
+        return result
+
+    def _accumulate(self, mini: list[Sample]) -> dict[str, float] | None:
+        """Forward + backward over one mini-batch's micro-batches, gradients synced once at the end.
+        Returns the mini-batch's loss and token-weighted sums over all ranks, or None if it is empty."""
+        a = self.cfg.algo
+        tokens = all_sum({"tokens": sum(len(s.response) for s in mini)}, self.device)["tokens"]
+        if tokens == 0:
+            return None
+        token_weight = self.world / tokens
+        plan = self._plan(mini)
+        # kept on the device until the end: no host sync between micro-batches
+        sums = {k: torch.zeros((), dtype=torch.float64, device=self.device)
+                for k in ("loss", "clipped", "kl", "entropy", "weight")}
+        for k, (batch, real) in enumerate(plan):
+            self.policy.set_requires_gradient_sync(k == len(plan) - 1)
+            mb = collate(batch, self.pad_id, self.device, token_weight if real else 0.0)
+            out = self.policy(
+                mb.input_ids, mb.attention_mask, mb.positions, mb.targets, mode="loss",
+                advantages=mb.advantages, token_weights=mb.token_weights,
+                old_logprobs=mb.old_logprobs if self.cfg.optim.updates_per_batch > 1 else None,
+                ref_logprobs=mb.ref_logprobs if self.ref is not None else None,
+                clip_low=a.clip_low, clip_high=a.clip_high, kl_coef=a.kl_coef, entropy_coef=a.entropy_coef,
+                correct_ratio=mb.correct_ratio if a.reweight else None, w_min=a.w_min, w_max=a.w_max,
+                midpoint=a.midpoint, steepness=a.steepness, **self._loss_kwargs())
+            out.loss.backward()
+            if real:
+                w = mb.token_weights.double() / self.world     # each token's share of the global mean
+                sums["loss"] += out.loss.detach().double() / self.world
+                sums["clipped"] += (out.clipped.double() * w).sum()
+                sums["kl"] += (out.kl.double() * w).sum()
+                sums["entropy"] += (out.entropy.double() * w).sum()
+                sums["weight"] += w.sum()
+        self.policy.set_requires_gradient_sync(True)
+        return all_sum(sums, self.device)
+
+    def _clip(self) -> float:
+        """Clip the global gradient norm (0: no clipping) and return it."""
+        max_norm = self.cfg.optim.grad_clip or math.inf
+        norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), max_norm)
+        return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+
+    def _skip(self, step: int, loss: float, grad_norm: float) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        self.nonfinite_in_a_row += 1
+        limit = self.cfg.run.max_nonfinite_steps
+        self.log(f"WARNING: step {step + 1}: non-finite loss or gradient (loss={loss}, grad_norm={grad_norm}); "
+                 f"skipped ({self.nonfinite_in_a_row} in a row)")
+        if self.nonfinite_in_a_row >= limit:
+            raise NonFiniteError(f"{self.nonfinite_in_a_row} steps in a row had a non-finite loss or gradient "
+                                 f"(run.max_nonfinite_steps={limit}); stopping")

@@ -1,0 +1,34 @@
+"""Running the project's commands from tests: torchrun with N ranks, or one plain process."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = ROOT / "data" / "grpo_lead"
+TRAIN_DATA = DATA_DIR / "train_stage2_3.json"
+HELPERS = ROOT / "tests" / "helpers"
+
+
+def env(**extra) -> dict:
+    """The environment of a launched run: one thread per rank, no Triton interpreter (the torch backend
+    runs on CPU), unbuffered output."""
+    e = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
+    e.pop("TRITON_INTERPRET", None)
+    return e
+
+
+def torchrun(nproc: int, args: list[str], timeout: float = 600, **extra_env) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env(**extra_env))
+
+
+def python(args: list[str], timeout: float = 300, **extra_env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                          env=env(**extra_env))
+
+
+def check(p: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert p.returncode == 0, f"exit {p.returncode}\nSTDOUT:\n{p.stdout[-4000:]}\nSTDERR:\n{p.stderr[-6000:]}"
+    return p

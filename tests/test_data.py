@@ -1,0 +1,70 @@
+"""Data loading, prompts and prompt order, and the model directory checks, in-process."""
+
+import pytest
+
+from lead_fast.data import DataError, load_problems, prompts_for_step, tokenize_prompts
+from lead_fast.model import ModelError, load_tokenizer
+from tests.launch import DATA_DIR
+
+
+def test_shipped_files_load():
+    assert len(load_problems(str(DATA_DIR / "train_stage2_3.json"))) == 3453
+    assert len(load_problems(str(DATA_DIR / "aime24.json"))) == 30
+    assert len(load_problems(str(DATA_DIR / "combined_27.json"))) == 27   # integer answers become strings
+
+
+def test_row_without_a_field_names_file_and_row(tmp_path):
+    f = tmp_path / "d.jsonl"
+    f.write_text('{"problem": "1+1", "answer": "2"}\n{"problem": "2+2"}\n')
+    with pytest.raises(DataError, match=f"{f}: row 2 has no 'answer' field"):
+        load_problems(str(f))
+    assert load_problems(str(f), answer_field="problem")[1].answer == "2+2"   # the field can be renamed
+
+
+def test_empty_unreadable_and_missing_files(tmp_path):
+    empty = tmp_path / "e.json"
+    empty.write_text("")
+    with pytest.raises(DataError, match="is empty"):
+        load_problems(str(empty))
+    bad = tmp_path / "b.json"
+    bad.write_text('[{"problem": ')
+    with pytest.raises(DataError, match="is not valid JSON"):
+        load_problems(str(bad))
+    with pytest.raises(DataError, match="does not exist"):
+        load_problems(str(tmp_path / "nope.json"))
+
+
+def test_model_dir_missing_or_without_tokenizer(tmp_path, embedded_model):
+    from pathlib import Path
+
+    with pytest.raises(ModelError, match=f"model directory {tmp_path / 'nomodel'} does not exist"):
+        load_tokenizer(str(tmp_path / "nomodel"))
+    notok = tmp_path / "notok"
+    notok.mkdir()
+    (notok / "config.json").write_text((Path(embedded_model) / "config.json").read_text())
+    with pytest.raises(ModelError, match="has no tokenizer"):
+        load_tokenizer(str(notok))
+
+
+def test_prompts_too_long_are_skipped_or_refused(embedded_model):
+    tok = load_tokenizer(embedded_model)
+    problems = load_problems(str(DATA_DIR / "aime24.json"))
+    logged = []
+    kw = dict(instruction="Answer.", template="plain", what="training", log=logged.append)
+    with pytest.raises(DataError, match="longer than data.max_prompt_tokens=3 tokens; raise the limit"):
+        tokenize_prompts(problems, tok, max_tokens=3, **kw)
+    lengths = sorted(len(ids) for ids, _ in tokenize_prompts(problems, tok, max_tokens=10**6, **kw))
+    kept = tokenize_prompts(problems, tok, max_tokens=lengths[14], **kw)
+    assert 15 <= len(kept) < 30 and all(len(ids) <= lengths[14] for ids, _ in kept)
+    assert logged and f"skipped {30 - len(kept)} of 30 training prompts" in logged[-1]
+
+
+def test_prompt_order_covers_each_epoch_once_and_splits_ranks():
+    n, per_step, world = 10, 4, 2
+    steps = [[i for r in range(world) for i in prompts_for_step(n, s, per_step, r, world, seed=3)] for s in range(5)]
+    stream = [i for s in steps for i in s]                   # 20 prompts: two epochs
+    assert sorted(stream[:10]) == list(range(10)) and sorted(stream[10:]) == list(range(10))
+    assert stream[:10] != stream[10:]                         # a fresh permutation per epoch
+    assert prompts_for_step(n, 0, per_step, 1, world, seed=3) == steps[0][2:]   # rank 1: the second share
+    assert prompts_for_step(n, 0, per_step, 0, world, seed=4) != steps[0][:2]   # the seed matters
+    assert prompts_for_step(n, 2, 4, 0, 1, seed=3) == stream[8:12]              # same stream, any world size
