@@ -1,10 +1,12 @@
 """Checkpoints: sharded model and optimizer state (``torch.distributed.checkpoint``), plus the trainer's
-own state (step, scheduler, config) and each rank's torch RNG state, written atomically and pruned to the
-last K; and the policy of when to save (``Checkpointer``).
+own state (step, scheduler, config) and each rank's torch RNG state, written atomically, checked when
+read, and pruned to the last K of the same run; and the policy of when to save (``Checkpointer``).
 
-Layout: ``OUTPUT_DIR/checkpoints/step-00000012/`` holds DCP shards (``*.distcp``, ``.metadata``) and
-``trainer_state.json``. A checkpoint is first written under a ``.tmp-`` name and renamed when complete,
-so a run killed at any instant leaves the previous checkpoint loadable.
+Layout: ``OUTPUT_DIR/checkpoints/step-00000012/`` holds DCP shards (``*.distcp``, ``.metadata``), the RNG
+files and ``trainer_state.json``, which is written last and lists every other file with its size. A
+checkpoint is written under a ``.tmp-`` name and renamed when complete, so a run killed at any instant
+leaves the previous checkpoint loadable; one whose listed files are missing, shorter or unreadable is
+skipped (with a warning naming what is broken) in favour of the newest intact one.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import json
 import os
 import re
 import shutil
+import sys
 import time
+import uuid
 from typing import Callable
 
 import torch
@@ -23,27 +27,72 @@ _STEP_DIR = re.compile(r"^step-(\d{8})$")
 STATE_FILE = "trainer_state.json"
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written or no intact one could be read; the message says why."""
+
+
 def checkpoint_root(output_dir: str) -> str:
     return os.path.join(output_dir, "checkpoints")
 
 
 def list_checkpoints(output_dir: str) -> list[tuple[int, str]]:
-    """Complete checkpoints, oldest first."""
+    """Renamed (finished writing) checkpoint directories, oldest first; not yet checked for damage."""
     root = checkpoint_root(output_dir)
     if not os.path.isdir(root):
         return []
-    out = []
-    for name in os.listdir(root):
-        m = _STEP_DIR.match(name)
-        path = os.path.join(root, name)
-        if m and os.path.exists(os.path.join(path, STATE_FILE)):
-            out.append((int(m.group(1)), path))
+    out = [(int(m.group(1)), os.path.join(root, name)) for name in os.listdir(root)
+           if (m := _STEP_DIR.match(name))]
     return sorted(out)
 
 
-def latest_checkpoint(output_dir: str) -> str | None:
-    ckpts = list_checkpoints(output_dir)
-    return ckpts[-1][1] if ckpts else None
+def read_state(path: str) -> dict:
+    """``trainer_state.json`` of a checkpoint; ``CheckpointError`` when missing or unreadable."""
+    try:
+        with open(os.path.join(path, STATE_FILE)) as f:
+            state = json.load(f)
+    except FileNotFoundError:
+        raise CheckpointError(f"{STATE_FILE} is missing") from None
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{STATE_FILE} is unreadable ({e})") from None
+    if not isinstance(state, dict) or "step" not in state:
+        raise CheckpointError(f"{STATE_FILE} holds no step")
+    return state
+
+
+def damage(path: str) -> str | None:
+    """What is wrong with the checkpoint at ``path``, or None when every file it lists is there, whole
+    and readable."""
+    try:
+        state = read_state(path)
+    except CheckpointError as e:
+        return str(e)
+    files = state.get("files")
+    if files is None:  # written before manifests existed: at least the DCP metadata must be there
+        files = {".metadata": None}
+    for name, size in sorted(files.items()):
+        p = os.path.join(path, name)
+        try:
+            actual = os.path.getsize(p)
+            with open(p, "rb") as f:
+                f.read(1)
+        except FileNotFoundError:
+            return f"{name} is missing"
+        except OSError as e:
+            return f"{name} is unreadable ({e.strerror})"
+        if size is not None and actual != size:
+            return f"{name} has {actual} bytes, {size} were written"
+    return None
+
+
+def latest_checkpoint(output_dir: str, warn=None) -> str | None:
+    """The newest intact checkpoint; each newer damaged one is skipped with a warning to ``warn``."""
+    warn = warn or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    for _, path in reversed(list_checkpoints(output_dir)):
+        broken = damage(path)
+        if broken is None:
+            return path
+        warn(f"WARNING: skipping damaged checkpoint {path}: {broken}")
+    return None
 
 
 def _rank() -> int:
@@ -55,46 +104,129 @@ def _barrier() -> None:
         dist.barrier()
 
 
+def _from_rank0(value):
+    """Rank 0's ``value`` on every rank (a collective; also a barrier)."""
+    if not dist.is_initialized():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _cause(e: BaseException) -> str:
+    """The root cause of a failed write, in words (DCP wraps each rank's error in its own exception)."""
+    from lead_fast.run_dir import describe_os_error
+
+    seen = e
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return describe_os_error(seen)
+        seen = seen.__cause__ or seen.__context__
+    text = str(e)
+    if "No space left on device" in text:
+        return "the disk is full (no space left on device)"
+    if "unexpected pos" in text:  # torch.save's zip writer after a short write: what a full disk looks like
+        return "a write came up short (torch.save: unexpected pos), which is what a full disk does"
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else type(e).__name__
+
+
 def save_checkpoint(output_dir: str, step: int, model, optimizer, trainer_state: dict, keep_last: int = 2) -> str:
-    """Collective: every rank calls it. Returns the final checkpoint path."""
+    """Collective: every rank calls it. Returns the final checkpoint path.
+
+    On a failed write (disk full, I/O error) the temporary directory is removed and every rank raises
+    ``CheckpointError``; the previous checkpoint stays the newest complete one. Pruning keeps the last
+    ``keep_last`` checkpoints of this run (same ``run_id``), never the one just written.
+    """
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     root = checkpoint_root(output_dir)
     final = os.path.join(root, f"step-{step:08d}")
     tmp = os.path.join(root, f".tmp-step-{step:08d}")
+
+    def fail(e: BaseException):
+        if _rank() == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        previous = latest_checkpoint(output_dir, warn=lambda m: None)
+        try:
+            free = f" ({shutil.disk_usage(output_dir).free / 2**20:.1f} MiB free there now)"
+        except OSError:
+            free = ""
+        return CheckpointError(f"could not save the checkpoint of step {step} in {root}{free}: {_cause(e)}. "
+                               f"{'The newest complete checkpoint is ' + previous if previous else 'No complete checkpoint exists'}"
+                               "; free some space (or fix the disk) and continue with --resume.")
+
+    error = None
     if _rank() == 0:
-        os.makedirs(root, exist_ok=True)
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp)  # left by a run killed mid-write
-        os.makedirs(tmp)
-    _barrier()
+        try:
+            os.makedirs(root, exist_ok=True)
+            if os.path.exists(tmp):
+                shutil.rmtree(tmp)  # left by a run killed mid-write
+            os.makedirs(tmp)
+        except OSError as e:
+            error = e
+    if (error := _from_rank0(error)) is not None:
+        raise fail(error)
     msd, osd = get_state_dict(model, optimizer)
-    dcp.save({"model": msd, "optim": osd}, checkpoint_id=tmp)
-    # Per-rank RNG state: lead_fast's own sampling derives from (seed, step, rank), but a model may draw
-    # from the global generators (dropout).
-    rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state()
-    torch.save(rng, os.path.join(tmp, f"rng-rank{_rank()}.pt"))
-    _barrier()
+    try:
+        dcp.save({"model": msd, "optim": osd}, checkpoint_id=tmp)   # gathers every rank's errors
+        # Per-rank RNG state: lead_fast's own sampling derives from (seed, step, rank), but a model may draw
+        # from the global generators (dropout).
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state()
+        torch.save(rng, os.path.join(tmp, f"rng-rank{_rank()}.pt"))
+        local_error = None
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # DCP's CheckpointException is a BaseException; every rank must hear of it
+        local_error = e
+    errors = [local_error]
+    if dist.is_initialized():
+        errors = [None] * dist.get_world_size()
+        dist.all_gather_object(errors, None if local_error is None else _cause(local_error))
+        errors = [e if e is None or isinstance(e, BaseException) else RuntimeError(e) for e in errors]
+    first = next((e for e in errors if e is not None), None)
+    if first is not None:
+        raise fail(local_error or first)
     if os.environ.get("LEAD_FAST_KILL_DURING_SAVE") == str(step) and _rank() == 0:
         # Fault injection for tests: die like a preempted job, shards written, checkpoint not yet complete.
         import signal
 
         os.kill(os.getpid(), signal.SIGKILL)
     if _rank() == 0:
-        with open(os.path.join(tmp, STATE_FILE), "w") as f:
-            json.dump(trainer_state, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        if os.path.exists(final):
-            shutil.rmtree(final)
-        os.rename(tmp, final)  # the checkpoint exists, complete, or not at all
-        for _, old in list_checkpoints(output_dir)[:-keep_last] if keep_last > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
-    _barrier()
+        try:
+            files = {n: os.path.getsize(os.path.join(tmp, n)) for n in sorted(os.listdir(tmp))}
+            with open(os.path.join(tmp, STATE_FILE), "w") as f:
+                json.dump(dict(trainer_state, files=files), f, indent=1)
+                f.flush()
+                os.fsync(f.fileno())
+            if os.path.exists(final):
+                shutil.rmtree(final)
+            os.rename(tmp, final)  # the checkpoint exists, complete, or not at all
+        except OSError as e:
+            error = e
+        if error is None:
+            _prune(output_dir, keep_last, trainer_state.get("run_id"), final)
+    if (error := _from_rank0(error)) is not None:
+        raise fail(error)
     return final
+
+
+def _prune(output_dir: str, keep_last: int, run_id: str | None, just_written: str) -> None:
+    if keep_last <= 0:
+        return
+    mine = []   # this run's intact checkpoints: a damaged one never counts toward keep_last, nor is deleted
+    for _, path in list_checkpoints(output_dir):
+        try:
+            if read_state(path).get("run_id") == run_id and damage(path) is None:
+                mine.append(path)
+        except CheckpointError:
+            pass
+    for path in mine[:-keep_last]:
+        if path != just_written:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def load_checkpoint(path: str, model, optimizer) -> dict:
@@ -102,50 +234,61 @@ def load_checkpoint(path: str, model, optimizer) -> dict:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-    if not os.path.exists(os.path.join(path, STATE_FILE)):
-        raise FileNotFoundError(f"{path} is not a complete lead_fast checkpoint (no {STATE_FILE})")
+    state = read_state(path)
     msd, osd = get_state_dict(model, optimizer)
-    state = {"model": msd, "optim": osd}
-    dcp.load(state, checkpoint_id=path)
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    sd = {"model": msd, "optim": osd}
+    dcp.load(sd, checkpoint_id=path)
+    set_state_dict(model, optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
     rng = os.path.join(path, f"rng-rank{_rank()}.pt")
     if os.path.exists(rng):
         saved = torch.load(rng)
         torch.set_rng_state(saved["torch"])
         if "cuda" in saved and torch.cuda.is_available():
             torch.cuda.set_rng_state(saved["cuda"])
-    with open(os.path.join(path, STATE_FILE)) as f:
-        return json.load(f)
+    return state
 
 
 class Checkpointer:
     """When to save: every ``save_every`` steps, at the last step, and when forced (a stop request).
 
-    ``state`` returns the trainer's own state (step excluded) at save time.
+    ``state`` returns the trainer's own state (step excluded) at save time. ``run_id`` marks this run's
+    checkpoints (a resumed run keeps its id), so pruning never touches another run's.
     """
 
     def __init__(self, output_dir: str, *, save_every: int, keep_last: int, model, optimizer,
                  state: Callable[[], dict], log=print):
         self.output_dir, self.save_every, self.keep_last = output_dir, save_every, keep_last
         self.model, self.optimizer, self.state, self.log = model, optimizer, state, log
+        self.run_id = _from_rank0(uuid.uuid4().hex)
 
     def maybe_save(self, step: int, *, last: bool, force: bool = False) -> str | None:
         """Collective. Saves after ``step`` when due; returns the checkpoint path, or None."""
         if not (force or last or (self.save_every and step % self.save_every == 0)):
             return None
         t0 = time.time()
-        path = save_checkpoint(self.output_dir, step, self.model, self.optimizer, dict(step=step, **self.state()),
-                               keep_last=self.keep_last)
+        path = save_checkpoint(self.output_dir, step, self.model, self.optimizer,
+                               dict(step=step, run_id=self.run_id, **self.state()), keep_last=self.keep_last)
         self.log(f"saved {path} in {time.time() - t0:.1f}s")
         return path
 
     def resume(self) -> dict | None:
-        """Collective. Loads the newest complete checkpoint into the model and optimizer and returns its
-        trainer state (with ``path``), or None when there is none."""
-        path = latest_checkpoint(self.output_dir)
-        if path is None:
-            self.log(f"--resume: no complete checkpoint in {checkpoint_root(self.output_dir)}; starting fresh")
-            return None
-        state = load_checkpoint(path, self.model, self.optimizer)
-        self.log(f"resumed from {path} at step {state['step']}")
-        return dict(state, path=path)
+        """Collective. Loads the newest intact checkpoint into the model and optimizer and returns its
+        trainer state (with ``path``), or None when there is none. Damaged ones are skipped, warned about."""
+        candidates = [p for _, p in reversed(list_checkpoints(self.output_dir))]
+        for path in candidates:
+            broken = _from_rank0(damage(path) if _rank() == 0 else None)
+            if broken:
+                self.log(f"WARNING: skipping damaged checkpoint {path}: {broken}")
+                continue
+            try:
+                state = load_checkpoint(path, self.model, self.optimizer)
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as e:  # DCP raises its CheckpointException (a BaseException) on every rank
+                self.log(f"WARNING: skipping checkpoint {path}: it could not be loaded ({_cause(e)})")
+                continue
+            self.run_id = state.get("run_id", self.run_id)
+            self.log(f"resumed from {path} at step {state['step']}")
+            return dict(state, path=path)
+        self.log(f"--resume: no complete checkpoint in {checkpoint_root(self.output_dir)}; starting fresh")
+        return None

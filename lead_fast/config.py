@@ -81,6 +81,8 @@ class RolloutConfig:
     """Sampling temperature for evaluation (0 = greedy)."""
     eval_n: int = 1
     """Responses sampled per evaluation problem."""
+    stop: list[str] = field(default_factory=list)
+    """Strings that end a response (kept in it, finish reason "stop"); GRPO-LEAD's official run stops at </think>."""
     sync_bucket_mb: int = 256
     """Weight sync hands the engine buckets of full tensors of about this many MiB."""
     gpu_memory_utilization: float = 0.5
@@ -93,6 +95,10 @@ class RolloutConfig:
             raise ConfigError("rollout.n, rollout.eval_n and rollout.max_new_tokens must be >= 1")
         if self.temperature <= 0:
             raise ConfigError(f"rollout.temperature must be > 0, got {self.temperature}")
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        if any(not isinstance(x, str) or not x for x in self.stop):
+            raise ConfigError(f"rollout.stop must be a list of non-empty strings, got {self.stop!r}")
 
 
 @dataclass
@@ -129,12 +135,29 @@ class AlgoConfig:
     """Entropy bonus coefficient."""
     drop_no_signal: bool = True
     """Drop groups whose rewards are all equal (zero advantage)."""
+    drop_no_correct: bool = True
+    """Also drop groups with no reward > 0 (GRPO-LEAD's official filter; needs drop_no_signal)."""
     require_think: bool = False
     """Only text after </think> can hold the final answer; no </think> means no answer."""
+    answer_from: str = "after_think"
+    """Where the final answer is read: after_think (last box after the last </think>) or before_think (last box before the first </think>; the official rule)."""
+    unboxed_is_wrong: bool = False
+    """A finished response (</think> present) without a parsable box is wrong, not a format error (official)."""
+    loss_agg: str = "token_mean"
+    """Loss aggregation over a mini-batch: token_mean, or seq_mean_token_mean (mean over sequences of each one's token mean; official)."""
+    loss_norm: str = "kept"
+    """seq_mean_token_mean divides by the sequences kept after dropping groups (kept) or sampled before (sampled; official)."""
     grade_timeout_s: float = 5.0
     """Per-response grading deadline; a timeout counts as wrong."""
     grade_workers: int = 0
     """Grading processes per rank (0: as many as this rank's share of the CPU cores)."""
+
+
+    def __post_init__(self):
+        for key, choices in (("answer_from", ("after_think", "before_think")),
+                             ("loss_agg", ("token_mean", "seq_mean_token_mean")), ("loss_norm", ("kept", "sampled"))):
+            if getattr(self, key) not in choices:
+                raise ConfigError(f"algo.{key} must be one of {', '.join(choices)}, got {getattr(self, key)!r}")
 
 
 @dataclass
@@ -166,7 +189,9 @@ class RunConfig:
     output_dir: str = "runs/lead_fast"
     """Where metrics.jsonl, the plot and checkpoints go."""
     max_steps: int = 100
-    """Rollout/update steps to run."""
+    """Rollout/update steps to run (replaced by epochs when epochs > 0)."""
+    epochs: float = 0
+    """Passes over the training prompts; when > 0, max_steps = ceil(epochs * prompts / prompts_per_step)."""
     save_every: int = 0
     """Checkpoint every this many steps (0: only at the end)."""
     keep_last: int = 2
@@ -175,6 +200,8 @@ class RunConfig:
     """Evaluate every this many steps, and before the first and after the last (0: never)."""
     resume: bool = False
     """Continue from the newest complete checkpoint in output_dir."""
+    overwrite: bool = False
+    """Delete a previous run's files (metrics, config, checkpoints) in output_dir before starting."""
     seed: int = 0
     """Seed for data order, sampling and initialization; with it a run is reproducible."""
     warm_start_steps: int = 0
@@ -242,19 +269,28 @@ def grpo_lead_14b() -> TrainConfig:
     c.rollout.n = 8
     c.rollout.temperature = 0.8
     c.rollout.eval_temperature = 0.6
-    c.rollout.max_new_tokens = 8192
+    c.rollout.max_new_tokens = 12288          # of reasoning: rollouts stop at </think>
+    c.rollout.stop = ["</think>"]
+    c.rollout.eval_n = 8
     c.algo.min_short_len = 4000
     c.algo.clip_low = c.algo.clip_high = 0.2
     c.algo.kl_coef = 0.0
     c.algo.entropy_coef = 0.001
     c.algo.drop_no_signal = True
+    c.algo.drop_no_correct = True
     c.algo.require_think = True
+    c.algo.answer_from = "before_think"
+    c.algo.unboxed_is_wrong = True
+    c.algo.loss_agg = "seq_mean_token_mean"
+    c.algo.loss_norm = "sampled"
+    c.model.activation_checkpointing = True
+    c.optim.weight_decay = 0.01
     c.optim.lr = 1e-6
     c.optim.grad_clip = 1.0
     c.optim.prompts_per_step = 32
     c.optim.updates_per_batch = 1
     c.run.output_dir = "runs/grpo_lead_14b"
-    c.run.max_steps = 500
+    c.run.epochs = 3
     c.run.eval_every = 20
     c.run.save_every = 20
     return c
@@ -319,6 +355,14 @@ def _convert(key: str, raw, typ):
             if s in ("0", "false", "no", "off"):
                 return False
             raise ValueError
+        if origin is list:
+            if isinstance(raw, str):
+                import yaml
+
+                raw = yaml.safe_load(raw) if raw.strip().startswith("[") else ([raw] if raw else [])
+            if not isinstance(raw, (list, tuple)):
+                raise ValueError
+            return [args[0](x) for x in raw]
         if origin is tuple:
             items = raw if isinstance(raw, (list, tuple)) else str(raw).split(",")
             if len(items) != len(args):
@@ -387,6 +431,12 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         obj = getattr(cfg, s)
         if hasattr(obj, "__post_init__"):
             obj.__post_init__()
+    if not cfg.optim.grad_clip >= 0:
+        raise ConfigError(f"optim.grad_clip must be >= 0 (0 turns clipping off), got {cfg.optim.grad_clip}")
+    if cfg.data.eval_size < 1:
+        raise ConfigError(f"data.eval_size must be >= 1, got {cfg.data.eval_size}")
+    if cfg.run.resume and cfg.run.overwrite:
+        raise ConfigError("--resume and --run.overwrite contradict each other: continue the run, or delete it")
     if cfg.optim.updates_per_batch < 1:
         raise ConfigError(f"optim.updates_per_batch must be >= 1, got {cfg.optim.updates_per_batch}")
     if cfg.run.max_steps < 0:

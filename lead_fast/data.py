@@ -100,8 +100,9 @@ def build_prompt(tokenizer, problem: str, instruction: str, template: str = "aut
 
 def split_eval(problems: list[Problem], eval_size: int, seed: int) -> tuple[list[Problem], list[Problem]]:
     """Hold out ``eval_size`` problems (a seeded choice) from training."""
-    if eval_size >= len(problems):
-        raise DataError(f"data.eval_size={eval_size} leaves no training problems out of {len(problems)}")
+    if not 1 <= eval_size < len(problems):
+        raise DataError(f"data.eval_size={eval_size} must be at least 1 and smaller than the number of problems "
+                        f"({len(problems)}): the rest are for training")
     idx = list(range(len(problems)))
     random.Random(seed + 7919).shuffle(idx)
     ev = set(idx[:eval_size])

@@ -120,16 +120,21 @@ def build_embedded_model(out_dir: str, *, steps: int, seed: int, log=print) -> s
                 return out_dir
     t0 = time.time()
     tmp = out_dir + ".tmp"
-    os.makedirs(tmp, exist_ok=True)
-    corpus = synthetic_corpus(20000, seed)
-    texts = [f"{p.problem} {TASK_INSTRUCTION}\n{s}" for p, s in corpus]
-    tok = train_tokenizer(texts + [p.problem for p in synthetic_problems()], tmp, vocab_size=400)
-    model = build_tiny_model(tok, tmp, seed=seed)
-    if steps > 0:
-        _sft(model, tok, corpus, steps=steps, seed=seed, log=log)
-    model.save_pretrained(tmp)
-    with open(os.path.join(tmp, MARKER), "w") as f:
-        json.dump(spec, f)
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        os.makedirs(tmp)
+        corpus = synthetic_corpus(20000, seed)
+        texts = [f"{p.problem} {TASK_INSTRUCTION}\n{s}" for p, s in corpus]
+        tok = train_tokenizer(texts + [p.problem for p in synthetic_problems()], tmp, vocab_size=400)
+        model = build_tiny_model(tok, tmp, seed=seed)
+        if steps > 0:
+            _sft(model, tok, corpus, steps=steps, seed=seed, log=log)
+        model.save_pretrained(tmp)
+        with open(os.path.join(tmp, MARKER), "w") as f:
+            json.dump(spec, f)
+    except BaseException:  # Ctrl-C or an error: no half-built directory is left behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if os.path.exists(out_dir):
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)

@@ -18,6 +18,10 @@ class ModelError(ValueError):
     """A model directory that cannot be used; the message says what is missing."""
 
 
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+
 def check_model_dir(path: str) -> None:
     if not os.path.isdir(path):
         raise ModelError(f"model directory {path} does not exist")
@@ -28,15 +32,46 @@ def check_model_dir(path: str) -> None:
         raise ModelError(f"model directory {path} has no tokenizer (none of {', '.join(tok_files)})")
 
 
+def _check_weights_present(path: str) -> None:
+    if not any(os.path.exists(os.path.join(path, f)) for f in WEIGHT_FILES):
+        raise ModelError(f"model directory {path} has no weights (none of {', '.join(WEIGHT_FILES)})")
+
+
+def model_vocab_size(path: str) -> int | None:
+    """The model's vocabulary size from its config (the rows of its embedding)."""
+    from transformers import AutoConfig
+
+    try:
+        cfg = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot read {os.path.join(path, 'config.json')}: {e}") from None
+    text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    return getattr(text, "vocab_size", None)
+
+
 def load_tokenizer(path: str):
+    """The model directory's tokenizer, with EOS and pad ids checked against the model's vocabulary
+    (a tokenizer whose EOS is not a model token would never let a response end)."""
     from transformers import AutoTokenizer
 
     check_model_dir(path)
-    tok = AutoTokenizer.from_pretrained(path)
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot load the tokenizer in {path}: {e}") from None
+    if tok.eos_token_id is None:
+        raise ModelError(f"the tokenizer in {path} has no EOS token; responses could never end. Set eos_token in "
+                         "its tokenizer_config.json")
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
-    if tok.eos_token_id is None:
-        raise ModelError(f"the tokenizer in {path} has no EOS token; responses could never end")
+    vocab = model_vocab_size(path)
+    if vocab is not None:
+        bad = {name: i for name, i in (("EOS", tok.eos_token_id), ("pad", tok.pad_token_id)) if not 0 <= i < vocab}
+        if bad:
+            ids = ", ".join(f"{name} {tok.convert_ids_to_tokens(i)!r} = id {i}" for name, i in bad.items())
+            raise ModelError(f"the tokenizer in {path} has {ids}, outside the model's vocabulary of {vocab} "
+                             f"tokens (EOS id {tok.eos_token_id}, pad id {tok.pad_token_id}); the tokenizer and the "
+                             "model do not belong together")
     return tok
 
 
@@ -50,7 +85,12 @@ def load_model(path: str, dtype: torch.dtype, device: torch.device, attn_impleme
     from transformers import AutoModelForCausalLM
 
     check_model_dir(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation)
+    _check_weights_present(path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation)
+    except Exception as e:  # noqa: BLE001  (safetensors, torch and transformers each raise their own kinds)
+        cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"cannot load the weights in {path}: {type(e).__name__}: {cause}") from None
     return model.to(device)
 
 

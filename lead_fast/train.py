@@ -25,30 +25,36 @@ def main(argv: list[str] | None = None) -> int:
         _error(f"config error: {e}")
         return 2
 
+    import torch.distributed as dist
+
+    from lead_fast.checkpoint import CheckpointError
     from lead_fast.data import DataError
     from lead_fast.model import ModelError
+    from lead_fast.run_dir import OutputDirError
     from lead_fast.trainer import Trainer
     from lead_fast.update import NonFiniteError
 
-    import torch.distributed as dist
+    def done(code: int) -> int:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        return code
 
     try:
         trainer = Trainer(cfg)
-    except (ConfigError, DataError, ModelError) as e:
+    except (ConfigError, DataError, ModelError, OutputDirError, CheckpointError) as e:
         _error(f"cannot start: {e}")
-        if dist.is_initialized():
-            dist.destroy_process_group()
-        return 2
+        return done(2)
+    except KeyboardInterrupt:
+        _error("interrupted before training started; nothing was saved (a half-built model directory is removed)")
+        return 130
     try:
         trainer.fit()
-    except NonFiniteError as e:
+    except (NonFiniteError, CheckpointError) as e:
         _error(f"stopped: {e}")
-        return 1
+        return done(1)
     finally:
         trainer.close()
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    return 0
+    return done(0)
 
 
 if __name__ == "__main__":

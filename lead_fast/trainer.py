@@ -6,9 +6,11 @@ definitions):
   group's correct responses (``lead_rewards``); grading by math-verify in worker processes;
 - advantages: group-normalized, reweighted by problem difficulty; the weight ``w(rho)`` / ``w(1-rho)`` is
   applied inside the loss head from each token's group ``correct_ratio``;
-- groups whose rewards are all equal are dropped (no signal), and counted;
-- loss: clipped policy gradient, token mean over the whole rollout batch across ranks (``update.py``),
-  optional k3 KL to a frozen reference and entropy bonus;
+- groups whose rewards are all equal are dropped (no signal), and by default groups with no reward > 0
+  (the official filter), each counted;
+- loss: clipped policy gradient, aggregated over each mini-batch across ranks as a token mean or a mean
+  of per-sequence token means (``algo.loss_agg``, ``update.py``), optional k3 KL to a frozen reference and
+  entropy bonus;
 - one optimizer step per rollout batch by default: on-policy, so no old-policy pass;
 - every rank generates, grades and computes advantages for its own prompts (groups never span ranks);
   all sampling and shuffling derive from ``(seed, step, rank)``, so a resumed run repeats exactly.
@@ -19,6 +21,7 @@ One step: this rank's prompts -> rollouts -> grade -> rewards -> advantages (dro
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -26,7 +29,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from lead_fast.algo import grade_batch, groups_without_signal, lead_advantages, lead_rewards
+from lead_fast import run_dir
+from lead_fast.algo import grade_batch, group_drop_reasons, lead_advantages, lead_rewards
 from lead_fast.algo.grading_pool import get_pool
 from lead_fast.checkpoint import Checkpointer
 from lead_fast.config import ConfigError, TrainConfig
@@ -65,8 +69,13 @@ class Trainer:
                               f"ranks ({self.world}): every rank needs at least one prompt")
         torch.manual_seed(step_seed(c.run.seed, 0, self.rank, salt=1))
 
-        # Data and model directory, checked before anything expensive.
+        # Data, output directory and model directory, checked before anything expensive. Paths are made
+        # absolute so that the run's config reads the same from any working directory.
+        for sec, key in (("model", "path"), ("data", "path"), ("data", "eval_path"), ("run", "output_dir")):
+            if getattr(getattr(c, sec), key) is not None:
+                setattr(getattr(c, sec), key, os.path.abspath(getattr(getattr(c, sec), key)))
         train, ev, instruction = load_task(c)
+        self._agree(lambda: run_dir.prepare(c.run.output_dir, resume=c.run.resume, overwrite=c.run.overwrite))
         if c.model.path is None:
             from lead_fast.demo import prepare_model_dir
 
@@ -79,10 +88,15 @@ class Trainer:
                          log=self.log)
         self.train = tokenize_prompts(train, self.tok, what="training", **prompt_kw)
         self.eval = tokenize_prompts(ev, self.tok, what="eval", **prompt_kw)
+        if c.run.epochs > 0:
+            c.run.max_steps = math.ceil(c.run.epochs * len(self.train) / c.optim.prompts_per_step)
 
         # Policy: fp32 master weights; on CUDA bf16 compute via FSDP2's mixed precision.
         dtype = resolve_dtype(c.model.dtype, self.device)
         lm = load_model(self.model_dir, torch.float32, self.device, c.model.attn_implementation)
+        # one checkpoint: fp32 weights and AdamW's two moments, plus 5% for metadata and the rest
+        need = int(1.05 * 12 * sum(p.numel() for p in lm.parameters()))
+        self._agree(lambda: run_dir.check_free_space(c.run.output_dir, need))
         self.policy = shard(PolicyWithHead(lm), self.device, dtype, c.model.activation_checkpointing)
         ref = None
         if c.algo.kl_coef > 0:
@@ -119,6 +133,19 @@ class Trainer:
 
             with open(os.path.join(c.run.output_dir, "config.yaml"), "w") as f:
                 yaml.safe_dump(c.to_dict(), f, sort_keys=False)
+
+    def _agree(self, check) -> None:
+        """Run ``check`` on rank 0 (the output directory is shared) and raise its error on every rank."""
+        error = None
+        if self.rank == 0:
+            try:
+                check()
+            except run_dir.OutputDirError as e:
+                error = str(e)
+        box = [error]
+        dist.broadcast_object_list(box, src=0)
+        if box[0] is not None:
+            raise run_dir.OutputDirError(box[0])
 
     def _state(self) -> dict:
         """What a checkpoint keeps besides the weights and the optimizer."""
@@ -161,7 +188,8 @@ class Trainer:
         answers = [self.train[i][1] for i in idx]
         ro = self.rollout_and_grade(prompts, answers, SamplingSettings(
             n=c.rollout.n, temperature=c.rollout.temperature, top_p=c.rollout.top_p,
-            max_new_tokens=c.rollout.max_new_tokens, seed=step_seed(c.run.seed, step, self.rank)))
+            max_new_tokens=c.rollout.max_new_tokens, seed=step_seed(c.run.seed, step, self.rank),
+            stop=tuple(c.rollout.stop)))
 
         # 4. rewards: outcome, explicit penalties, length-regularized among correct responses
         rewards = lead_rewards(ro.outcomes, ro.lengths, ro.group_ids, alpha=a.alpha, correct_reward=a.correct_reward,
@@ -170,15 +198,15 @@ class Trainer:
 
         # 5. advantages, group-normalized; the difficulty weight w(rho) is applied in the loss head
         advantages, correct_ratio = lead_advantages(rewards, ro.group_ids, reweight=False)
-        keep = torch.ones_like(rewards, dtype=torch.bool)
-        if a.drop_no_signal:
-            keep = ~groups_without_signal(rewards, ro.group_ids)
+        all_equal, no_correct = group_drop_reasons(rewards, ro.group_ids)
+        no_correct &= ~all_equal & a.drop_no_correct        # counted once, under the first reason
+        keep = ~(all_equal | no_correct) if a.drop_no_signal else torch.ones_like(all_equal)
         samples = [Sample(prompts[g], ro.responses[i], float(advantages[i]), float(correct_ratio[i]))
                    for i, g in enumerate(ro.group_ids.tolist()) if keep[i]]
 
         # 6-7. update (old / reference passes, micro-batches, clip, optimizer step)
         t0 = time.time()
-        upd = self.updater.update(samples, step)
+        upd = self.updater.update(samples, step, sampled=c.optim.prompts_per_step * c.rollout.n)
         t_update = time.time() - t0
 
         # 8. the rollout engine gets the new weights
@@ -193,6 +221,8 @@ class Trainer:
                        "no_answer": (outcomes == -1).sum(), "degenerate": (outcomes == -2).sum(),
                        "reward": rewards.sum(), "tokens": ro.lengths.sum(), "groups": len(prompts),
                        "groups_dropped": len(prompts) - len(set(ro.group_ids[keep].tolist())),
+                       "dropped_all_equal": len(set(ro.group_ids[all_equal & ~keep].tolist())),
+                       "dropped_no_correct": len(set(ro.group_ids[no_correct & ~keep].tolist())),
                        "grade_timeouts": ro.grade_timeouts}, self.device)
         n = max(tot["responses"], 1.0)
         t_step = time.time() - t_step
@@ -202,6 +232,8 @@ class Trainer:
             "degenerate_frac": tot["degenerate"] / n, "clip_frac": upd["clip_frac"], "kl": upd["kl"],
             "entropy": upd["entropy"], "grad_norm": upd["grad_norm"], "lr": self.sched.get_last_lr()[0],
             "groups_dropped": int(tot["groups_dropped"]), "groups": int(tot["groups"]),
+            "groups_dropped/all_equal": int(tot["dropped_all_equal"]),
+            "groups_dropped/no_correct": int(tot["dropped_no_correct"]),
             "grade_timeouts": int(tot["grade_timeouts"]), "nonfinite_skipped": upd["nonfinite_skipped"],
             "time/rollout_s": ro.rollout_s, "time/grade_s": ro.grade_s, "time/update_s": t_update,
             "time/sync_s": t_sync, "time/step_s": t_step, "tokens_per_s": tot["tokens"] / max(t_step, 1e-9),
@@ -216,8 +248,10 @@ class Trainer:
         group_ids = [i for i, g in enumerate(groups) for _ in g]
         t0 = time.time()
         texts = self.tok.batch_decode(responses, skip_special_tokens=True)
-        outcomes, timeouts = grade_batch(texts, [answers[i] for i in group_ids], timeout_s=self.cfg.algo.grade_timeout_s,
-                                         num_workers=self.grade_workers, require_think=self.cfg.algo.require_think,
+        a = self.cfg.algo
+        outcomes, timeouts = grade_batch(texts, [answers[i] for i in group_ids], timeout_s=a.grade_timeout_s,
+                                         num_workers=self.grade_workers, require_think=a.require_think,
+                                         answer_from=a.answer_from, unboxed_is_wrong=a.unboxed_is_wrong,
                                          return_timeouts=True)
         return Rollouts(responses, torch.tensor(group_ids, dtype=torch.long),
                         torch.tensor([len(r) for r in responses], dtype=torch.float64), outcomes, timeouts,
@@ -231,7 +265,8 @@ class Trainer:
         mine = self.eval[self.rank::self.world]
         ro = self.rollout_and_grade([p for p, _ in mine], [a for _, a in mine], SamplingSettings(
             n=c.rollout.eval_n, temperature=c.rollout.eval_temperature, top_p=1.0,
-            max_new_tokens=c.rollout.max_new_tokens, seed=step_seed(c.run.seed, 0, self.rank, salt=3)))
+            max_new_tokens=c.rollout.max_new_tokens, seed=step_seed(c.run.seed, 0, self.rank, salt=3),
+            stop=tuple(c.rollout.stop)))
         tot = all_sum({"correct": sum(o == 1 for o in ro.outcomes), "tokens": ro.lengths.sum(),
                        "responses": len(ro.responses)}, self.device)
         n = max(tot["responses"], 1.0)

@@ -5,9 +5,10 @@ Micro-batches are planned by a token budget and collated right-padded; the old-p
 then each mini-batch accumulates gradients over its micro-batches, syncs them once, clips, and steps —
 unless the loss or gradient is non-finite, in which case the step is skipped and counted.
 
-Aggregation is a token mean over each mini-batch across all ranks: every token carries the weight
-``world / tokens_in_mini_batch`` (FSDP2 averages gradients over ranks, hence the ``world``), so the step
-does not depend on how tokens are split over micro-batches or ranks.
+Aggregation (``algo.loss_agg``) is over each mini-batch across all ranks: every token of sequence ``i``
+carries ``world * loss_token_weights(...)[i]``, computed from every rank's lengths (FSDP2 averages
+gradients over ranks, hence the ``world``), so the step does not depend on how sequences are split over
+micro-batches or ranks.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import random
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 
+from lead_fast.algo.rewards import loss_token_weights
 from lead_fast.distributed import all_max, all_sum, step_seed
 
 
@@ -64,12 +67,14 @@ def plan_micro_batches(samples: list[Sample], budget: int) -> list[list[Sample]]
     return batches
 
 
-def collate(batch: list[Sample], pad_id: int, device, token_weight: float) -> MicroBatch:
-    """Right-pad ``batch`` into ``(B, T)``; every response token gets ``token_weight``."""
+def collate(batch: list[Sample], pad_id: int, device, token_weight: float | list[float]) -> MicroBatch:
+    """Right-pad ``batch`` into ``(B, T)``; the response tokens of sample ``i`` get ``token_weight[i]`` (or
+    all the same one)."""
+    weights = token_weight if isinstance(token_weight, (list, tuple)) else [token_weight] * len(batch)
     T = max(len(s.prompt) + len(s.response) for s in batch)
     ids = torch.full((len(batch), T), pad_id, dtype=torch.long)
     mask = torch.zeros((len(batch), T), dtype=torch.long)
-    pos, tgt, adv, rho, old, ref = [], [], [], [], [], []
+    pos, tgt, adv, rho, old, ref, tw = [], [], [], [], [], [], []
     for b, s in enumerate(batch):
         seq = s.prompt + s.response
         ids[b, : len(seq)] = torch.tensor(seq)
@@ -79,15 +84,15 @@ def collate(batch: list[Sample], pad_id: int, device, token_weight: float) -> Mi
         tgt.append(torch.tensor(s.response))
         adv.append(torch.full((R,), s.advantage))
         rho.append(torch.full((R,), s.correct_ratio))
+        tw.append(torch.full((R,), float(weights[b])))
         if s.old_logprobs is not None:
             old.append(s.old_logprobs)
         if s.ref_logprobs is not None:
             ref.append(s.ref_logprobs)
-    n = sum(len(s.response) for s in batch)
     return MicroBatch(
         input_ids=ids.to(device), attention_mask=mask.to(device), positions=torch.cat(pos).to(device),
         targets=torch.cat(tgt).to(device), advantages=torch.cat(adv).to(device),
-        correct_ratio=torch.cat(rho).to(device), token_weights=torch.full((n,), token_weight, device=device),
+        correct_ratio=torch.cat(rho).to(device), token_weights=torch.cat(tw).to(device),
         old_logprobs=torch.cat(old).to(device) if len(old) == len(batch) else None,
         ref_logprobs=torch.cat(ref).to(device) if len(ref) == len(batch) else None,
     )
@@ -134,9 +139,10 @@ class Updater:
                     setattr(s, attr, lp[offset: offset + len(s.response)])
                     offset += len(s.response)
 
-    def update(self, samples: list[Sample], step: int) -> dict:
-        """Returns ``loss``, ``clip_frac``, ``kl``, ``entropy``, ``grad_norm`` (NaN when nothing was
-        updated), ``updated`` and ``nonfinite_skipped``."""
+    def update(self, samples: list[Sample], step: int, sampled: int | None = None) -> dict:
+        """``sampled``: responses sampled for this rollout batch on all ranks, before groups were dropped
+        (what ``algo.loss_norm=sampled`` divides by). Returns ``loss``, ``clip_frac``, ``kl``, ``entropy``,
+        ``grad_norm`` (NaN when nothing was updated), ``updated`` and ``nonfinite_skipped``."""
         c = self.cfg
         result = dict(loss=math.nan, clip_frac=math.nan, kl=math.nan, entropy=math.nan, grad_norm=math.nan,
                       updated=False, nonfinite_skipped=0)
@@ -151,8 +157,9 @@ class Updater:
         random.Random(step_seed(c.run.seed, step, self.rank, salt=2)).shuffle(order)
         totals = {"loss": 0.0, "clipped": 0.0, "kl": 0.0, "entropy": 0.0, "weight": 0.0}
         done = 0
+        per_mini = None if sampled is None else sampled / n_updates
         for mini in (order[i::n_updates] for i in range(n_updates)):
-            sums = self._accumulate(mini)
+            sums = self._accumulate(mini, per_mini)
             if sums is None:
                 continue
             grad_norm = self._clip()
@@ -173,21 +180,35 @@ class Updater:
                           entropy=totals["entropy"] / w, updated=True)
         return result
 
-    def _accumulate(self, mini: list[Sample]) -> dict[str, float] | None:
+    def _weights(self, mini: list[Sample], sampled: float | None) -> dict[int, float] | None:
+        """Collective. Each of this rank's samples' per-token weight, keyed by ``id``; None if the
+        mini-batch is empty on every rank."""
+        a = self.cfg.algo
+        lengths = [len(s.response) for s in mini]
+        every = [None] * self.world
+        dist.all_gather_object(every, lengths)
+        flat = [n for rank_lengths in every for n in rank_lengths]
+        if not flat:
+            return None
+        num = round(sampled) if (a.loss_norm == "sampled" and sampled is not None) else None
+        w = loss_token_weights(flat, agg=a.loss_agg, num_sequences=num)
+        start = sum(len(x) for x in every[: self.rank])
+        return {id(s): self.world * float(w[start + i]) for i, s in enumerate(mini)}
+
+    def _accumulate(self, mini: list[Sample], sampled: float | None) -> dict[str, float] | None:
         """Forward + backward over one mini-batch's micro-batches, gradients synced once at the end.
         Returns the mini-batch's loss and token-weighted sums over all ranks, or None if it is empty."""
         a = self.cfg.algo
-        tokens = all_sum({"tokens": sum(len(s.response) for s in mini)}, self.device)["tokens"]
-        if tokens == 0:
+        weights = self._weights(mini, sampled)
+        if weights is None:
             return None
-        token_weight = self.world / tokens
         plan = self._plan(mini)
         # kept on the device until the end: no host sync between micro-batches
         sums = {k: torch.zeros((), dtype=torch.float64, device=self.device)
                 for k in ("loss", "clipped", "kl", "entropy", "weight")}
         for k, (batch, real) in enumerate(plan):
             self.policy.set_requires_gradient_sync(k == len(plan) - 1)
-            mb = collate(batch, self.pad_id, self.device, token_weight if real else 0.0)
+            mb = collate(batch, self.pad_id, self.device, [weights[id(s)] for s in batch] if real else 0.0)
             out = self.policy(
                 mb.input_ids, mb.attention_mask, mb.positions, mb.targets, mode="loss",
                 advantages=mb.advantages, token_weights=mb.token_weights,
@@ -198,7 +219,7 @@ class Updater:
                 midpoint=a.midpoint, steepness=a.steepness, **self._loss_kwargs())
             out.loss.backward()
             if real:
-                w = mb.token_weights.double() / self.world     # each token's share of the global mean
+                w = mb.token_weights.double() / self.world     # each token's share of the global aggregate
                 sums["loss"] += out.loss.detach().double() / self.world
                 sums["clipped"] += (out.clipped.double() * w).sum()
                 sums["kl"] += (out.kl.double() * w).sum()

@@ -42,3 +42,19 @@ def test_grpo_lead_14b_preset_uses_the_shipped_data():
     cfg = parse_args(["--preset", "grpo_lead_14b", "--model", "/models/x"])
     assert Path(cfg.data.path).is_file() and Path(cfg.data.path).name == "train_stage2_3.json"
     assert Path(cfg.data.eval_path).is_file() and Path(cfg.data.eval_path).name == "aime24.json"
+
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("--optim.grad_clip", "-1", "optim.grad_clip must be >= 0"),
+    ("--optim.grad_clip", "nan", "optim.grad_clip must be >= 0"),
+    ("--data.eval_size", "0", "data.eval_size must be >= 1"),
+    ("--data.eval_size", "-1", "data.eval_size must be >= 1"),
+])
+def test_values_that_would_train_wrongly_are_refused(flag, value, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_args([flag, value])
+
+
+def test_resume_and_overwrite_contradict():
+    with pytest.raises(ConfigError, match="contradict"):
+        parse_args(["--resume", "--run.overwrite", "true"])

@@ -68,3 +68,14 @@ def test_prompt_order_covers_each_epoch_once_and_splits_ranks():
     assert prompts_for_step(n, 0, per_step, 1, world, seed=3) == steps[0][2:]   # rank 1: the second share
     assert prompts_for_step(n, 0, per_step, 0, world, seed=4) != steps[0][:2]   # the seed matters
     assert prompts_for_step(n, 2, 4, 0, 1, seed=3) == stream[8:12]              # same stream, any world size
+
+
+def test_eval_size_must_leave_training_problems():
+    from lead_fast.data import Problem, split_eval
+
+    probs = [Problem(str(i), str(i)) for i in range(10)]
+    train, ev = split_eval(probs, 3, seed=0)
+    assert len(train) == 7 and len(ev) == 3 and not {p.problem for p in train} & {p.problem for p in ev}
+    for bad in (10, 11, 0):
+        with pytest.raises(DataError, match=r"must be at least 1 and smaller than the number of problems \(10\)"):
+            split_eval(probs, bad, seed=0)

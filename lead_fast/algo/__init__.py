@@ -8,7 +8,8 @@ imported on first use, so a grading worker never imports torch.
 from lead_fast.algo.grading import CORRECT, DEGENERATE, NO_ANSWER, WRONG, grade, is_degenerate_text
 from lead_fast.algo.grading_pool import grade_batch
 
-_REWARDS = ("lead_rewards", "lead_advantages", "difficulty_weight", "groups_without_signal")
+_REWARDS = ("lead_rewards", "lead_advantages", "difficulty_weight", "groups_without_signal", "group_drop_reasons",
+            "loss_token_weights")
 
 __all__ = ["CORRECT", "WRONG", "NO_ANSWER", "DEGENERATE", "grade", "grade_batch", "is_degenerate_text",
            *_REWARDS]

@@ -76,24 +76,44 @@ def _math_verify_timeouts(timeout_s: float) -> int | None:
     return max(1, int(round(timeout_s)))
 
 
-def grade(response: str, answer: str, *, require_think: bool = False, timeout_s: float = 5.0) -> int:
+ANSWER_FROM = ("after_think", "before_think")
+
+
+def answer_span(response: str, *, answer_from: str = "after_think", require_think: bool = False) -> str | None:
+    """The text that may hold the final answer, or None when the response has none.
+
+    ``after_think``: after the last ``</think>`` (the whole response when there is none, unless
+    ``require_think``). ``before_think`` (GRPO-LEAD's official rule, with rollouts that stop at
+    ``</think>``): before the first ``</think>``; a response without one was cut off and has no answer.
+    """
+    if answer_from == "before_think":
+        cut = response.find(_THINK_END)
+        return None if cut < 0 else response[:cut]
+    if answer_from != "after_think":
+        raise ValueError(f"answer_from must be one of {', '.join(ANSWER_FROM)}, got {answer_from!r}")
+    cut = response.rfind(_THINK_END)
+    if cut < 0:
+        return None if require_think else response
+    return response[cut + len(_THINK_END):]
+
+
+def grade(response: str, answer: str, *, require_think: bool = False, timeout_s: float = 5.0,
+          answer_from: str = "after_think", unboxed_is_wrong: bool = False) -> int:
     """Grade one response against the gold answer (in-process; see ``grade_batch`` for hard deadlines).
 
-    The final answer is the last ``\\boxed{...}`` in the text after the last ``</think>``. With
-    ``require_think=True`` a response without ``</think>`` has no final answer (``-1``). Never raises on
-    hostile text: math-verify's own timeout (a ``BaseException``) and any parse or compare error grade it
-    ``0`` (no parsable box: ``-1`` / ``-2``). Only ``KeyboardInterrupt`` and ``SystemExit`` pass through.
+    The final answer is the last ``\\boxed{...}`` in ``answer_span`` (by default the text after the last
+    ``</think>``; with ``require_think=True`` a response without ``</think>`` has no answer, ``-1``).
+    With ``unboxed_is_wrong`` (the official rule) a finished response (``</think>`` present) without a
+    parsable box is wrong (``0``), not a format error. Never raises on hostile text: math-verify's own
+    timeout (a ``BaseException``) and any parse or compare error grade it ``0`` (no parsable box: ``-1`` /
+    ``-2``). Only ``KeyboardInterrupt`` and ``SystemExit`` pass through.
     """
     from math_verify import LatexExtractionConfig, parse, verify
 
     if not isinstance(response, str) or not isinstance(answer, str):
         raise TypeError(f"grade() takes strings, got response={type(response).__name__}, "
                         f"answer={type(answer).__name__}")
-    cut = response.rfind(_THINK_END)
-    if cut < 0 and require_think:
-        tail = None
-    else:
-        tail = response[cut + len(_THINK_END):] if cut >= 0 else response
+    tail = answer_span(response, answer_from=answer_from, require_think=require_think)
     boxed = _last_boxed(tail) if tail is not None else None
     t = _math_verify_timeouts(timeout_s)
     pred = []
@@ -108,6 +128,8 @@ def grade(response: str, answer: str, *, require_think: bool = False, timeout_s:
                 return WRONG
             pred = []
     if not pred:
+        if unboxed_is_wrong and _THINK_END in response:
+            return WRONG
         return DEGENERATE if is_degenerate_text(response) else NO_ANSWER
     gold_text = answer.strip()
     if not gold_text.startswith("$") and "\\boxed" not in gold_text:

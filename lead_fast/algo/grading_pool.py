@@ -29,7 +29,7 @@ _READY = "ready"
 
 
 def worker_main(read_fd: int, write_fd: int) -> None:
-    """A worker's loop: receives ``(index, response, answer, require_think, timeout_s)``, sends
+    """A worker's loop: receives ``(index, response, answer, grade keyword arguments)``, sends
     ``(index, outcome)``; ``None`` or a closed pipe ends it. Start-up errors are sent, not just printed."""
     import signal
     import traceback
@@ -54,9 +54,9 @@ def worker_main(read_fd: int, write_fd: int) -> None:
             return
         if msg is None:
             return
-        idx, resp, ans, require_think, timeout_s = msg
+        idx, resp, ans, kwargs = msg
         try:
-            out = grade(resp, ans, require_think=require_think, timeout_s=timeout_s)
+            out = grade(resp, ans, **kwargs)
         except Exception:  # a non-string item, say: wrong, and the batch goes on
             out = WRONG
         conn_out.send((idx, out))
@@ -127,8 +127,7 @@ class GradingPool:
         w.kill()
         self._workers[self._workers.index(w)] = _Worker()
 
-    def grade(self, responses: list[str], answers: list[str], *, timeout_s: float,
-              require_think: bool) -> BatchResult:
+    def grade(self, responses: list[str], answers: list[str], *, timeout_s: float, **grade_kw) -> BatchResult:
         n = len(responses)
         results: list[int] = [WRONG] * n
         todo = iter(range(n))
@@ -140,7 +139,7 @@ class GradingPool:
             w.item = i
             if i is not None:
                 w.deadline = time.monotonic() + timeout_s
-                w.send_conn.send((i, responses[i], answers[i], require_think, timeout_s))
+                w.send_conn.send((i, responses[i], answers[i], dict(grade_kw, timeout_s=timeout_s)))
 
         for w in self._workers:
             if w.ready:
@@ -210,13 +209,18 @@ def _close_pool() -> None:
 
 
 def grade_batch(responses: list[str], answers: list[str], *, timeout_s: float = 5.0,
-                num_workers: int | None = None, require_think: bool = False,
-                return_timeouts: bool = False) -> list[int] | tuple[list[int], int]:
+                num_workers: int | None = None, require_think: bool = False, answer_from: str = "after_think",
+                unboxed_is_wrong: bool = False, return_timeouts: bool = False) -> list[int] | tuple[list[int], int]:
     """Grade many responses in parallel worker processes; each item costs at most ``timeout_s``.
 
-    An item that runs past its deadline has its worker killed and replaced, and is graded ``0``. With
-    ``return_timeouts=True`` returns ``(outcomes, number of items that timed out)``.
+    ``require_think``, ``answer_from`` and ``unboxed_is_wrong`` are ``grade``'s. An item that runs past
+    its deadline has its worker killed and replaced, and is graded ``0``. With ``return_timeouts=True``
+    returns ``(outcomes, number of items that timed out)``.
     """
+    from lead_fast.algo.grading import ANSWER_FROM
+
+    if answer_from not in ANSWER_FROM:
+        raise ValueError(f"grade_batch: answer_from must be one of {', '.join(ANSWER_FROM)}, got {answer_from!r}")
     if len(responses) != len(answers):
         raise ValueError(f"grade_batch: {len(responses)} responses but {len(answers)} answers")
     if not (isinstance(timeout_s, (int, float)) and math.isfinite(timeout_s) and timeout_s > 0):
@@ -227,5 +231,6 @@ def grade_batch(responses: list[str], answers: list[str], *, timeout_s: float = 
         res = BatchResult([], 0)
     else:
         res = get_pool(num_workers).grade(list(responses), list(answers), timeout_s=timeout_s,
-                                          require_think=require_think)
+                                          require_think=require_think, answer_from=answer_from,
+                                          unboxed_is_wrong=unboxed_is_wrong)
     return (res.outcomes, res.timeouts) if return_timeouts else res.outcomes

@@ -125,13 +125,61 @@ def lead_advantages(rewards, group_ids, *, reweight: bool = True, w_min: float =
     return adv.float(), rho.float()
 
 
-def groups_without_signal(rewards, group_ids, *, atol: float = 1e-6) -> torch.Tensor:
-    """``(R,)`` bool: True for responses whose whole group has equal rewards (zero advantage; drop them)."""
+def groups_without_signal(rewards, group_ids, *, drop_no_correct: bool = True, atol: float = 1e-6) -> torch.Tensor:
+    """``(R,)`` bool: True for responses whose group is dropped from the update.
+
+    A group is dropped when all its rewards are equal (zero advantage), or, with ``drop_no_correct``
+    (GRPO-LEAD's official run), when none of its rewards is > 0: on a problem the model never solves, the
+    only signal left would favour the least-penalized failure (an unanswered response over a wrong one).
+    """
     r = _as_1d("rewards", rewards, torch.float64)
     gid = _as_1d("group_ids", group_ids)
+    if r.numel() != gid.numel():
+        raise ValueError(f"rewards and group_ids must have the same length, got {r.numel()} and {gid.numel()}")
     if r.numel() == 0:
         return torch.zeros(0, dtype=torch.bool)
+    all_equal, no_correct = group_drop_reasons(r, gid, atol=atol)
+    return all_equal | (no_correct if drop_no_correct else torch.zeros_like(no_correct))
+
+
+def group_drop_reasons(rewards, group_ids, *, atol: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(all_equal, no_correct)``, each ``(R,)`` bool per response's group: all rewards equal (within
+    ``atol``); no reward > 0."""
+    r = _as_1d("rewards", rewards, torch.float64)
+    gid = _as_1d("group_ids", group_ids)
+    if r.numel() != gid.numel():
+        raise ValueError(f"rewards and group_ids must have the same length, got {r.numel()} and {gid.numel()}")
+    if r.numel() == 0:
+        empty = torch.zeros(0, dtype=torch.bool)
+        return empty, empty
     seg, G = _segments(gid.to(r.device))
     hi = torch.full((G,), -torch.inf, dtype=r.dtype, device=r.device).scatter_reduce(0, seg, r, "amax")
     lo = torch.full((G,), torch.inf, dtype=r.dtype, device=r.device).scatter_reduce(0, seg, r, "amin")
-    return ((hi - lo) <= atol)[seg]
+    return ((hi - lo) <= atol)[seg], (hi <= 0)[seg]
+
+
+LOSS_AGGS = ("token_mean", "seq_mean_token_mean")
+
+
+def loss_token_weights(lengths, *, agg: str = "token_mean", num_sequences: int | None = None) -> torch.Tensor:
+    """The weight each token of sequence ``i`` carries in one mini-batch's loss, ``(B,)`` float64.
+
+    lengths: ``(B,)`` response lengths in tokens (every sequence of the mini-batch, across ranks).
+    ``token_mean``: ``1 / sum(L)`` (every token counts the same: long responses weigh more).
+    ``seq_mean_token_mean``: ``1 / (B' * L_i)``, the mean over sequences of each one's token mean, with
+    ``B' = num_sequences`` when given (GRPO-LEAD's official run divides by the sampled count, before groups
+    are dropped, so a step shrinks when many groups are dropped) else ``B``.
+    """
+    L = _as_1d("lengths", lengths, torch.float64)
+    if agg not in LOSS_AGGS:
+        raise ValueError(f"agg must be one of {', '.join(LOSS_AGGS)}, got {agg!r}")
+    if L.numel() == 0:
+        return L
+    if (L < 1).any():
+        raise ValueError(f"lengths must be >= 1, got {L[L < 1][:5].tolist()}")
+    if agg == "token_mean":
+        return torch.full_like(L, 1.0 / float(L.sum()))
+    B = L.numel() if num_sequences is None else num_sequences
+    if B < L.numel():
+        raise ValueError(f"num_sequences={B} is smaller than the {L.numel()} sequences given")
+    return 1.0 / (B * L)

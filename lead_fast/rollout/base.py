@@ -23,6 +23,8 @@ class SamplingSettings:
     max_new_tokens: int = 256
     seed: int = 0
     """Sampling seed for this call: the same prompts, weights and seed give the same responses."""
+    stop: tuple[str, ...] = ()
+    """Strings that end a response; the matched text stays in it (finish reason ``stop``)."""
 
 
 @dataclass(frozen=True)
@@ -30,9 +32,9 @@ class Completion:
     """One sampled response."""
 
     token_ids: list[int]
-    """The response's tokens; a response that stopped on EOS ends with it (the policy learns to stop)."""
+    """The response's tokens; one that stopped ends with its EOS or stop string (the policy learns to stop)."""
     finish_reason: Literal["stop", "length"]
-    """``stop``: ended on EOS; ``length``: cut off at ``max_new_tokens``."""
+    """``stop``: ended on EOS or a stop string; ``length``: cut off at ``max_new_tokens``."""
 
 
 class RolloutEngine(Protocol):

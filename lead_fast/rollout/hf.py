@@ -18,6 +18,7 @@ class HFEngine:
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device).eval()
         self.model.requires_grad_(False)
         self.device = device
+        self.tokenizer = tokenizer
         self.pad_id = tokenizer.pad_token_id
         self.eos_id = tokenizer.eos_token_id
         self._params = dict(self.model.named_parameters())
@@ -44,18 +45,27 @@ class HFEngine:
                 do_sample=not greedy, temperature=None if greedy else settings.temperature,
                 top_p=None if greedy else settings.top_p, top_k=0 if not greedy else None,
                 max_new_tokens=settings.max_new_tokens, num_return_sequences=settings.n,
-                pad_token_id=self.pad_id, eos_token_id=self.eos_id)
+                pad_token_id=self.pad_id, eos_token_id=self.eos_id,
+                **(dict(stop_strings=list(settings.stop), tokenizer=self.tokenizer) if settings.stop else {}))
         resp = out[:, width:].tolist()
-        result = []
-        for i in range(len(prompts)):
-            group = []
-            for r in resp[i * settings.n:(i + 1) * settings.n]:
-                if self.eos_id in r:   # keep EOS: the policy must learn to stop
-                    group.append(Completion(r[: r.index(self.eos_id) + 1], "stop"))
-                else:
-                    group.append(Completion(r, "length"))
-            result.append(group)
-        return result
+        flat = [self._finish(r, settings.stop) for r in resp]
+        return [flat[i * settings.n:(i + 1) * settings.n] for i in range(len(prompts))]
+
+    def _finish(self, r: list[int], stop: tuple[str, ...]) -> Completion:
+        """Cut a generated row where it ended: after EOS or after the token that completes a stop string
+        (both kept: the policy must learn to stop); ``generate`` pads finished rows after that point."""
+        end = r.index(self.eos_id) + 1 if self.eos_id in r else None
+        if stop:
+            # "the prefix holds a stop string" is monotone in the prefix length: binary search it
+            head = r[:end] if end else r
+            has = lambda k: any(x in self.tokenizer.decode(head[:k]) for x in stop)  # noqa: E731
+            if has(len(head)):
+                lo, hi = 1, len(head)
+                while lo < hi:
+                    mid = (lo + hi) // 2
+                    lo, hi = (lo, mid) if has(mid) else (mid + 1, hi)
+                end = lo
+        return Completion(r[:end], "stop") if end else Completion(r, "length")
 
     @torch.no_grad()
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:

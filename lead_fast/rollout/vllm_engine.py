@@ -53,7 +53,8 @@ class VLLMEngine:
             self.llm.reset_prefix_cache()
             self._prefix_stale = False
         sp = SamplingParams(n=settings.n, temperature=settings.temperature, top_p=settings.top_p,
-                            max_tokens=settings.max_new_tokens, seed=settings.seed)
+                            max_tokens=settings.max_new_tokens, seed=settings.seed,
+                            stop=list(settings.stop) or None, include_stop_str_in_output=True)
         outs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], sp, use_tqdm=False)
         result = [[Completion(list(c.token_ids), "length" if c.finish_reason == "length" else "stop")
                    for c in o.outputs] for o in outs]

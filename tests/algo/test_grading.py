@@ -64,3 +64,19 @@ def test_last_box_is_found_in_linear_time():
 def test_nested_and_unclosed_boxes():
     assert grade("\\boxed{\\frac{1}{2}} and \\boxed{7", "\\frac{1}{2}") == 1   # an unclosed last box is no answer
     assert grade("{ \\boxed{3} } \\boxed{\\boxed{4}}", "4") == 1
+
+
+def test_answer_spans_and_unboxed_responses():
+    r = "<think>so \\boxed{7}</think> The answer is \\boxed{5}"
+    assert grade(r, "5") == 1 and grade(r, "7") == 0                                  # after the last </think>
+    assert grade(r, "7", answer_from="before_think") == 1                             # the official span
+    assert grade("<think>\\boxed{3} then \\boxed{4}</think>", "4", answer_from="before_think") == 1
+    cut_off = "<think>still thinking \\boxed{4}"                                      # never reached </think>
+    assert grade(cut_off, "4", answer_from="before_think") == -1
+    assert grade(cut_off, "4", answer_from="before_think", unboxed_is_wrong=True) == -1
+    finished = "<think>I give up</think>"
+    assert grade(finished, "4", answer_from="before_think") == -1
+    assert grade(finished, "4", answer_from="before_think", unboxed_is_wrong=True) == 0
+    assert grade("<think>" + "so so " * 40 + "</think>", "4", answer_from="before_think") == -2
+    with pytest.raises(ValueError, match="answer_from must be one of"):
+        grade(r, "5", answer_from="inside")

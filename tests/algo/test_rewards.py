@@ -104,3 +104,95 @@ def test_all_equal_groups_have_zero_advantage_and_are_flagged():
 def test_group_of_one_uses_mean0_std1():
     adv, rho = lead_advantages(torch.tensor([0.8]), [5], reweight=False)
     assert abs(adv.item() - 0.8 / (1 + 1e-6)) < 1e-6 and rho.item() == 1.0
+
+
+def test_mismatched_lengths_are_errors():
+    with pytest.raises(ValueError, match="same length"):
+        groups_without_signal([1.0, 0.0, 1.0], [0, 0])
+    with pytest.raises(ValueError, match="same length"):
+        lead_advantages([1.0, 0.0], [0])
+    with pytest.raises(ValueError, match="same length"):
+        lead_rewards([1, 0], [10, 20, 30], [0, 0])
+
+
+# --- The official run's group filter and loss aggregation, as plain loops written from its code ---------
+# (aeroplanepaper/GRPO-LEAD: verl/trainer/ppo/ray_trainer.py, the rejection_sample filter;
+#  verl/workers/actor/dp_actor.py + core_algos.compute_policy_loss, masked token mean per micro-batch
+#  scaled by len(micro_batch) / ppo_mini_batch_size)
+
+def official_valid_mask(rewards, uids):
+    valid = [True] * len(rewards)
+    for uid in set(uids):
+        idx = [i for i, u in enumerate(uids) if u == uid]
+        r = [rewards[i] for i in idx]
+        if all(x <= 0 for x in r):
+            for i in idx:
+                valid[i] = False
+        elif all(x > 0 for x in r) and all(x == 1 for x in r):
+            for i in idx:
+                valid[i] = False
+    return valid
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_filter_matches_the_official_one(seed):
+    rng = random.Random(seed)
+    rewards, uids = [], []
+    for g in range(40):
+        kind = rng.choice(["mixed", "all_wrong", "all_one", "all_correct_shaped", "neg_mixed"])
+        for _ in range(8):
+            if kind == "all_wrong":
+                r = rng.choice([-1.0, -2.0, 0.0])
+            elif kind == "all_one":
+                r = 1.0
+            elif kind == "all_correct_shaped":
+                r = rng.uniform(0.8, 1.2)
+            elif kind == "neg_mixed":
+                r = rng.choice([-1.0, -2.0])
+            else:
+                r = rng.choice([1.0, 1.1, -1.0, 0.0, -2.0])
+            rewards.append(r)
+            uids.append(g * 3 + 1)
+    want = [not v for v in official_valid_mask(rewards, uids)]
+    got = groups_without_signal(rewards, uids).tolist()
+    # the official filter keeps a group of equal rewards > 0 other than 1 (zero advantage: no gradient
+    # either way); lead_fast drops it. Everything else agrees.
+    differ = [i for i in range(len(want)) if want[i] != got[i]]
+    assert all(len({rewards[j] for j in range(len(uids)) if uids[j] == uids[i]}) == 1 and rewards[i] > 0
+               for i in differ)
+    assert groups_without_signal([-1.0, -2.0, -1.0, 0.0], [5] * 4).all()                       # no correct
+    assert not groups_without_signal([-1.0, -2.0, -1.0, 0.0], [5] * 4, drop_no_correct=False).any()
+
+
+def official_loss(token_losses_per_seq, micro_batches, ppo_mini_batch_size):
+    """verl's actor loss for one mini-batch: per micro-batch a masked token mean, times
+    len(micro) / ppo_mini_batch_size, summed over micro-batches."""
+    total = 0.0
+    for mb in micro_batches:
+        toks = [x for i in mb for x in token_losses_per_seq[i]]
+        total += sum(toks) / len(toks) * (len(mb) / ppo_mini_batch_size)
+    return total
+
+
+def test_aggregations_match_plain_loops():
+    from lead_fast.algo import loss_token_weights
+
+    rng = random.Random(0)
+    lengths = [rng.randrange(1, 50) for _ in range(12)]
+    losses = [[rng.uniform(-1, 1) for _ in range(n)] for n in lengths]
+    # token mean: every token weighs 1 / total tokens
+    w = loss_token_weights(lengths, agg="token_mean")
+    assert w.shape == (12,)
+    got = sum(w[i].item() * sum(losses[i]) for i in range(12))
+    assert got == pytest.approx(sum(map(sum, losses)) / sum(lengths), rel=1e-12)
+    # mean over sequences of token means; official micro-batches of one sequence each, nominal size 16
+    w = loss_token_weights(lengths, agg="seq_mean_token_mean", num_sequences=16)
+    got = sum(w[i].item() * sum(losses[i]) for i in range(12))
+    assert got == pytest.approx(official_loss(losses, [[i] for i in range(12)], 16), rel=1e-12)
+    w = loss_token_weights(lengths, agg="seq_mean_token_mean")   # normalized by the kept count
+    got = sum(w[i].item() * sum(losses[i]) for i in range(12))
+    assert got == pytest.approx(sum(sum(x) / len(x) for x in losses) / 12, rel=1e-12)
+    with pytest.raises(ValueError, match="agg must be one of"):
+        loss_token_weights(lengths, agg="mean")
+    with pytest.raises(ValueError, match="num_sequences=3 is smaller"):
+        loss_token_weights(lengths, agg="seq_mean_token_mean", num_sequences=3)

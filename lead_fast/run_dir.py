@@ -1,0 +1,94 @@
+"""The output directory: usable (writable, room for a checkpoint) and not someone else's run.
+
+A run's files are ``config.yaml``, ``metrics.jsonl``, ``metrics.png`` and ``checkpoints/``. A new run
+refuses to start in a directory that holds them unless told what to do: ``--resume`` (continue that run)
+or ``--run.overwrite`` (remove its files first). ``base_model/`` (the embedded demo's model) is a cache,
+not a run, and is kept.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+
+from lead_fast.checkpoint import checkpoint_root, list_checkpoints
+
+RUN_FILES = ("config.yaml", "metrics.jsonl", "metrics.png")
+
+
+class OutputDirError(ValueError):
+    """The output directory cannot be used; the message says why and what to do."""
+
+
+def describe_os_error(e: OSError) -> str:
+    """A short human cause for an OSError from writing files."""
+    if e.errno == errno.ENOSPC:
+        return "the disk is full (no space left on device)"
+    if e.errno == errno.EDQUOT:
+        return "the disk quota is exceeded"
+    if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return f"it is not writable ({e.strerror})"
+    if e.errno == errno.ENOTDIR:
+        return "a part of the path is a file, not a directory"
+    return e.strerror or str(e)
+
+
+def ensure_writable(output_dir: str) -> None:
+    """Create ``output_dir`` if needed and prove it writable with a probe file."""
+    try:
+        if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+            raise OutputDirError(f"output directory {output_dir} is a file; pass a directory with --output-dir")
+        os.makedirs(output_dir, exist_ok=True)
+        probe = os.path.join(output_dir, f".lead_fast-write-test-{os.getpid()}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise OutputDirError(f"cannot write to output directory {output_dir}: {describe_os_error(e)}; "
+                             "pass another --output-dir") from None
+
+
+def existing_run(output_dir: str) -> str | None:
+    """What another run left in ``output_dir`` (a phrase), or None when it holds none."""
+    found = [f for f in RUN_FILES if os.path.exists(os.path.join(output_dir, f))]
+    steps = [step for step, _ in list_checkpoints(output_dir)]
+    if steps:
+        found.append(f"checkpoints of steps {steps[0]}..{steps[-1]}" if len(steps) > 1
+                     else f"a checkpoint of step {steps[0]}")
+    elif os.path.isdir(checkpoint_root(output_dir)) and os.listdir(checkpoint_root(output_dir)):
+        found.append("a checkpoints/ folder")
+    return ", ".join(found) or None
+
+
+def clear_run(output_dir: str) -> None:
+    """Remove a previous run's files (``--run.overwrite``); keeps ``base_model/``."""
+    for f in RUN_FILES:
+        p = os.path.join(output_dir, f)
+        if os.path.exists(p):
+            os.remove(p)
+    shutil.rmtree(checkpoint_root(output_dir), ignore_errors=True)
+
+
+def prepare(output_dir: str, *, resume: bool, overwrite: bool) -> None:
+    """Check the output directory before any work; raises ``OutputDirError`` with one paragraph."""
+    ensure_writable(output_dir)
+    other = existing_run(output_dir)
+    if other is None or resume:
+        return
+    if overwrite:
+        clear_run(output_dir)
+        return
+    raise OutputDirError(
+        f"output directory {output_dir} already holds a run ({other}). To continue that run, add --resume; "
+        f"to start a new one, pass another --output-dir, or add --run.overwrite to delete the old run's files "
+        f"first.")
+
+
+def check_free_space(output_dir: str, need_bytes: int) -> None:
+    """Refuse to start when the disk cannot hold one more checkpoint of ``need_bytes``."""
+    free = shutil.disk_usage(output_dir).free
+    if free < need_bytes:
+        raise OutputDirError(f"output directory {output_dir} has {free / 2**20:.1f} MiB free, but one checkpoint "
+                             f"needs about {need_bytes / 2**20:.1f} MiB (weights and optimizer state in float32); "
+                             "free some space or pass another --output-dir")

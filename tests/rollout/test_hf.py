@@ -1,0 +1,51 @@
+"""The transformers engine on the tiny demo model: completions, stop strings, weight updates."""
+
+import torch
+
+from lead_fast.model import load_tokenizer
+from lead_fast.rollout import SamplingSettings
+from lead_fast.rollout.hf import HFEngine
+
+
+def _engine(model_dir):
+    tok = load_tokenizer(model_dir)
+    return HFEngine(model_dir, device=torch.device("cpu"), dtype=torch.float32, tokenizer=tok), tok
+
+
+def test_stop_string_ends_generation_and_is_kept(embedded_model):
+    eng, tok = _engine(embedded_model)
+    prompt = tok("What is 7 + 8? Put the final answer within \\boxed{}.\n", add_special_tokens=False)["input_ids"]
+    greedy = SamplingSettings(n=1, temperature=0, max_new_tokens=40)
+    # find a prompt whose greedy answer is long enough to be cut by a stop string
+    full = eng.generate([prompt], greedy)[0][0]
+    text = tok.decode(full.token_ids, skip_special_tokens=True)
+    assert len(full.token_ids) > 4, text
+    stop = text[len(text) // 3: len(text) // 3 + 3]           # a piece from inside the greedy text
+    cut = eng.generate([prompt], SamplingSettings(n=1, temperature=0, max_new_tokens=40, stop=(stop,)))[0][0]
+    cut_text = tok.decode(cut.token_ids, skip_special_tokens=True)
+    assert cut.finish_reason == "stop"
+    assert stop in cut_text and len(cut.token_ids) < len(full.token_ids)
+    assert cut.token_ids == full.token_ids[: len(cut.token_ids)]      # the same tokens, up to the stop
+    assert stop not in tok.decode(cut.token_ids[:-1], skip_special_tokens=True)   # cut right after it
+
+
+def test_length_and_eos_finish_reasons(embedded_model):
+    eng, tok = _engine(embedded_model)
+    prompt = tok("What is 2 + 3? Put the final answer within \\boxed{}.\n", add_special_tokens=False)["input_ids"]
+    out = eng.generate([prompt, prompt], SamplingSettings(n=3, temperature=1.0, max_new_tokens=64, seed=1))
+    assert [len(g) for g in out] == [3, 3]
+    for c in (c for g in out for c in g):
+        if c.finish_reason == "stop":
+            assert c.token_ids[-1] == tok.eos_token_id and tok.eos_token_id not in c.token_ids[:-1]
+        else:
+            assert len(c.token_ids) == 64 and tok.eos_token_id not in c.token_ids
+    short = eng.generate([prompt], SamplingSettings(n=2, temperature=1.0, max_new_tokens=2, seed=1))[0]
+    assert all(c.finish_reason == "length" and len(c.token_ids) == 2 for c in short
+               if tok.eos_token_id not in c.token_ids)
+
+
+def test_update_weights_takes_every_tensor_by_hf_name(embedded_model):
+    eng, _ = _engine(embedded_model)
+    new = {k: torch.full_like(v, 0.5) for k, v in eng.state_dict().items()}
+    eng.update_weights(iter(new.items()))
+    assert all(torch.equal(v, new[k]) for k, v in eng.state_dict().items())
