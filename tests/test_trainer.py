@@ -7,17 +7,23 @@ import pytest
 from tests.launch import HELPERS, TRAIN_DATA, check, torchrun
 
 
-@pytest.fixture(scope="module")
-def update_results(tiny_model_dir, tmp_path_factory):
+OFFICIAL_AGG = ["--algo.loss_agg", "seq_mean_token_mean", "--algo.loss_norm", "sampled"]
+
+
+@pytest.fixture(scope="module", params=["token_mean", "official"])
+def update_results(request, tiny_model_dir, tmp_path_factory):
     out = {}
+    extra = OFFICIAL_AGG if request.param == "official" else []
     for world in (1, 2):
         d = tmp_path_factory.mktemp(f"upd{world}")
-        check(torchrun(world, [str(HELPERS / "dist_update.py"), tiny_model_dir, str(TRAIN_DATA), str(d / "res.json")]))
+        check(torchrun(world, [str(HELPERS / "dist_update.py"), tiny_model_dir, str(TRAIN_DATA), str(d / "res.json"),
+                               *extra]))
         out[world] = json.loads((d / "res.json").read_text())
     return out
 
 
 def test_two_ranks_match_one_rank(update_results):
+    """The same global batch gives the same step on 1 and 2 ranks, with either loss aggregation."""
     one, two = update_results[1], update_results[2]
     assert one["world"] == 1 and two["world"] == 2
     assert abs(one["loss"] - two["loss"]) <= 1e-5 * max(1.0, abs(one["loss"])), (one, two)
@@ -65,3 +71,21 @@ def test_default_run_learns(tmp_path):
     assert last["eval/accuracy"] - first["eval/accuracy"] >= 0.20, (first, last)
     assert last["eval/response_length"] <= 0.8 * first["eval/response_length"], (first, last)
     assert (out / "metrics.png").exists()
+
+
+def test_one_step_with_the_official_algorithm_settings(tiny_model_dir, tmp_path):
+    """grpo_lead_14b's algorithm settings (stop at </think>, answer before it, unboxed is wrong, drop groups
+    with no correct answer, sequence mean of token means over sampled sequences) on the tiny model."""
+    out = tmp_path / "run"
+    check(torchrun(1, ["-m", "lead_fast.train", "--model", tiny_model_dir, "--data", str(TRAIN_DATA),
+                       "--output-dir", str(out), "--max-steps", "1", "--eval-every", "1",
+                       "--optim.prompts_per_step", "2", "--rollout.n", "3", "--rollout.max_new_tokens", "10",
+                       "--data.max_prompt_tokens", "200", "--data.eval_size", "2", "--rollout.eval_n", "2",
+                       "--rollout.stop", "</think>", "--algo.answer_from", "before_think",
+                       "--algo.unboxed_is_wrong", "true", "--algo.drop_no_correct", "true", *OFFICIAL_AGG,
+                       "--optim.weight_decay", "0.01", "--model.activation_checkpointing", "true"]))
+    row = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]
+    # a random model never closes </think>: every response is unanswered, so both groups have no correct one
+    assert row["no_answer_frac"] + row["degenerate_frac"] == 1.0
+    assert row["groups_dropped"] == row["groups_dropped/no_correct"] + row["groups_dropped/all_equal"] == 2
+    assert row["loss"] is None and row["groups"] == 2

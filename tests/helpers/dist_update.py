@@ -1,6 +1,6 @@
 """Run under torchrun: one update of a fixed global batch, then a weight sync; writes what it saw as JSON.
 
-argv: MODEL_DIR DATA_FILE OUT_JSON
+argv: MODEL_DIR DATA_FILE OUT_JSON [extra train.py arguments]
 """
 
 import json
@@ -12,14 +12,14 @@ import torch.distributed as dist
 
 
 def main():
-    model_dir, data, out = sys.argv[1:4]
+    model_dir, data, out, extra = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
     from lead_fast.config import parse_args
     from lead_fast.trainer import Trainer
     from lead_fast.update import Sample
 
     cfg = parse_args(["--model", model_dir, "--data", data, "--output-dir", os.path.dirname(out) + "/run",
                       "--optim.lr", "1e-3", "--optim.prompts_per_step", "2", "--data.max_prompt_tokens", "512",
-                      "--data.eval_size", "4", "--optim.micro_batch_tokens", "96", "--algo.entropy_coef", "0.01"])
+                      "--data.eval_size", "4", "--optim.micro_batch_tokens", "96", "--algo.entropy_coef", "0.01", *extra])
     tr = Trainer(cfg)
     rank, world = tr.rank, tr.world
     g = torch.Generator().manual_seed(0)
@@ -31,7 +31,7 @@ def main():
                               torch.randint(2, V, (R,), generator=g).tolist(),
                               float(torch.randn(1, generator=g)), float(torch.rand(1, generator=g))))
     mine = samples[rank::world]
-    res = tr.updater.update(mine, step=0)
+    res = tr.updater.update(mine, step=0, sampled=12)   # 12 sampled, 8 kept (for algo.loss_norm=sampled)
     tr.engine.update_weights(tr.policy.hf_named_tensors())
     eng = tr.engine.state_dict()
     exact, n = True, 0
