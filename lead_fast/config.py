@@ -223,6 +223,25 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def make_paths_absolute(self) -> None:
+        """Model, data and output paths made absolute, so a run's stored config works from any directory."""
+        import os
+
+        for section, key in (("model", "path"), ("data", "path"), ("data", "eval_path"), ("run", "output_dir")):
+            value = getattr(getattr(self, section), key)
+            if value is not None:
+                setattr(getattr(self, section), key, os.path.abspath(value))
+
+
+def check_world(cfg: TrainConfig, world: int) -> None:
+    """The checks that need the number of ranks."""
+    per_step = cfg.optim.prompts_per_step
+    if per_step % world:
+        raise ConfigError(f"optim.prompts_per_step={per_step} must be divisible by the number of ranks ({world})")
+    if per_step < world:
+        raise ConfigError(f"optim.prompts_per_step={per_step} is smaller than the number of ranks ({world}): "
+                          "every rank needs at least one prompt")
+
 
 SECTIONS = ("model", "data", "rollout", "algo", "optim", "run")
 

@@ -92,3 +92,22 @@ def check_free_space(output_dir: str, need_bytes: int) -> None:
         raise OutputDirError(f"output directory {output_dir} has {free / 2**20:.1f} MiB free, but one checkpoint "
                              f"needs about {need_bytes / 2**20:.1f} MiB (weights and optimizer state in float32); "
                              "free some space or pass another --output-dir")
+
+
+def on_rank0(rank: int, check) -> None:
+    """Collective: run ``check`` on rank 0 only (the output directory is shared) and raise its
+    ``OutputDirError`` on every rank, so all ranks stop together."""
+    import torch.distributed as dist
+
+    error = None
+    if rank == 0:
+        try:
+            check()
+        except OutputDirError as e:
+            error = str(e)
+    if dist.is_initialized():
+        box = [error]
+        dist.broadcast_object_list(box, src=0)
+        error = box[0]
+    if error is not None:
+        raise OutputDirError(error)

@@ -74,7 +74,7 @@ def collate(batch: list[Sample], pad_id: int, device, token_weight: float | list
     T = max(len(s.prompt) + len(s.response) for s in batch)
     ids = torch.full((len(batch), T), pad_id, dtype=torch.long)
     mask = torch.zeros((len(batch), T), dtype=torch.long)
-    pos, tgt, adv, rho, old, ref, tw = [], [], [], [], [], [], []
+    pos, tgt, adv, rho, old, ref, tok_w = [], [], [], [], [], [], []
     for b, s in enumerate(batch):
         seq = s.prompt + s.response
         ids[b, : len(seq)] = torch.tensor(seq)
@@ -84,7 +84,7 @@ def collate(batch: list[Sample], pad_id: int, device, token_weight: float | list
         tgt.append(torch.tensor(s.response))
         adv.append(torch.full((R,), s.advantage))
         rho.append(torch.full((R,), s.correct_ratio))
-        tw.append(torch.full((R,), float(weights[b])))
+        tok_w.append(torch.full((R,), float(weights[b])))
         if s.old_logprobs is not None:
             old.append(s.old_logprobs)
         if s.ref_logprobs is not None:
@@ -92,7 +92,7 @@ def collate(batch: list[Sample], pad_id: int, device, token_weight: float | list
     return MicroBatch(
         input_ids=ids.to(device), attention_mask=mask.to(device), positions=torch.cat(pos).to(device),
         targets=torch.cat(tgt).to(device), advantages=torch.cat(adv).to(device),
-        correct_ratio=torch.cat(rho).to(device), token_weights=torch.cat(tw).to(device),
+        correct_ratio=torch.cat(rho).to(device), token_weights=torch.cat(tok_w).to(device),
         old_logprobs=torch.cat(old).to(device) if len(old) == len(batch) else None,
         ref_logprobs=torch.cat(ref).to(device) if len(ref) == len(batch) else None,
     )
@@ -122,9 +122,9 @@ class Updater:
         return [(b, True) for b in plan] + [([self.filler], False)] * (n - len(plan))
 
     def _loss_kwargs(self) -> dict:
-        o = self.cfg.optim
-        return dict(temperature=self.cfg.rollout.temperature, backend=o.loss_backend,
-                    chunk_size=o.loss_chunk_size or None)
+        optim = self.cfg.optim
+        return dict(temperature=self.cfg.rollout.temperature, backend=optim.loss_backend,
+                    chunk_size=optim.loss_chunk_size or None)
 
     @torch.no_grad()
     def _fill_logprobs(self, model, samples: list[Sample], attr: str) -> None:
@@ -143,18 +143,18 @@ class Updater:
         """``sampled``: responses sampled for this rollout batch on all ranks, before groups were dropped
         (what ``algo.loss_norm=sampled`` divides by). Returns ``loss``, ``clip_frac``, ``kl``, ``entropy``,
         ``grad_norm`` (NaN when nothing was updated), ``updated`` and ``nonfinite_skipped``."""
-        c = self.cfg
+        cfg = self.cfg
         result = dict(loss=math.nan, clip_frac=math.nan, kl=math.nan, entropy=math.nan, grad_norm=math.nan,
                       updated=False, nonfinite_skipped=0)
         if all_sum({"tokens": sum(len(s.response) for s in samples)}, self.device)["tokens"] == 0:
             return result  # every group on every rank was dropped
-        n_updates = c.optim.updates_per_batch
+        n_updates = cfg.optim.updates_per_batch
         if self.ref is not None:
             self._fill_logprobs(self.ref, samples, "ref_logprobs")
         if n_updates > 1:
             self._fill_logprobs(self.policy, samples, "old_logprobs")
         order = samples[:]
-        random.Random(step_seed(c.run.seed, step, self.rank, salt=2)).shuffle(order)
+        random.Random(step_seed(cfg.run.seed, step, self.rank, salt=2)).shuffle(order)
         totals = {"loss": 0.0, "clipped": 0.0, "kl": 0.0, "entropy": 0.0, "weight": 0.0}
         done = 0
         per_mini = None if sampled is None else sampled / n_updates
@@ -183,22 +183,22 @@ class Updater:
     def _weights(self, mini: list[Sample], sampled: float | None) -> dict[int, float] | None:
         """Collective. Each of this rank's samples' per-token weight, keyed by ``id``; None if the
         mini-batch is empty on every rank."""
-        a = self.cfg.algo
+        algo = self.cfg.algo
         lengths = [len(s.response) for s in mini]
         every = [None] * self.world
         dist.all_gather_object(every, lengths)
         flat = [n for rank_lengths in every for n in rank_lengths]
         if not flat:
             return None
-        num = round(sampled) if (a.loss_norm == "sampled" and sampled is not None) else None
-        w = loss_token_weights(flat, agg=a.loss_agg, num_sequences=num)
+        num = round(sampled) if (algo.loss_norm == "sampled" and sampled is not None) else None
+        w = loss_token_weights(flat, agg=algo.loss_agg, num_sequences=num)
         start = sum(len(x) for x in every[: self.rank])
         return {id(s): self.world * float(w[start + i]) for i, s in enumerate(mini)}
 
     def _accumulate(self, mini: list[Sample], sampled: float | None) -> dict[str, float] | None:
         """Forward + backward over one mini-batch's micro-batches, gradients synced once at the end.
         Returns the mini-batch's loss and token-weighted sums over all ranks, or None if it is empty."""
-        a = self.cfg.algo
+        algo = self.cfg.algo
         weights = self._weights(mini, sampled)
         if weights is None:
             return None
@@ -214,9 +214,9 @@ class Updater:
                 advantages=mb.advantages, token_weights=mb.token_weights,
                 old_logprobs=mb.old_logprobs if self.cfg.optim.updates_per_batch > 1 else None,
                 ref_logprobs=mb.ref_logprobs if self.ref is not None else None,
-                clip_low=a.clip_low, clip_high=a.clip_high, kl_coef=a.kl_coef, entropy_coef=a.entropy_coef,
-                correct_ratio=mb.correct_ratio if a.reweight else None, w_min=a.w_min, w_max=a.w_max,
-                midpoint=a.midpoint, steepness=a.steepness, **self._loss_kwargs())
+                clip_low=algo.clip_low, clip_high=algo.clip_high, kl_coef=algo.kl_coef, entropy_coef=algo.entropy_coef,
+                correct_ratio=mb.correct_ratio if algo.reweight else None, w_min=algo.w_min, w_max=algo.w_max,
+                midpoint=algo.midpoint, steepness=algo.steepness, **self._loss_kwargs())
             out.loss.backward()
             if real:
                 w = mb.token_weights.double() / self.world     # each token's share of the global aggregate

@@ -167,8 +167,8 @@ def _run(hidden, weight, bias, tok: TokenInputs, p: LossParams, backend: str, ch
         torch.matmul(h, w.T, out=lg)
         if b is not None:
             lg += b
-        o = row_op(lg, tok.slice(s, e), p, write_grad=write_grad, compute_loss=compute_loss)
-        for k, v in o.items():
+        row_out = row_op(lg, tok.slice(s, e), p, write_grad=write_grad, compute_loss=compute_loss)
+        for k, v in row_out.items():
             outs.setdefault(k, []).append(v)
         if write_grad:
             if gh is not None:
