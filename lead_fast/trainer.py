@@ -36,6 +36,7 @@ from lead_fast.checkpoint import Checkpointer
 from lead_fast.config import TrainConfig, check_world
 from lead_fast.data import load_task, prompts_for_step, tokenize_prompts
 from lead_fast.distributed import all_sum, setup_distributed, step_seed
+from lead_fast.eval import generate_and_score
 from lead_fast.metrics import MetricsLogger, plot_metrics
 from lead_fast.model import PolicyWithHead, load_model, load_tokenizer, resolve_dtype, shard
 from lead_fast.preemption import StopRequest
@@ -239,20 +240,27 @@ class Trainer:
                         rollout_s, time.time() - t0)
 
     def evaluate(self) -> dict:
-        """Accuracy and mean response length on this rank's share of the eval prompts, summed over ranks.
-        The sampling seed is the same at every eval, so changes come from the weights alone."""
-        cfg = self.cfg
+        """pass@1, cons@n and mean response length on this rank's share of the eval problems, summed over
+        ranks (``lead_fast.eval``'s scoring). The sampling seed is the same at every eval, so changes come
+        from the weights alone. ``eval/accuracy`` is pass@1."""
+        cfg, algo = self.cfg, self.cfg.algo
         t0 = time.time()
         mine = self.eval[self.rank::self.world]
-        rollouts = self.rollout_and_grade([p for p, _ in mine], [a for _, a in mine], SamplingSettings(
-            n=cfg.rollout.eval_n, temperature=cfg.rollout.eval_temperature, top_p=1.0,
-            max_new_tokens=cfg.rollout.max_new_tokens, seed=step_seed(cfg.run.seed, 0, self.rank, salt=3),
-            stop=tuple(cfg.rollout.stop)))
-        tot = all_sum({"correct": sum(o == 1 for o in rollouts.outcomes), "tokens": rollouts.lengths.sum(),
-                       "responses": len(rollouts.responses)}, self.device)
-        n = max(tot["responses"], 1.0)
-        return {"eval/accuracy": tot["correct"] / n, "eval/response_length": tot["tokens"] / n,
-                "time/eval_s": time.time() - t0}
+        results, _ = generate_and_score(
+            self.engine, self.tok, [p for p, _ in mine], [a for _, a in mine], SamplingSettings(
+                n=cfg.rollout.eval_n, temperature=cfg.rollout.eval_temperature, top_p=1.0,
+                max_new_tokens=cfg.rollout.max_new_tokens, seed=step_seed(cfg.run.seed, 0, self.rank, salt=3),
+                stop=tuple(cfg.rollout.stop)),
+            grade_kw=dict(require_think=algo.require_think, answer_from=algo.answer_from,
+                          unboxed_is_wrong=algo.unboxed_is_wrong),
+            timeout_s=algo.grade_timeout_s, num_workers=self.grade_workers)
+        tot = all_sum({"problems": len(results), "pass1": sum(r.correct / r.n for r in results),
+                       "cons": sum(r.vote_correct for r in results), "responses": sum(r.n for r in results),
+                       "tokens": sum(sum(r.lengths) for r in results)}, self.device)
+        problems = max(tot["problems"], 1.0)
+        return {"eval/accuracy": tot["pass1"] / problems, "eval/pass@1": tot["pass1"] / problems,
+                "eval/cons@n": tot["cons"] / problems,   # n = rollout.eval_n
+                "eval/response_length": tot["tokens"] / max(tot["responses"], 1.0), "time/eval_s": time.time() - t0}
 
     def close(self) -> None:
         self.engine.close()

@@ -51,7 +51,8 @@ def test_one_full_step_on_real_data(tiny_model_dir, tmp_path):
     last = rows[-1]
     for key in ("loss", "reward/mean", "accuracy", "response_length/mean", "clip_frac", "kl", "entropy", "grad_norm",
                 "lr", "groups_dropped", "time/rollout_s", "time/grade_s", "time/update_s", "time/sync_s",
-                "time/step_s", "tokens_per_s", "eval/accuracy", "eval/response_length"):
+                "time/step_s", "tokens_per_s", "eval/accuracy", "eval/response_length", "eval/pass@1", "eval/cons@n",
+                "groups_dropped/all_equal", "groups_dropped/no_correct"):
         assert key in last, key
     assert last["loss"] is not None and last["grad_norm"] is not None
     assert "skipped" in p.stdout + p.stderr  # prompts over 200 tokens are skipped and counted

@@ -97,6 +97,32 @@ def answer_span(response: str, *, answer_from: str = "after_think", require_thin
     return response[cut + len(_THINK_END):]
 
 
+def extract_answer(response: str, *, answer_from: str = "after_think", require_think: bool = False) -> str | None:
+    """The content of the final ``\\boxed{...}`` (as ``grade`` finds it), or None."""
+    tail = answer_span(response, answer_from=answer_from, require_think=require_think)
+    boxed = _last_boxed(tail) if tail is not None else None
+    if boxed is None:
+        return None
+    return boxed[boxed.index("{") + 1:-1].strip()
+
+
+def answers_equal(a: str, b: str, *, timeout_s: float = 5.0) -> bool:
+    """Whether math-verify finds two extracted answers equal (``1/2``, ``0.5``, ``\\frac{1}{2}``); False
+    on any error or timeout."""
+    from math_verify import parse, verify
+
+    if a == b:
+        return True
+    t = _math_verify_timeouts(timeout_s)
+    try:
+        return bool(verify(parse(f"${a}$", parsing_timeout=t), parse(f"${b}$", parsing_timeout=t),
+                           timeout_seconds=t))
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException:
+        return False
+
+
 def grade(response: str, answer: str, *, require_think: bool = False, timeout_s: float = 5.0,
           answer_from: str = "after_think", unboxed_is_wrong: bool = False) -> int:
     """Grade one response against the gold answer (in-process; see ``grade_batch`` for hard deadlines).

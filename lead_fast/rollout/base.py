@@ -20,6 +20,8 @@ class SamplingSettings:
     temperature: float = 1.0
     """0 means greedy."""
     top_p: float = 1.0
+    min_p: float = 0.0
+    """Drop tokens whose probability is below min_p times the top token's (0: off)."""
     max_new_tokens: int = 256
     seed: int = 0
     """Sampling seed for this call: the same prompts, weights and seed give the same responses."""

@@ -44,6 +44,7 @@ class HFEngine:
                 input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                 do_sample=not greedy, temperature=None if greedy else settings.temperature,
                 top_p=None if greedy else settings.top_p, top_k=0 if not greedy else None,
+                min_p=settings.min_p if (settings.min_p and not greedy) else None,
                 max_new_tokens=settings.max_new_tokens, num_return_sequences=settings.n,
                 pad_token_id=self.pad_id, eos_token_id=self.eos_id,
                 **(dict(stop_strings=list(settings.stop), tokenizer=self.tokenizer) if settings.stop else {}))

@@ -52,7 +52,7 @@ class VLLMEngine:
         if self._prefix_stale:
             self.llm.reset_prefix_cache()
             self._prefix_stale = False
-        sp = SamplingParams(n=settings.n, temperature=settings.temperature, top_p=settings.top_p,
+        sp = SamplingParams(n=settings.n, temperature=settings.temperature, top_p=settings.top_p, min_p=settings.min_p,
                             max_tokens=settings.max_new_tokens, seed=settings.seed,
                             stop=list(settings.stop) or None, include_stop_str_in_output=True)
         outs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], sp, use_tqdm=False)

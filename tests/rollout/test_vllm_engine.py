@@ -11,7 +11,7 @@ import pytest
 import torch
 
 # SamplingParams fields this engine may pass (vLLM's own names).
-SAMPLING_FIELDS = {"n", "temperature", "top_p", "max_tokens", "seed", "stop", "include_stop_str_in_output"}
+SAMPLING_FIELDS = {"n", "temperature", "top_p", "min_p", "max_tokens", "seed", "stop", "include_stop_str_in_output"}
 
 
 class _Out:

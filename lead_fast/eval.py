@@ -1,0 +1,389 @@
+"""Evaluate a model the way reasoning papers report it: pass@1 over n samples, pass@k, cons@n, length.
+
+    python -m lead_fast.eval --model runs/tiny/export/step-00000080 --data data/grpo_lead/aime24.json \\
+        --n 32 --temperature 0.6 --top-p 0.95 --max-new-tokens 12288 --output-dir evals/aime24
+    torchrun --nproc_per_node=8 -m lead_fast.eval --num-samples 32 ...   # problems split across ranks
+                                                   # (torchrun takes "--n" for its own flags)
+
+Prompts are built as in training (template and instruction; from a run's ``config.yaml`` with
+``--run-dir``), responses graded with the same rules (``answer_from``, ``require_think``,
+``unboxed_is_wrong``). Writes ``samples.jsonl`` (one line per sample, appended as problems finish, so a
+re-run with the same ``--output-dir`` skips problems already done), ``summary.json`` and a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+
+# --------------------------------------------------------------------------------------------------
+# Metrics
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from ``n`` samples of which ``c`` are correct: ``1 - C(n-c, k) / C(n, k)``.
+
+    Computed as ``1 - prod_{i=n-c+1}^{n} (1 - k / i)``: no huge binomials, stable for n in the hundreds.
+    """
+    if not (0 <= c <= n and 1 <= k <= n):
+        raise ValueError(f"pass_at_k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    prod = 1.0
+    for i in range(n - c + 1, n + 1):
+        prod *= 1.0 - k / i
+    return 1.0 - prod
+
+
+def majority_vote(answers: list[str | None], *, timeout_s: float = 5.0) -> str | None:
+    """The most frequent answer, where answers math-verify finds equal are one vote (``1/2``, ``0.5`` and
+    ``\\frac{1}{2}`` count together); ``None`` answers are ignored (all ``None``: ``None``). Ties go to the
+    class whose first member came first. Returns that first member."""
+    from lead_fast.algo import answers_equal
+
+    classes: list[list[int]] = []          # indices of answers, per equivalence class, in order of first member
+    for i, a in enumerate(answers):
+        if a is None:
+            continue
+        for members in classes:
+            if answers_equal(answers[members[0]], a, timeout_s=timeout_s):
+                members.append(i)
+                break
+        else:
+            classes.append([i])
+    if not classes:
+        return None
+    best = max(classes, key=lambda m: (len(m), -m[0]))
+    return answers[best[0]]
+
+
+def default_ks(n: int) -> list[int]:
+    """1, 2, 4, ... up to n, and n itself."""
+    ks, k = [], 1
+    while k < n:
+        ks.append(k)
+        k *= 2
+    return ks + [n]
+
+
+@dataclass
+class ProblemResult:
+    """One problem's samples, graded."""
+
+    correct: int
+    n: int
+    vote_correct: bool
+    lengths: list[int]
+    correct_lengths: list[int]
+    truncated: int
+
+
+def score_problem(outcomes: list[int], answers: list[str | None], lengths: list[int], finish: list[str],
+                  gold: str, *, timeout_s: float = 5.0) -> ProblemResult:
+    """Counts for one problem: correct samples, whether the majority answer is right, lengths."""
+    from lead_fast.algo import CORRECT, grade
+
+    vote = majority_vote(answers, timeout_s=timeout_s)
+    vote_ok = vote is not None and grade(f"\\boxed{{{vote}}}", gold, timeout_s=timeout_s) == CORRECT
+    return ProblemResult(correct=sum(o == CORRECT for o in outcomes), n=len(outcomes), vote_correct=vote_ok,
+                         lengths=list(lengths),
+                         correct_lengths=[n for n, o in zip(lengths, outcomes) if o == CORRECT],
+                         truncated=sum(f == "length" for f in finish))
+
+
+def summarize(results: list[ProblemResult], ks: list[int]) -> dict:
+    """pass@1 (mean over problems of c / n), pass@k, cons@n, lengths and truncation over ``results``."""
+    if not results:
+        return {"problems": 0}
+    n = results[0].n
+    lengths = [x for r in results for x in r.lengths]
+    correct_lengths = [x for r in results for x in r.correct_lengths]
+    out = {"problems": len(results), "samples_per_problem": n,
+           "pass@1": sum(r.correct / r.n for r in results) / len(results)}
+    for k in ks:
+        if k > 1:
+            out[f"pass@{k}"] = sum(pass_at_k(r.n, r.correct, k) for r in results) / len(results)
+    out[f"cons@{n}"] = sum(r.vote_correct for r in results) / len(results)
+    out["response_length/mean"] = sum(lengths) / len(lengths)
+    out["response_length/correct_mean"] = (sum(correct_lengths) / len(correct_lengths)) if correct_lengths else None
+    out["truncated_frac"] = sum(r.truncated for r in results) / len(lengths)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Generation and grading for a list of problems (the trainer's periodic eval uses this too)
+
+
+def generate_and_score(engine, tokenizer, prompts: list[list[int]], golds: list[str], settings, *, grade_kw: dict,
+                       timeout_s: float, num_workers: int | None = None) -> tuple[list[ProblemResult], list[dict]]:
+    """Sample ``settings.n`` responses per prompt, grade them, score each problem.
+
+    Returns ``(results, samples)``; ``samples[i]`` lists problem ``i``'s samples as dicts (text, answer,
+    outcome, length, finish reason)."""
+    from lead_fast.algo import extract_answer, grade_batch
+
+    groups = engine.generate(prompts, settings) if prompts else []
+    flat = [c for g in groups for c in g]
+    texts = tokenizer.batch_decode([c.token_ids for c in flat], skip_special_tokens=True)
+    outcomes = grade_batch(texts, [golds[i] for i, g in enumerate(groups) for _ in g], timeout_s=timeout_s,
+                           num_workers=num_workers, **grade_kw)
+    span_kw = {k: grade_kw[k] for k in ("answer_from", "require_think") if k in grade_kw}
+    answers = [extract_answer(t, **span_kw) for t in texts]
+    results, samples, i = [], [], 0
+    for p, g in enumerate(groups):
+        j = i + len(g)
+        results.append(score_problem(outcomes[i:j], answers[i:j], [len(c.token_ids) for c in g],
+                                     [c.finish_reason for c in g], golds[p], timeout_s=timeout_s))
+        samples.append([dict(text=texts[x], answer=answers[x], outcome=outcomes[x], length=len(flat[x].token_ids),
+                             finish_reason=flat[x].finish_reason) for x in range(i, j)])
+        i = j
+    return results, samples
+
+
+# --------------------------------------------------------------------------------------------------
+# The command
+
+
+class EvalError(ValueError):
+    """Bad input to the evaluation; the message names it."""
+
+
+@dataclass
+class EvalSettings:
+    """Everything that determines the samples; a re-run must match it to resume."""
+
+    model: str
+    data: str
+    n: int
+    temperature: float
+    top_p: float
+    min_p: float
+    max_new_tokens: int
+    seed: int
+    instruction: str
+    template: str
+    answer_from: str
+    require_think: bool
+    unboxed_is_wrong: bool
+    stop: list[str] = field(default_factory=list)
+
+
+def _parse(argv) -> tuple[argparse.Namespace, EvalSettings, list[int]]:
+    from lead_fast.config import AlgoConfig, DataConfig
+
+    ap = argparse.ArgumentParser(prog="python -m lead_fast.eval", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, help="a Hugging Face model directory (an export, say)")
+    ap.add_argument("--data", required=True, help="problems: .json, .jsonl or .parquet")
+    ap.add_argument("--output-dir", required=True, help="where samples.jsonl and summary.json go")
+    # torchrun's own parser reads "--n" as an ambiguous abbreviation of its flags: under torchrun use
+    # --num-samples
+    ap.add_argument("--n", "--num-samples", dest="n", type=int, default=1, help="samples per problem (default 1)")
+    ap.add_argument("--k", type=lambda s: [int(x) for x in s.split(",")], default=None,
+                    help="comma-separated k for pass@k (default 1, 2, 4, ... up to n)")
+    ap.add_argument("--temperature", type=float, default=0.6)
+    ap.add_argument("--top-p", type=float, default=0.95)
+    ap.add_argument("--min-p", type=float, default=0.0, help="min-p sampling (GRPO-LEAD's own evaluation: 0.01)")
+    ap.add_argument("--max-new-tokens", type=int, default=1024)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--engine", choices=("hf", "vllm"), default="hf")
+    ap.add_argument("--run-dir", help="a training run's output directory: use its prompt and grading settings")
+    ap.add_argument("--problem-field", default="problem")
+    ap.add_argument("--answer-field", default="answer")
+    ap.add_argument("--limit", type=int, default=0, help="only the first N problems (0: all)")
+    ap.add_argument("--batch-problems", type=int, default=8, help="problems per generate call, per rank")
+    ap.add_argument("--grade-timeout-s", type=float, default=5.0)
+    args = ap.parse_args(argv)
+    data_cfg, algo_cfg, stop = DataConfig(), AlgoConfig(), []
+    if args.run_dir:
+        import yaml
+
+        path = os.path.join(args.run_dir, "config.yaml")
+        try:
+            with open(path) as f:
+                run = yaml.safe_load(f)
+        except (OSError, ValueError) as e:
+            raise EvalError(f"cannot read the run's config {path}: {e}") from None
+        d, a = run.get("data", {}), run.get("algo", {})
+        data_cfg.instruction, data_cfg.template = d.get("instruction", data_cfg.instruction), d.get("template", "auto")
+        for key in ("answer_from", "require_think", "unboxed_is_wrong"):
+            setattr(algo_cfg, key, a.get(key, getattr(algo_cfg, key)))
+        stop = list(run.get("rollout", {}).get("stop", []))
+        if d.get("path") is None:  # the embedded demo's task has its own instruction
+            from lead_fast.demo import TASK_INSTRUCTION
+
+            data_cfg.instruction, data_cfg.template = TASK_INSTRUCTION, "plain"
+    if args.n < 1:
+        raise EvalError(f"--n must be >= 1, got {args.n}")
+    ks = args.k or default_ks(args.n)
+    if any(not 1 <= k <= args.n for k in ks):
+        raise EvalError(f"every --k must lie in [1, n={args.n}], got {ks}")
+    if args.max_new_tokens < 1 or args.batch_problems < 1 or args.limit < 0:
+        raise EvalError("--max-new-tokens and --batch-problems must be >= 1, --limit >= 0")
+    if not (args.temperature >= 0 and 0 < args.top_p <= 1 and 0 <= args.min_p < 1
+            and math.isfinite(args.grade_timeout_s) and args.grade_timeout_s > 0):
+        raise EvalError("--temperature must be >= 0, --top-p in (0, 1], --min-p in [0, 1), --grade-timeout-s finite "
+                        "and > 0")
+    if args.temperature == 0 and args.n > 1:
+        raise EvalError("--temperature 0 (greedy) gives n identical samples; use --n 1 or a temperature > 0")
+    settings = EvalSettings(model=os.path.abspath(args.model), data=os.path.abspath(args.data), n=args.n,
+                            temperature=args.temperature, top_p=args.top_p, min_p=args.min_p,
+                            max_new_tokens=args.max_new_tokens,
+                            seed=args.seed, instruction=data_cfg.instruction, template=data_cfg.template,
+                            answer_from=algo_cfg.answer_from, require_think=algo_cfg.require_think,
+                            unboxed_is_wrong=algo_cfg.unboxed_is_wrong, stop=stop)
+    return args, settings, ks
+
+
+def _done_so_far(out_dir: str, settings: EvalSettings) -> dict[int, list[dict]]:
+    """Samples already written by an earlier run with the same settings, by problem id."""
+    cfg_path, samples_path = os.path.join(out_dir, "eval_config.json"), os.path.join(out_dir, "samples.jsonl")
+    if os.path.exists(cfg_path):
+        with open(cfg_path) as f:
+            before = json.load(f)
+        if before != asdict(settings):
+            changed = sorted(k for k in before if before.get(k) != asdict(settings).get(k))
+            raise EvalError(f"{out_dir} holds an evaluation with other settings ({', '.join(changed)}); "
+                            "pass another --output-dir")
+    done: dict[int, list[dict]] = {}
+    if os.path.exists(samples_path):
+        with open(samples_path) as f:
+            for line in f:
+                if line.strip():
+                    row = json.loads(line)
+                    done.setdefault(row["problem_id"], []).append(row)
+    return {pid: rows for pid, rows in done.items() if len(rows) == settings.n}
+
+
+def _progress(total: int, enabled: bool):
+    """A tqdm bar with ETA on a terminal (None elsewhere: the caller prints plain lines for logs and CI)."""
+    if not (enabled and sys.stderr.isatty()):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="problem", desc="eval")
+
+
+def run(argv=None) -> int:
+    import torch
+    import torch.distributed as dist
+
+    from lead_fast.data import build_prompt, load_problems
+    from lead_fast.distributed import setup_distributed
+    from lead_fast.model import load_tokenizer
+    from lead_fast.rollout import SamplingSettings, make_engine
+
+    args, settings, ks = _parse(argv)
+    problems = load_problems(settings.data, args.problem_field, args.answer_field)
+    if args.limit:
+        problems = problems[: args.limit]
+    tok = load_tokenizer(settings.model)
+    rank, world, device = setup_distributed()
+    log = (lambda m: print(m, flush=True)) if rank == 0 else (lambda m: None)
+    os.makedirs(args.output_dir, exist_ok=True)
+    done = _done_so_far(args.output_dir, settings)
+    if rank == 0:
+        with open(os.path.join(args.output_dir, "eval_config.json"), "w") as f:
+            json.dump(asdict(settings), f, indent=1)
+    todo = [i for i in range(len(problems)) if i not in done]
+    if done:
+        log(f"skipping {len(done)} problems already in {args.output_dir}/samples.jsonl")
+    mine = todo[rank::world]
+    prompts = {i: build_prompt(tok, problems[i].problem, settings.instruction, settings.template) for i in mine}
+    longest = max((len(p) for p in prompts.values()), default=1)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    engine = make_engine(args.engine, settings.model, device=device, dtype=dtype, tokenizer=tok, seed=settings.seed,
+                         max_model_len=longest + settings.max_new_tokens, gpu_memory_utilization=0.9,
+                         sync_bucket_mb=256)
+    grade_kw = dict(answer_from=settings.answer_from, require_think=settings.require_think,
+                    unboxed_is_wrong=settings.unboxed_is_wrong)
+    rounds = -(-len(todo) // (world * args.batch_problems)) if todo else 0
+    bar, t0, finished = _progress(len(todo), rank == 0), time.time(), 0
+    for r in range(rounds):
+        batch = mine[r * args.batch_problems:(r + 1) * args.batch_problems]
+        sampling = SamplingSettings(n=settings.n, temperature=settings.temperature,
+                                    top_p=settings.top_p if settings.temperature > 0 else 1.0, min_p=settings.min_p,
+                                    max_new_tokens=settings.max_new_tokens, seed=settings.seed * 1_000_003 + r * 101 + rank,
+                                    stop=tuple(settings.stop))
+        _, samples = generate_and_score(engine, tok, [prompts[i] for i in batch], [problems[i].answer for i in batch],
+                                        sampling, grade_kw=grade_kw, timeout_s=args.grade_timeout_s)
+        rows = [dict(problem_id=i, sample=s, **x) for i, group in zip(batch, samples) for s, x in enumerate(group)]
+        gathered = [None] * world
+        dist.all_gather_object(gathered, rows)
+        if rank == 0:
+            with open(os.path.join(args.output_dir, "samples.jsonl"), "a") as f:
+                for part in gathered:
+                    for row in part:
+                        f.write(json.dumps(row) + "\n")
+            new = len({row["problem_id"] for part in gathered for row in part})
+            finished += new
+            if bar is not None:
+                bar.update(new)
+            else:
+                rate = (time.time() - t0) / max(finished, 1)
+                log(f"eval: {finished}/{len(todo)} problems, ETA {rate * (len(todo) - finished):.0f}s")
+    if bar is not None:
+        bar.close()
+    engine.close()
+    if rank == 0:
+        _write_summary(args.output_dir, settings, problems, ks, args.grade_timeout_s)
+    dist.barrier()
+    dist.destroy_process_group()
+    return 0
+
+
+def _write_summary(out_dir: str, settings: EvalSettings, problems, ks, timeout_s: float) -> None:
+    by_problem: dict[int, list[dict]] = {}
+    with open(os.path.join(out_dir, "samples.jsonl")) as f:
+        for line in f:
+            if line.strip():
+                row = json.loads(line)
+                by_problem.setdefault(row["problem_id"], []).append(row)
+    results = []
+    for pid in sorted(by_problem):
+        rows = sorted(by_problem[pid], key=lambda r: r["sample"])
+        results.append(score_problem([r["outcome"] for r in rows], [r["answer"] for r in rows],
+                                     [r["length"] for r in rows], [r["finish_reason"] for r in rows],
+                                     problems[pid].answer, timeout_s=timeout_s))
+    summary = dict(summarize(results, ks), settings=asdict(settings),
+                   outcomes=dict(Counter(str(r["outcome"]) for rows in by_problem.values() for r in rows)))
+    with open(os.path.join(out_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    print(markdown_table(summary), flush=True)
+
+
+def markdown_table(summary: dict) -> str:
+    skip = {"settings", "outcomes"}
+    lines = ["| metric | value |", "|---|---|"]
+    for k, v in summary.items():
+        if k not in skip:
+            lines.append(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    from lead_fast.config import ConfigError
+    from lead_fast.data import DataError
+    from lead_fast.model import ModelError
+
+    try:
+        return run(argv)
+    except (EvalError, DataError, ModelError, ConfigError) as e:
+        if os.environ.get("RANK", "0") == "0":
+            print(f"lead_fast.eval: {e}", file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt:
+        print("lead_fast.eval: interrupted; finished problems are in samples.jsonl and a re-run resumes",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""lead_fast.eval: the metric functions, and the command end to end on the tiny model with aime24.json."""
+
+import itertools
+import json
+import math
+
+import pytest
+
+from lead_fast.eval import default_ks, main, majority_vote, pass_at_k
+from tests.launch import DATA_DIR, check, python, torchrun
+
+
+def brute_pass_at_k(n, c, k):
+    """The fraction of k-subsets of n samples (c correct) that hold at least one correct sample."""
+    samples = [1] * c + [0] * (n - c)
+    subsets = list(itertools.combinations(range(n), k))
+    return sum(any(samples[i] for i in s) for s in subsets) / len(subsets)
+
+
+def test_pass_at_k_against_every_subset():
+    for n in range(1, 9):
+        for c in range(n + 1):
+            for k in range(1, n + 1):
+                assert pass_at_k(n, c, k) == pytest.approx(brute_pass_at_k(n, c, k), abs=1e-12), (n, c, k)
+
+
+def test_pass_at_k_hand_cases_and_large_n():
+    assert pass_at_k(10, 0, 5) == 0.0 and pass_at_k(10, 10, 1) == 1.0 and pass_at_k(10, 3, 1) == pytest.approx(0.3)
+    assert pass_at_k(4, 1, 2) == pytest.approx(0.5)                   # 3 of the 6 pairs hold the correct one
+    assert pass_at_k(10, 6, 5) == 1.0                                 # any 5 of 10 include one of the 6
+    v = pass_at_k(512, 3, 64)                                         # no overflow for n in the hundreds
+    assert v == pytest.approx(1 - math.comb(509, 64) / math.comb(512, 64), rel=1e-12)
+    for bad in ((3, 4, 1), (3, 1, 4), (3, 1, 0)):
+        with pytest.raises(ValueError):
+            pass_at_k(*bad)
+    assert default_ks(1) == [1] and default_ks(8) == [1, 2, 4, 8] and default_ks(12) == [1, 2, 4, 8, 12]
+
+
+def test_majority_vote_counts_equal_answers_together():
+    assert majority_vote(["3", "1/2", "0.5", "\\frac{1}{2}", "3"]) == "1/2"      # three equal answers win
+    assert majority_vote([None, "7", None]) == "7"
+    assert majority_vote([None, None]) is None and majority_vote([]) is None
+    assert majority_vote(["4", "5", "5", "4"]) == "4"                 # a tie: the class seen first
+    assert majority_vote(["5", "4", "4", "5"]) == "5"
+
+
+def _eval(model, out, *extra, n_flag="--n"):
+    return ["-m", "lead_fast.eval", "--model", model, "--data", str(DATA_DIR / "aime24.json"), "--output-dir",
+            str(out), n_flag, "2", "--max-new-tokens", "8", "--temperature", "1.0", "--batch-problems", "2", *extra]
+
+
+def _samples(out):
+    return [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+
+
+def test_command_writes_samples_and_summary_and_resumes(embedded_model, tmp_path):
+    out = tmp_path / "ev"
+    p = check(python(_eval(embedded_model, out, "--limit", "3", "--min-p", "0.01")))
+    rows = _samples(out)
+    assert len(rows) == 6 and sorted({r["problem_id"] for r in rows}) == [0, 1, 2]
+    assert set(rows[0]) >= {"problem_id", "sample", "text", "answer", "outcome", "length", "finish_reason"}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["problems"] == 3 and summary["samples_per_problem"] == 2
+    for key in ("pass@1", "pass@2", "cons@2", "response_length/mean", "truncated_frac"):
+        assert key in summary, key
+    assert summary["response_length/mean"] == pytest.approx(sum(r["length"] for r in rows) / 6)
+    assert "| pass@1 |" in p.stdout
+    # the same command again: nothing new; a larger --limit adds only the new problems
+    p = check(python(_eval(embedded_model, out, "--limit", "3", "--min-p", "0.01")))
+    assert "skipping 3 problems already" in p.stdout and len(_samples(out)) == 6
+    check(python(_eval(embedded_model, out, "--limit", "5", "--min-p", "0.01")))
+    assert len(_samples(out)) == 10 and json.loads((out / "summary.json").read_text())["problems"] == 5
+    # other settings in the same directory are refused
+    p = python(_eval(embedded_model, out, "--limit", "5", "--min-p", "0.01", "--seed", "9"))
+    assert p.returncode == 2 and "holds an evaluation with other settings (seed)" in p.stderr
+
+
+def test_two_ranks_split_the_problems(embedded_model, tmp_path):
+    out = tmp_path / "ev2"
+    check(torchrun(2, _eval(embedded_model, out, "--limit", "5", n_flag="--num-samples")))
+    rows = _samples(out)
+    assert sorted({r["problem_id"] for r in rows}) == [0, 1, 2, 3, 4] and len(rows) == 10
+    assert json.loads((out / "summary.json").read_text())["problems"] == 5
+
+
+def test_bad_input_is_one_paragraph_before_generation(embedded_model, tmp_path, capsys):
+    base = ["--data", str(DATA_DIR / "aime24.json"), "--output-dir", str(tmp_path / "o")]
+    assert main(["--model", str(tmp_path / "none"), *base]) == 2
+    assert f"model directory {tmp_path / 'none'} does not exist" in capsys.readouterr().err
+    bad = tmp_path / "d.jsonl"
+    bad.write_text('{"problem": "1+1"}\n')
+    assert main(["--model", embedded_model, "--data", str(bad), "--output-dir", str(tmp_path / "o")]) == 2
+    assert f"{bad}: row 1 has no 'answer' field" in capsys.readouterr().err
+    assert main(["--model", embedded_model, *base, "--n", "0"]) == 2
+    assert "--n must be >= 1" in capsys.readouterr().err
+    assert main(["--model", embedded_model, *base, "--n", "2", "--k", "1,4"]) == 2
+    assert "every --k must lie in [1, n=2]" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "samples.jsonl").exists()
