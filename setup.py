@@ -22,6 +22,6 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8", "liger-kernel>=0.6"],
-        "gpu": ["flash-attn", "vllm"],
+        "gpu": ["flash-attn", "vllm", "liger-kernel>=0.6"],
     },
 )

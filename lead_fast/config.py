@@ -23,6 +23,10 @@ class ConfigError(ValueError):
     """A bad configuration value or key; the message says which and why."""
 
 
+PACKING_ATTENTION = ("sdpa", "eager", "flash_attention_2")
+"""Attention implementations that isolate packed sequences (from position ids, or flash-attn's varlen)."""
+
+
 @dataclass
 class ModelConfig:
     path: str | None = None
@@ -33,10 +37,14 @@ class ModelConfig:
     """Recompute decoder-layer activations in backward to save memory."""
     attn_implementation: str = "sdpa"
     """transformers attention implementation (sdpa, eager, flash_attention_2)."""
+    liger_kernels: str = "auto"
+    """Liger-Kernel's rope, RMSNorm and SwiGLU: auto (on with CUDA when liger-kernel is installed), on, off."""
 
     def __post_init__(self):
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise ConfigError(f"model.dtype must be auto, float32 or bfloat16, got {self.dtype!r}")
+        if self.liger_kernels not in ("auto", "on", "off"):
+            raise ConfigError(f"model.liger_kernels must be auto, on or off, got {self.liger_kernels!r}")
 
 
 @dataclass
@@ -177,7 +185,9 @@ class OptimConfig:
     updates_per_batch: int = 1
     """Optimizer steps per rollout batch (1 = on-policy: no old-policy log-prob pass)."""
     micro_batch_tokens: int = 16384
-    """Token budget (prompt + response) of one forward/backward micro-batch."""
+    """Token budget (prompt + response) of one forward/backward micro-batch (real tokens when packing)."""
+    packing: bool = True
+    """Pack each micro-batch's sequences into one row (no padding); off: right-padded rows."""
     loss_backend: str = "auto"
     """Loss head backend: auto, torch or triton."""
     loss_chunk_size: int = 0
@@ -456,6 +466,12 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"data.eval_size must be >= 1, got {cfg.data.eval_size}")
     if cfg.run.resume and cfg.run.overwrite:
         raise ConfigError("--resume and --run.overwrite contradict each other: continue the run, or delete it")
+    if cfg.optim.packing and cfg.model.attn_implementation not in PACKING_ATTENTION:
+        raise ConfigError(f"optim.packing needs an attention implementation that keeps packed sequences apart "
+                          f"({', '.join(PACKING_ATTENTION)}); model.attn_implementation is "
+                          f"{cfg.model.attn_implementation!r}. Choose one of those or set --optim.packing false")
+    if cfg.optim.micro_batch_tokens < 1:
+        raise ConfigError(f"optim.micro_batch_tokens must be >= 1, got {cfg.optim.micro_batch_tokens}")
     if cfg.optim.updates_per_batch < 1:
         raise ConfigError(f"optim.updates_per_batch must be >= 1, got {cfg.optim.updates_per_batch}")
     if cfg.run.max_steps < 0:

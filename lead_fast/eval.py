@@ -287,11 +287,20 @@ def run(argv=None) -> int:
     tok = load_tokenizer(settings.model)
     rank, world, device = setup_distributed()
     log = (lambda m: print(m, flush=True)) if rank == 0 else (lambda m: None)
-    os.makedirs(args.output_dir, exist_ok=True)
-    done = _done_so_far(args.output_dir, settings)
+    # rank 0 reads what an earlier run left and records the settings; every rank gets its answer
+    state: list = [None]
     if rank == 0:
-        with open(os.path.join(args.output_dir, "eval_config.json"), "w") as f:
-            json.dump(asdict(settings), f, indent=1)
+        try:
+            os.makedirs(args.output_dir, exist_ok=True)
+            state = [("ok", _done_so_far(args.output_dir, settings))]
+            with open(os.path.join(args.output_dir, "eval_config.json"), "w") as f:
+                json.dump(asdict(settings), f, indent=1)
+        except (EvalError, OSError) as e:
+            state = [("error", str(e))]
+    dist.broadcast_object_list(state, src=0)
+    if state[0][0] == "error":
+        raise EvalError(state[0][1])
+    done = state[0][1]
     todo = [i for i in range(len(problems)) if i not in done]
     if done:
         log(f"skipping {len(done)} problems already in {args.output_dir}/samples.jsonl")

@@ -130,11 +130,19 @@ class PolicyWithHead(nn.Module):
     def decoder_layers(self) -> list[nn.Module]:
         return list(self.lm.get_decoder().layers)
 
-    def forward(self, input_ids, attention_mask, positions, targets, mode: str = "loss", **loss_kw):
-        """input_ids, attention_mask ``(B, T)``; positions ``(n,)`` flat indices into ``B*T`` of the
+    def forward(self, input_ids, attention_mask, positions, targets, mode: str = "loss", position_ids=None,
+                seq_lens=None, **loss_kw):
+        """input_ids ``(B, T)``; attention_mask ``(B, T)``, or None with ``position_ids`` ``(1, T)`` for a
+        packed row of sequences of lengths ``seq_lens``; positions ``(n,)`` flat indices into ``B*T`` of the
         hidden states that predict ``targets (n,)``. ``mode='loss'``: ``grpo_loss`` output;
         ``mode='logprobs'``: ``token_logprobs`` (float32 ``(n,)``)."""
-        out = self.lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        extra = {}
+        if seq_lens is not None and self.lm.config._attn_implementation == "flash_attention_2":
+            # flash-attn's varlen path: hand it the boundaries so no layer re-derives them
+            cu = torch.tensor([0, *seq_lens], device=input_ids.device).cumsum(0).to(torch.int32)
+            extra = dict(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=max(seq_lens), max_length_k=max(seq_lens))
+        out = self.lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                    use_cache=False, **extra)
         hidden = out.last_hidden_state                               # (B, T, H)
         h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)   # (n, H)
         head = self.lm.get_output_embeddings()
@@ -143,6 +151,37 @@ class PolicyWithHead(nn.Module):
             return token_logprobs(h, head.weight, targets, bias=bias, temperature=loss_kw.get("temperature", 1.0),
                                   backend=loss_kw.get("backend", "auto"), chunk_size=loss_kw.get("chunk_size"))
         return grpo_loss(h, head.weight, targets, bias=bias, **loss_kw)
+
+
+def apply_liger_kernels(lm: nn.Module, setting: str, device: torch.device) -> list[str]:
+    """Liger-Kernel's rope, RMSNorm and SwiGLU for the model's architecture, patched into this instance
+    before sharding (never its fused linear cross-entropy: lead_fast's head replaces the LM head).
+    ``setting``: ``auto`` (on when liger-kernel is installed and the device is CUDA), ``on``, ``off``.
+    Returns the kernels applied."""
+    if setting == "off" or (setting == "auto" and device.type != "cuda"):
+        return []
+    if device.type != "cuda" and not os.environ.get("TRITON_INTERPRET"):
+        raise ModelError(f"model.liger_kernels=on needs CUDA (Liger's kernels are Triton); this run is on "
+                         f"{device.type}. Use auto or off")
+    try:
+        import liger_kernel.transformers as liger
+    except ImportError:
+        if setting == "on":
+            raise ModelError("model.liger_kernels=on needs liger-kernel (pip install 'lead_fast[gpu]')") from None
+        return []
+    model_type = lm.config.model_type
+    apply = getattr(liger, f"apply_liger_kernel_to_{model_type}", None)
+    if apply is None:
+        if setting == "on":
+            raise ModelError(f"liger-kernel has no kernels for model type {model_type!r}; use model.liger_kernels off")
+        return []
+    import inspect
+
+    wanted = dict(rope=True, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=False)
+    params = inspect.signature(apply).parameters
+    kwargs = {k: v for k, v in wanted.items() if k in params}
+    apply(model=lm, **kwargs)
+    return [k for k, on in kwargs.items() if on]
 
 
 def shard(policy: PolicyWithHead, device: torch.device, dtype: torch.dtype, activation_checkpointing: bool = False):

@@ -38,7 +38,7 @@ from lead_fast.data import load_task, prompts_for_step, tokenize_prompts
 from lead_fast.distributed import all_sum, setup_distributed, step_seed
 from lead_fast.eval import generate_and_score
 from lead_fast.metrics import MetricsLogger, plot_metrics
-from lead_fast.model import PolicyWithHead, load_model, load_tokenizer, resolve_dtype, shard
+from lead_fast.model import PolicyWithHead, apply_liger_kernels, load_model, load_tokenizer, resolve_dtype, shard
 from lead_fast.preemption import StopRequest
 from lead_fast.rollout import SamplingSettings, make_engine
 from lead_fast.update import Sample, Updater
@@ -89,6 +89,8 @@ class Trainer:
         # Policy: fp32 master weights; on CUDA bf16 compute via FSDP2's mixed precision.
         dtype = resolve_dtype(cfg.model.dtype, self.device)
         lm = load_model(self.model_dir, torch.float32, self.device, cfg.model.attn_implementation)
+        kernels = apply_liger_kernels(lm, cfg.model.liger_kernels, self.device)
+        self.log(f"Liger kernels: {', '.join(kernels) or 'off'}")
         # one checkpoint: fp32 weights and AdamW's two moments, plus 5% for metadata and the rest
         need = int(1.05 * 12 * sum(p.numel() for p in lm.parameters()))
         run_dir.on_rank0(self.rank, lambda: run_dir.check_free_space(cfg.run.output_dir, need))
@@ -96,6 +98,7 @@ class Trainer:
         ref = None
         if cfg.algo.kl_coef > 0:
             ref_lm = load_model(self.model_dir, torch.float32, self.device, cfg.model.attn_implementation)
+            apply_liger_kernels(ref_lm, cfg.model.liger_kernels, self.device)
             ref = shard(PolicyWithHead(ref_lm.requires_grad_(False)), self.device, dtype)
         opt = torch.optim.AdamW(self.policy.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
                                 weight_decay=cfg.optim.weight_decay)

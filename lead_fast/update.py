@@ -1,6 +1,9 @@
 """The update: one rollout batch in, ``updates_per_batch`` optimizer steps out.
 
-Micro-batches are planned by a token budget and collated right-padded; the old-policy pass (only when
+Micro-batches are planned by a token budget: packed (default), each micro-batch is one ``(1, T)`` row of
+concatenated sequences whose ``position_ids`` restart at 0 per sequence, the sequences spread over the
+same number of micro-batches on every rank by a balanced partition; or right-padded rows (``optim.packing
+false``). The old-policy pass (only when
 ``updates_per_batch > 1``) and the reference pass (only when ``kl_coef > 0``) run first, without a graph;
 then each mini-batch accumulates gradients over its micro-batches, syncs them once, clips, and steps —
 unless the loss or gradient is non-finite, in which case the step is skipped and counted.
@@ -38,10 +41,10 @@ class Sample:
 
 @dataclass
 class MicroBatch:
-    """Right-padded rows and the per-token inputs of their response tokens, flattened in row order."""
+    """Rows (packed: one) and the per-token inputs of their response tokens, flattened in sequence order."""
 
-    input_ids: torch.Tensor        # (B, T)
-    attention_mask: torch.Tensor   # (B, T)
+    input_ids: torch.Tensor        # (B, T); packed: (1, T)
+    attention_mask: torch.Tensor | None   # (B, T); packed: None (a 2-D mask would undo the isolation)
     positions: torch.Tensor        # (n,) flat indices into B*T of the hidden states predicting `targets`
     targets: torch.Tensor          # (n,)
     advantages: torch.Tensor       # (n,)
@@ -49,6 +52,34 @@ class MicroBatch:
     token_weights: torch.Tensor    # (n,)
     old_logprobs: torch.Tensor | None   # (n,)
     ref_logprobs: torch.Tensor | None   # (n,)
+    position_ids: torch.Tensor | None = None   # packed: (1, T), restarting at 0 for each sequence
+    seq_lens: list[int] | None = None          # packed: the length of each sequence in the row
+
+
+def seq_cost(length: int, width: int = 4096) -> int:
+    """Relative compute of one sequence: the linear layers (length x width) plus attention (length^2)."""
+    return length * width + length * length
+
+
+def balanced_partition(samples: list[Sample], n_bins: int, budget: int) -> list[list[Sample]]:
+    """Spread ``samples`` over at least ``n_bins`` micro-batches of at most ``budget`` real tokens (a longer
+    sequence gets one of its own): largest cost first, each onto the lightest bin it fits in, a new bin when
+    none fits. Empty bins are dropped (the caller pads with filler micro-batches)."""
+    bins: list[list[Sample]] = [[] for _ in range(n_bins)]
+    tokens, cost = [0] * n_bins, [0] * n_bins
+    for s in sorted(samples, key=lambda s: len(s.prompt) + len(s.response), reverse=True):
+        length = len(s.prompt) + len(s.response)
+        fits = [b for b in range(len(bins)) if not bins[b] or tokens[b] + length <= budget]
+        if not fits:
+            bins.append([])
+            tokens.append(0)
+            cost.append(0)
+            fits = [len(bins) - 1]
+        b = min(fits, key=lambda i: (cost[i], i))
+        bins[b].append(s)
+        tokens[b] += length
+        cost[b] += seq_cost(length)
+    return [b for b in bins if b]
 
 
 def plan_micro_batches(samples: list[Sample], budget: int) -> list[list[Sample]]:
@@ -98,6 +129,38 @@ def collate(batch: list[Sample], pad_id: int, device, token_weight: float | list
     )
 
 
+def collate_packed(batch: list[Sample], device, token_weight: float | list[float]) -> MicroBatch:
+    """Concatenate ``batch`` into one ``(1, T)`` row with ``position_ids`` restarting at 0 for each
+    sequence and no attention mask (transformers derives the block-diagonal causal mask from the
+    position ids); weights as in ``collate``."""
+    weights = token_weight if isinstance(token_weight, (list, tuple)) else [token_weight] * len(batch)
+    ids, position_ids, pos, tgt, adv, rho, old, ref, tok_w, lens = [], [], [], [], [], [], [], [], [], []
+    offset = 0
+    for b, s in enumerate(batch):
+        P, R = len(s.prompt), len(s.response)
+        ids += s.prompt + s.response
+        position_ids.append(torch.arange(P + R))
+        pos.append(torch.arange(offset + P - 1, offset + P - 1 + R))   # hidden at t predicts token t + 1
+        tgt.append(torch.tensor(s.response))
+        adv.append(torch.full((R,), s.advantage))
+        rho.append(torch.full((R,), s.correct_ratio))
+        tok_w.append(torch.full((R,), float(weights[b])))
+        if s.old_logprobs is not None:
+            old.append(s.old_logprobs)
+        if s.ref_logprobs is not None:
+            ref.append(s.ref_logprobs)
+        lens.append(P + R)
+        offset += P + R
+    return MicroBatch(
+        input_ids=torch.tensor([ids], device=device), attention_mask=None, positions=torch.cat(pos).to(device),
+        targets=torch.cat(tgt).to(device), advantages=torch.cat(adv).to(device),
+        correct_ratio=torch.cat(rho).to(device), token_weights=torch.cat(tok_w).to(device),
+        old_logprobs=torch.cat(old).to(device) if len(old) == len(batch) else None,
+        ref_logprobs=torch.cat(ref).to(device) if len(ref) == len(batch) else None,
+        position_ids=torch.cat(position_ids)[None].to(device), seq_lens=lens,
+    )
+
+
 class NonFiniteError(RuntimeError):
     """Too many optimizer steps in a row had a non-finite loss or gradient."""
 
@@ -116,10 +179,21 @@ class Updater:
         self.filler = Sample([pad_id], [pad_id], 0.0, 0.0)
 
     def _plan(self, samples: list[Sample]) -> list[tuple[list[Sample], bool]]:
-        """Micro-batches, padded with filler ones to the largest count on any rank; ``(batch, real)``."""
-        plan = plan_micro_batches(samples, self.cfg.optim.micro_batch_tokens)
+        """Collective. Micro-batches, padded with filler ones to the largest count on any rank;
+        ``(batch, real)``. Packed: as many as the rank with the most tokens needs, balanced by cost."""
+        budget = self.cfg.optim.micro_batch_tokens
+        if self.cfg.optim.packing:
+            tokens = sum(len(s.prompt) + len(s.response) for s in samples)
+            plan = balanced_partition(samples, all_max(-(-tokens // budget), self.device), budget)
+        else:
+            plan = plan_micro_batches(samples, budget)
         n = all_max(len(plan), self.device)
         return [(b, True) for b in plan] + [([self.filler], False)] * (n - len(plan))
+
+    def _collate(self, batch: list[Sample], token_weight) -> MicroBatch:
+        if self.cfg.optim.packing:
+            return collate_packed(batch, self.device, token_weight)
+        return collate(batch, self.pad_id, self.device, token_weight)
 
     def _loss_kwargs(self) -> dict:
         optim = self.cfg.optim
@@ -130,9 +204,9 @@ class Updater:
     def _fill_logprobs(self, model, samples: list[Sample], attr: str) -> None:
         """Set ``attr`` (``old_logprobs`` / ``ref_logprobs``) of every sample from ``model``, no graph."""
         for batch, real in self._plan(samples):
-            mb = collate(batch, self.pad_id, self.device, 0.0)
+            mb = self._collate(batch, 0.0)
             lp = model(mb.input_ids, mb.attention_mask, mb.positions, mb.targets, mode="logprobs",
-                       **self._loss_kwargs()).cpu()
+                       position_ids=mb.position_ids, seq_lens=mb.seq_lens, **self._loss_kwargs()).cpu()
             if real:
                 offset = 0  # collate flattens rows in batch order, each row's response contiguous
                 for s in batch:
@@ -208,9 +282,10 @@ class Updater:
                 for k in ("loss", "clipped", "kl", "entropy", "weight")}
         for k, (batch, real) in enumerate(plan):
             self.policy.set_requires_gradient_sync(k == len(plan) - 1)
-            mb = collate(batch, self.pad_id, self.device, [weights[id(s)] for s in batch] if real else 0.0)
+            mb = self._collate(batch, [weights[id(s)] for s in batch] if real else 0.0)
             out = self.policy(
                 mb.input_ids, mb.attention_mask, mb.positions, mb.targets, mode="loss",
+                position_ids=mb.position_ids, seq_lens=mb.seq_lens,
                 advantages=mb.advantages, token_weights=mb.token_weights,
                 old_logprobs=mb.old_logprobs if self.cfg.optim.updates_per_batch > 1 else None,
                 ref_logprobs=mb.ref_logprobs if self.ref is not None else None,

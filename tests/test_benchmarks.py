@@ -44,3 +44,19 @@ def test_bench_loss_head_sweep_small():
     assert len(tuned) == 2 * 2 * 2 and all(r["status"] == "ok" for r in tuned)  # configs x chunks x modes
     losses = [r["loss"] for r in tuned if "loss" in r]
     assert len(losses) == 4 and max(losses) - min(losses) < 1e-5 * max(1.0, abs(losses[0]))
+
+
+def test_bench_train_step_quick(tmp_path):
+    """The step benchmark on CPU: every row that runs computes the same first-step loss."""
+    from tests.launch import check, python
+
+    out = tmp_path / "s.json"
+    p = check(python([str(ROOT / "benchmarks" / "bench_train_step.py"), "--quick", "--out", str(out),
+                      "--model-dir", str(tmp_path / "m")]))
+    rows = json.loads(out.read_text())["rows"]
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert [r["method"][:3] for r in ok] == ["(a)", "(b)", "(c)"]      # Liger rows need CUDA: reported, skipped
+    assert all(r["status"].startswith("skipped") for r in rows[3:])
+    losses = [r["loss_first_step"] for r in ok]
+    assert max(losses) - min(losses) < 1e-5 * max(1.0, abs(losses[0])), losses
+    assert "(c) packed + fused head" in p.stdout

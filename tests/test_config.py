@@ -58,3 +58,12 @@ def test_values_that_would_train_wrongly_are_refused(flag, value, message):
 def test_resume_and_overwrite_contradict():
     with pytest.raises(ConfigError, match="contradict"):
         parse_args(["--resume", "--run.overwrite", "true"])
+
+
+def test_packing_needs_an_attention_that_isolates_sequences():
+    with pytest.raises(ConfigError, match="optim.packing needs an attention implementation .*sdpa, eager, "
+                                          "flash_attention_2.*'flex_attention'"):
+        parse_args(["--model.attn_implementation", "flex_attention"])
+    assert parse_args(["--model.attn_implementation", "flex_attention", "--optim.packing", "false"]).optim.packing is False
+    with pytest.raises(ConfigError, match="model.liger_kernels must be auto, on or off"):
+        parse_args(["--model.liger_kernels", "yes"])

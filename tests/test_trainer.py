@@ -90,3 +90,20 @@ def test_one_step_with_the_official_algorithm_settings(tiny_model_dir, tmp_path)
     assert row["no_answer_frac"] + row["degenerate_frac"] == 1.0
     assert row["groups_dropped"] == row["groups_dropped/no_correct"] + row["groups_dropped/all_equal"] == 2
     assert row["loss"] is None and row["groups"] == 2
+
+
+def test_step_does_not_depend_on_packing_budget_or_world_size(tiny_model_dir, tmp_path):
+    """One update of the same global batch: packed (budgets 96 and 100000 tokens, 1 and 2 ranks) and padded."""
+    variants = {"packed 96, 1 rank": (1, []), "packed 96, 2 ranks": (2, []),
+                "packed 100000, 2 ranks": (2, ["--optim.micro_batch_tokens", "100000"]),
+                "padded 96, 1 rank": (1, ["--optim.packing", "false"])}
+    got = {}
+    for i, (name, (world, extra)) in enumerate(variants.items()):
+        (tmp_path / str(i)).mkdir()
+        res = tmp_path / str(i) / "res.json"
+        check(torchrun(world, [str(HELPERS / "dist_update.py"), tiny_model_dir, str(TRAIN_DATA), str(res), *extra]))
+        got[name] = json.loads(res.read_text())
+    base = got["packed 96, 1 rank"]
+    for name, r in got.items():
+        assert abs(r["loss"] - base["loss"]) <= 1e-5 * max(1.0, abs(base["loss"])), (name, r, base)
+        assert abs(r["grad_norm"] - base["grad_norm"]) <= 1e-4 * base["grad_norm"], (name, r, base)

@@ -49,3 +49,72 @@ def test_collate_positions_predict_the_response_tokens():
     assert mb.token_weights.tolist() == [0.25] * 7
     assert mb.old_logprobs is None and mb.ref_logprobs is None   # present for only some rows: not used
     assert (mb.input_ids[1, 5:] == 0).all() and (mb.attention_mask[1, 5:] == 0).all()   # right padding
+
+
+def test_balanced_partition_keeps_everything_within_budget():
+    from lead_fast.update import balanced_partition, seq_cost
+
+    rng = random.Random(3)
+    samples = _samples([(rng.randrange(1, 30), rng.randrange(1, 200)) for _ in range(40)])
+    budget = 600
+    total = sum(len(s.prompt) + len(s.response) for s in samples)
+    bins = balanced_partition(samples, -(-total // budget), budget)
+    assert sorted(id(s) for b in bins for s in b) == sorted(id(s) for s in samples)
+    assert all(sum(len(s.prompt) + len(s.response) for s in b) <= budget for b in bins)
+    costs = [sum(seq_cost(len(s.prompt) + len(s.response)) for s in b) for b in bins]
+    assert max(costs) <= 2 * min(costs)                      # largest-first onto the lightest bin: balanced
+    big = _samples([(10, 900)])
+    assert [len(b) for b in balanced_partition(big + samples[:3], 2, budget)][0] >= 1   # over budget: alone
+    assert balanced_partition([], 3, budget) == []
+
+
+def test_collate_packed_restarts_positions_and_has_no_mask():
+    from lead_fast.update import collate_packed
+
+    samples = _samples([(3, 2), (1, 4), (5, 1)])
+    mb = collate_packed(samples, "cpu", [0.5, 0.25, 1.0])
+    assert mb.input_ids.shape == (1, 16) and mb.attention_mask is None
+    assert mb.position_ids[0].tolist() == [0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 5]
+    assert torch.equal(mb.input_ids[0][mb.positions + 1], mb.targets)
+    assert mb.token_weights.tolist() == [0.5, 0.5, 0.25, 0.25, 0.25, 0.25, 1.0] and mb.seq_lens == [5, 5, 6]
+
+
+def _policy(model_dir):
+    from lead_fast.model import PolicyWithHead, load_model
+
+    return PolicyWithHead(load_model(model_dir, torch.float32, torch.device("cpu")))
+
+
+def test_packed_and_padded_give_the_same_logprobs_and_gradients(tiny_model_dir):
+    from lead_fast.update import collate_packed
+
+    torch.manual_seed(0)
+    policy = _policy(tiny_model_dir)
+    rng = random.Random(5)
+    samples = [Sample([rng.randrange(3, 900) for _ in range(P)], [rng.randrange(3, 900) for _ in range(R)],
+                      rng.uniform(-1, 1), rng.random()) for P, R in ((7, 5), (2, 9), (12, 1), (4, 4))]
+    results = []
+    for mb in (collate(samples, 0, "cpu", 0.1), collate_packed(samples, "cpu", 0.1)):
+        policy.zero_grad()
+        lp = policy(mb.input_ids, mb.attention_mask, mb.positions, mb.targets, mode="logprobs",
+                    position_ids=mb.position_ids, backend="torch")
+        out = policy(mb.input_ids, mb.attention_mask, mb.positions, mb.targets, mode="loss", advantages=mb.advantages,
+                     token_weights=mb.token_weights, position_ids=mb.position_ids, backend="torch")
+        out.loss.backward()
+        results.append((lp, out.loss.detach(), [p.grad.clone() for p in policy.parameters()]))
+    (lp1, l1, g1), (lp2, l2, g2) = results
+    torch.testing.assert_close(lp2, lp1, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(l2, l1, rtol=1e-5, atol=1e-6)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+    # changing one packed sequence's tokens changes no other sequence's log-probs
+    changed = [Sample(s.prompt[:], s.response[:], s.advantage, s.correct_ratio) for s in samples]
+    changed[1].prompt = [t + 1 for t in changed[1].prompt]
+    mb = collate_packed(changed, "cpu", 0.1)
+    with torch.no_grad():
+        lp3 = policy(mb.input_ids, None, mb.positions, mb.targets, mode="logprobs", position_ids=mb.position_ids,
+                     backend="torch")
+    ends = [0, 5, 14, 15, 19]
+    for i in (0, 2, 3):
+        assert torch.equal(lp3[ends[i]:ends[i + 1]], lp2[ends[i]:ends[i + 1]]), i
+    assert not torch.equal(lp3[5:14], lp2[5:14])
