@@ -16,6 +16,23 @@ CORRECT, WRONG, NO_ANSWER, DEGENERATE = 1, 0, -1, -2
 _THINK_END = "</think>"
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _BRACE = re.compile(r"[{}]")
+# An AMC-style choice label inside a box, with the spacing around it: "\textbf{(D)}\; 192", "(D) 31",
+# "\mathrm{(A)}\ 0", "8\ \textbf{(C)}".
+_SPACE = r"(?:\s|~|\\[ ,;:!]|\\q?quad\b)*"
+_LABEL = re.compile(_SPACE + r"\\(?:textbf|text|mathrm|mathbf)\s*\{\s*\(?\s*[A-E]\s*\)?\s*\}" + _SPACE)
+# a bare "(D)" only at either end of the box: inside, "P(A)" is mathematics
+_EDGE_LABEL = re.compile(r"^\s*\(\s*[A-E]\s*\)" + _SPACE + r"|" + _SPACE + r"\(\s*[A-E]\s*\)\s*$")
+_LETTER = re.compile(r"^\s*(?:\\(?:textbf|text|mathrm|mathbf)\s*\{)?\s*\(?\s*[A-E]\s*\)?\s*\}?\s*$")
+
+
+def strip_choice_label(boxed: str, gold: str) -> str:
+    """``\\boxed{\\textbf{(D)} 192}`` -> ``\\boxed{192}`` when the gold answer is not itself a choice letter;
+    a box holding only a label is left as it is (and graded against the gold answer as written)."""
+    if _LETTER.match(gold.strip().strip("$")):
+        return boxed
+    inner = boxed[boxed.index("{") + 1:-1]
+    stripped = _EDGE_LABEL.sub(" ", _LABEL.sub(" ", inner)).strip()
+    return boxed if not stripped or stripped == inner.strip() else boxed[: boxed.index("{") + 1] + stripped + "}"
 # Repetition thresholds from DESIGN.md: an n-gram (n <= 30) repeated >= 10 times in a row, or a "word"
 # (whitespace-free run) of >= 120 characters.
 _MAX_NGRAM, _MIN_REPEATS, _LONG_WORD = 30, 10, 120
@@ -141,6 +158,8 @@ def grade(response: str, answer: str, *, require_think: bool = False, timeout_s:
                         f"answer={type(answer).__name__}")
     tail = answer_span(response, answer_from=answer_from, require_think=require_think)
     boxed = _last_boxed(tail) if tail is not None else None
+    if boxed is not None:
+        boxed = strip_choice_label(boxed, answer)
     t = _math_verify_timeouts(timeout_s)
     pred = []
     if boxed is not None:

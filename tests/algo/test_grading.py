@@ -80,3 +80,26 @@ def test_answer_spans_and_unboxed_responses():
     assert grade("<think>" + "so so " * 40 + "</think>", "4", answer_from="before_think") == -2
     with pytest.raises(ValueError, match="answer_from must be one of"):
         grade(r, "5", answer_from="inside")
+
+
+def test_choice_labels_are_stripped_unless_the_answer_is_a_letter():
+    assert grade("\\boxed{\\textbf{(D)}\\; 192}", "192") == 1
+    assert grade("\\boxed{(D) 31}", "31") == 1
+    assert grade("\\boxed{2\\sqrt{10}~\\textbf{(A)}}", "2\\sqrt{10}") == 1
+    assert grade("\\boxed{\\mathrm{(A)}\\ 0}", "0") == 1
+    assert grade("\\boxed{\\textbf{(D)}}", "192") == 0           # only a letter: still wrong
+    assert grade("\\boxed{(D)}", "192") == 0
+    assert grade("\\boxed{P(A) = 0.3}", "0.3") == 1              # "(A)" inside is mathematics, kept
+    assert grade("\\boxed{\\textbf{(C)}}", "C") == 1             # the gold is a letter: nothing stripped
+    assert grade("\\boxed{\\textbf{(C)} 12}", "\\textbf{(C)}") == 0
+
+
+def test_reference_solutions_grade_correct(train_data):
+    """The shipped training file's reference solutions that end in a box, against their own gold answers."""
+    from lead_fast.algo import grade_batch
+    from lead_fast.algo.grading import _last_boxed
+
+    rows = [r for r in train_data if r.get("solution") and _last_boxed(r["solution"])]
+    assert len(rows) == 689
+    out = grade_batch([r["solution"] for r in rows], [r["answer"] for r in rows], timeout_s=10.0)
+    assert sum(o == 1 for o in out) / len(rows) >= 0.98, sum(o == 1 for o in out)
