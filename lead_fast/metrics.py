@@ -19,7 +19,7 @@ class MetricsLogger:
     file reads as one unbroken run."""
 
     CONSOLE_KEYS = ("loss", "reward/mean", "accuracy", "response_length/mean", "groups_dropped", "grad_norm",
-                    "clip_frac", "time/step_s", "eval/accuracy", "eval/response_length")
+                    "clip_frac", "time/step_s", "eval/accuracy", "eval/cons@n", "eval/response_length")
 
     def __init__(self, output_dir: str, *, enabled: bool, resume_from_step: int | None = None):
         self.enabled = enabled

@@ -118,3 +118,16 @@ def test_packed_and_padded_give_the_same_logprobs_and_gradients(tiny_model_dir):
     for i in (0, 2, 3):
         assert torch.equal(lp3[ends[i]:ends[i + 1]], lp2[ends[i]:ends[i + 1]]), i
     assert not torch.equal(lp3[5:14], lp2[5:14])
+
+
+def test_liger_kernels_are_patched_in_only_where_asked(tiny_model_dir):
+    from lead_fast.model import apply_liger_kernels, load_model
+
+    lm = load_model(tiny_model_dir, torch.float32, torch.device("cpu"))
+    assert apply_liger_kernels(lm, "auto", torch.device("cpu")) == []          # CPU: off
+    assert "Liger" not in type(lm.model.layers[0].mlp).forward.__qualname__
+    # tests run Triton under the interpreter, so "on" can patch a CPU model here (it does not run it)
+    assert apply_liger_kernels(lm, "on", torch.device("cpu")) == ["rope", "rms_norm", "swiglu"]
+    assert lm.model.norm.forward.__qualname__.startswith("LigerRMSNorm")
+    assert lm.model.layers[0].mlp.forward.__qualname__.startswith("LigerSwiGLUMLP")
+    assert lm.lm_head.forward.__qualname__.startswith("Linear")              # the head is ours, not Liger's
