@@ -98,67 +98,55 @@ def plan_micro_batches(samples: list[Sample], budget: int) -> list[list[Sample]]
     return batches
 
 
+def _response_inputs(batch: list[Sample], token_weight: float | list[float], device) -> dict:
+    """The per-token inputs of ``batch``'s response tokens, in sequence order; sample ``i``'s tokens get
+    ``token_weight[i]`` (or all the same one). Old / reference log-probs only when every sample has them."""
+    weights = token_weight if isinstance(token_weight, (list, tuple)) else [token_weight] * len(batch)
+
+    def per_token(value):
+        return torch.cat([torch.full((len(s.response),), float(value(i, s))) for i, s in enumerate(batch)]).to(device)
+
+    def given(attr):
+        parts = [getattr(s, attr) for s in batch]
+        return torch.cat(parts).to(device) if all(p is not None for p in parts) else None
+
+    return dict(targets=torch.cat([torch.tensor(s.response) for s in batch]).to(device),
+                advantages=per_token(lambda i, s: s.advantage), correct_ratio=per_token(lambda i, s: s.correct_ratio),
+                token_weights=per_token(lambda i, s: weights[i]), old_logprobs=given("old_logprobs"),
+                ref_logprobs=given("ref_logprobs"))
+
+
 def collate(batch: list[Sample], pad_id: int, device, token_weight: float | list[float]) -> MicroBatch:
     """Right-pad ``batch`` into ``(B, T)``; the response tokens of sample ``i`` get ``token_weight[i]`` (or
     all the same one)."""
-    weights = token_weight if isinstance(token_weight, (list, tuple)) else [token_weight] * len(batch)
     T = max(len(s.prompt) + len(s.response) for s in batch)
     ids = torch.full((len(batch), T), pad_id, dtype=torch.long)
     mask = torch.zeros((len(batch), T), dtype=torch.long)
-    pos, tgt, adv, rho, old, ref, tok_w = [], [], [], [], [], [], []
+    pos = []
     for b, s in enumerate(batch):
         seq = s.prompt + s.response
         ids[b, : len(seq)] = torch.tensor(seq)
         mask[b, : len(seq)] = 1
         P, R = len(s.prompt), len(s.response)
         pos.append(torch.arange(b * T + P - 1, b * T + P - 1 + R))  # hidden at t predicts token t + 1
-        tgt.append(torch.tensor(s.response))
-        adv.append(torch.full((R,), s.advantage))
-        rho.append(torch.full((R,), s.correct_ratio))
-        tok_w.append(torch.full((R,), float(weights[b])))
-        if s.old_logprobs is not None:
-            old.append(s.old_logprobs)
-        if s.ref_logprobs is not None:
-            ref.append(s.ref_logprobs)
-    return MicroBatch(
-        input_ids=ids.to(device), attention_mask=mask.to(device), positions=torch.cat(pos).to(device),
-        targets=torch.cat(tgt).to(device), advantages=torch.cat(adv).to(device),
-        correct_ratio=torch.cat(rho).to(device), token_weights=torch.cat(tok_w).to(device),
-        old_logprobs=torch.cat(old).to(device) if len(old) == len(batch) else None,
-        ref_logprobs=torch.cat(ref).to(device) if len(ref) == len(batch) else None,
-    )
+    return MicroBatch(input_ids=ids.to(device), attention_mask=mask.to(device), positions=torch.cat(pos).to(device),
+                      **_response_inputs(batch, token_weight, device))
 
 
 def collate_packed(batch: list[Sample], device, token_weight: float | list[float]) -> MicroBatch:
     """Concatenate ``batch`` into one ``(1, T)`` row with ``position_ids`` restarting at 0 for each
     sequence and no attention mask (transformers derives the block-diagonal causal mask from the
     position ids); weights as in ``collate``."""
-    weights = token_weight if isinstance(token_weight, (list, tuple)) else [token_weight] * len(batch)
-    ids, position_ids, pos, tgt, adv, rho, old, ref, tok_w, lens = [], [], [], [], [], [], [], [], [], []
-    offset = 0
-    for b, s in enumerate(batch):
+    ids, position_ids, pos, lens = [], [], [], []
+    for s in batch:
         P, R = len(s.prompt), len(s.response)
+        pos.append(torch.arange(len(ids) + P - 1, len(ids) + P - 1 + R))   # hidden at t predicts token t + 1
         ids += s.prompt + s.response
         position_ids.append(torch.arange(P + R))
-        pos.append(torch.arange(offset + P - 1, offset + P - 1 + R))   # hidden at t predicts token t + 1
-        tgt.append(torch.tensor(s.response))
-        adv.append(torch.full((R,), s.advantage))
-        rho.append(torch.full((R,), s.correct_ratio))
-        tok_w.append(torch.full((R,), float(weights[b])))
-        if s.old_logprobs is not None:
-            old.append(s.old_logprobs)
-        if s.ref_logprobs is not None:
-            ref.append(s.ref_logprobs)
         lens.append(P + R)
-        offset += P + R
-    return MicroBatch(
-        input_ids=torch.tensor([ids], device=device), attention_mask=None, positions=torch.cat(pos).to(device),
-        targets=torch.cat(tgt).to(device), advantages=torch.cat(adv).to(device),
-        correct_ratio=torch.cat(rho).to(device), token_weights=torch.cat(tok_w).to(device),
-        old_logprobs=torch.cat(old).to(device) if len(old) == len(batch) else None,
-        ref_logprobs=torch.cat(ref).to(device) if len(ref) == len(batch) else None,
-        position_ids=torch.cat(position_ids)[None].to(device), seq_lens=lens,
-    )
+    return MicroBatch(input_ids=torch.tensor([ids], device=device), attention_mask=None,
+                      positions=torch.cat(pos).to(device), position_ids=torch.cat(position_ids)[None].to(device),
+                      seq_lens=lens, **_response_inputs(batch, token_weight, device))
 
 
 class NonFiniteError(RuntimeError):
