@@ -2,8 +2,9 @@
 # One prepared run on a CUDA machine, in priority order, each step time-boxed and saving as it goes:
 #   1. the GPU test module (the real kernel vs float64 at realistic sizes),
 #   2. the benchmark (both DESIGN.md shapes, every peer, fwd+bwd and fwd),
-#   3. the tuning sweep (row-kernel BLOCK x warps x chunk size at the first shape).
-# Usage, from the repository root:  OUT=/path/to/results bash benchmarks/gpu_session.sh   (under ~9.5 min)
+#   3. the tuning sweep (row-kernel BLOCK x warps x chunk size at the first shape),
+#   4. one full training step, the usual path against lead_fast's (8 layers of Qwen2.5-1.5B).
+# Usage, from the repository root:  OUT=/path/to/results bash benchmarks/gpu_session.sh   (under ~9 min)
 # Peers that are pure Python (liger-kernel, cut-cross-entropy, pytest) may travel as wheels in .whl/:
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux_2_28_x86_64 -d .whl liger-kernel==0.8.5 cut-cross-entropy==25.1.1
@@ -23,17 +24,22 @@ unset TRITON_INTERPRET
 cat "$OUT/machine.txt"
 
 echo "== 1. GPU tests"
-timeout 200 python3 -m pytest -q -x -p no:cacheprovider tests/test_loss_head_gpu.py > "$OUT/gpu_tests.txt" 2>&1
+timeout 140 python3 -m pytest -q -x -p no:cacheprovider tests/ops/test_loss_head_gpu.py > "$OUT/gpu_tests.txt" 2>&1
 echo "pytest exit $?"; tail -3 "$OUT/gpu_tests.txt"
 
 echo "== 2. benchmark"
-timeout 250 python3 benchmarks/bench_loss_head.py --out "$OUT/bench.json" > "$OUT/bench.txt" 2> "$OUT/bench.log"
+timeout 210 python3 benchmarks/bench_loss_head.py --out "$OUT/bench.json" > "$OUT/bench.txt" 2> "$OUT/bench.log"
 echo "bench exit $?"
 
 echo "== 3. sweep"
-timeout 100 python3 benchmarks/bench_loss_head.py --sweep --shapes 8192x4096x151936 --out "$OUT/sweep.json" \
+timeout 90 python3 benchmarks/bench_loss_head.py --sweep --shapes 8192x4096x151936 --out "$OUT/sweep.json" \
     > "$OUT/sweep.txt" 2> "$OUT/sweep.log"
 echo "sweep exit $?"
+
+echo "== 4. training step"
+timeout 90 python3 benchmarks/bench_train_step.py --layers 8 --steps 2 --out "$OUT/train_step.json" \
+    > "$OUT/train_step.txt" 2> "$OUT/train_step.log"
+echo "train step exit $?"
 
 # the tables from the JSON, which each script rewrites after every shape (so a timed-out run still shows)
 table() {
@@ -50,3 +56,4 @@ PY
 }
 echo "== sweep (fastest first)"; table "$OUT/sweep.json" sweep | head -40
 echo "== benchmark"; table "$OUT/bench.json" bench
+echo "== training step"; cat "$OUT/train_step.txt"
