@@ -69,8 +69,6 @@ class DataConfig:
     def __post_init__(self):
         if self.template not in ("auto", "chat", "plain"):
             raise ConfigError(f"data.template must be auto, chat or plain, got {self.template!r}")
-        if self.max_prompt_tokens < 1:
-            raise ConfigError(f"data.max_prompt_tokens must be >= 1, got {self.max_prompt_tokens}")
 
 
 @dataclass
@@ -99,10 +97,6 @@ class RolloutConfig:
     def __post_init__(self):
         if self.engine not in ("hf", "vllm"):
             raise ConfigError(f"rollout.engine must be hf or vllm, got {self.engine!r}")
-        if self.n < 1 or self.max_new_tokens < 1 or self.eval_n < 1:
-            raise ConfigError("rollout.n, rollout.eval_n and rollout.max_new_tokens must be >= 1")
-        if self.temperature <= 0:
-            raise ConfigError(f"rollout.temperature must be > 0, got {self.temperature}")
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         if any(not isinstance(x, str) or not x for x in self.stop):
@@ -434,10 +428,12 @@ def load_yaml(cfg: TrainConfig, path: str) -> None:
     import yaml
 
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f) or {}
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not a text (UTF-8) file") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
     if not isinstance(data, dict):
@@ -454,28 +450,80 @@ def load_yaml(cfg: TrainConfig, path: str) -> None:
                 raise ConfigError(f"{path}: {e}") from None
 
 
+# Range checks, one row per field: (test, what the value must be). Every float field is also checked finite.
+RANGES: dict[str, tuple] = {
+    "data.eval_size": (lambda v: v >= 1, ">= 1"),
+    "data.max_prompt_tokens": (lambda v: v >= 1, ">= 1"),
+    "rollout.n": (lambda v: v >= 1, ">= 1"),
+    "rollout.temperature": (lambda v: v > 0, "> 0"),
+    "rollout.top_p": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "rollout.max_new_tokens": (lambda v: v >= 1, ">= 1"),
+    "rollout.eval_temperature": (lambda v: v >= 0, ">= 0 (0: greedy)"),
+    "rollout.eval_n": (lambda v: v >= 1, ">= 1"),
+    "rollout.sync_bucket_mb": (lambda v: v >= 1, ">= 1"),
+    "rollout.gpu_memory_utilization": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "algo.alpha": (lambda v: v >= 0, ">= 0"),
+    "algo.min_short_len": (lambda v: v >= 0, ">= 0"),
+    "algo.w_min": (lambda v: v >= 0, ">= 0"),
+    "algo.w_max": (lambda v: v >= 0, ">= 0"),
+    "algo.midpoint": (lambda v: 0 <= v <= 1, "in [0, 1] (it is a correct ratio)"),
+    "algo.steepness": (lambda v: v >= 0, ">= 0"),
+    "algo.clip_low": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "algo.clip_high": (lambda v: v >= 0, ">= 0"),
+    "algo.kl_coef": (lambda v: v >= 0, ">= 0"),
+    "algo.entropy_coef": (lambda v: v >= 0, ">= 0"),
+    "algo.grade_timeout_s": (lambda v: v > 0, "> 0"),
+    "algo.grade_workers": (lambda v: v >= 0, ">= 0 (0: one per CPU core of this rank)"),
+    "optim.lr": (lambda v: v > 0, "> 0"),
+    "optim.weight_decay": (lambda v: v >= 0, ">= 0"),
+    "optim.betas": (lambda v: all(0 <= b < 1 for b in v), "two numbers in [0, 1)"),
+    "optim.warmup_steps": (lambda v: v >= 0, ">= 0"),
+    "optim.grad_clip": (lambda v: v >= 0, ">= 0 (0 turns clipping off)"),
+    "optim.prompts_per_step": (lambda v: v >= 1, ">= 1"),
+    "optim.updates_per_batch": (lambda v: v >= 1, ">= 1"),
+    "optim.micro_batch_tokens": (lambda v: v >= 1, ">= 1"),
+    "optim.loss_chunk_size": (lambda v: v >= 0, ">= 0 (0: from free memory)"),
+    "run.max_steps": (lambda v: v >= 0, ">= 0"),
+    "run.epochs": (lambda v: v >= 0, ">= 0"),
+    "run.save_every": (lambda v: v >= 0, ">= 0 (0: only at the end)"),
+    "run.keep_last": (lambda v: v >= 0, ">= 0 (0: keep every checkpoint)"),
+    "run.eval_every": (lambda v: v >= 0, ">= 0 (0: never)"),
+    "run.seed": (lambda v: v >= 0, ">= 0"),
+    "run.warm_start_steps": (lambda v: v >= 0, ">= 0"),
+    "run.max_nonfinite_steps": (lambda v: v >= 1, ">= 1"),
+}
+
+
+def _check_ranges(cfg: TrainConfig) -> None:
+    import math
+
+    for s in SECTIONS:
+        for f in dataclasses.fields(getattr(cfg, s)):
+            key, value = f"{s}.{f.name}", getattr(getattr(cfg, s), f.name)
+            numbers = value if isinstance(value, tuple) else (value,)
+            if any(isinstance(x, float) and not math.isfinite(x) for x in numbers):
+                raise ConfigError(f"{key} must be a finite number, got {value}")
+            rule = RANGES.get(key)
+            if rule is not None and not rule[0](value):
+                raise ConfigError(f"{key} must be {rule[1]}, got {value}")
+
+
 def validate(cfg: TrainConfig) -> TrainConfig:
-    """Re-run every section's checks (values may have been set after construction)."""
+    """Every check, at parse time: each section's own (choices), ranges, finiteness, and the ones that
+    tie fields together (values may have been set after construction, so this runs them all again)."""
     for s in SECTIONS:
         obj = getattr(cfg, s)
         if hasattr(obj, "__post_init__"):
             obj.__post_init__()
-    if not cfg.optim.grad_clip >= 0:
-        raise ConfigError(f"optim.grad_clip must be >= 0 (0 turns clipping off), got {cfg.optim.grad_clip}")
-    if cfg.data.eval_size < 1:
-        raise ConfigError(f"data.eval_size must be >= 1, got {cfg.data.eval_size}")
+    _check_ranges(cfg)
+    if cfg.algo.w_min > cfg.algo.w_max:
+        raise ConfigError(f"algo.w_min ({cfg.algo.w_min}) must not exceed algo.w_max ({cfg.algo.w_max})")
     if cfg.run.resume and cfg.run.overwrite:
         raise ConfigError("--resume and --run.overwrite contradict each other: continue the run, or delete it")
     if cfg.optim.packing and cfg.model.attn_implementation not in PACKING_ATTENTION:
         raise ConfigError(f"optim.packing needs an attention implementation that keeps packed sequences apart "
                           f"({', '.join(PACKING_ATTENTION)}); model.attn_implementation is "
                           f"{cfg.model.attn_implementation!r}. Choose one of those or set --optim.packing false")
-    if cfg.optim.micro_batch_tokens < 1:
-        raise ConfigError(f"optim.micro_batch_tokens must be >= 1, got {cfg.optim.micro_batch_tokens}")
-    if cfg.optim.updates_per_batch < 1:
-        raise ConfigError(f"optim.updates_per_batch must be >= 1, got {cfg.optim.updates_per_batch}")
-    if cfg.run.max_steps < 0:
-        raise ConfigError(f"run.max_steps must be >= 0, got {cfg.run.max_steps}")
     if cfg.optim.loss_backend not in ("auto", "torch", "triton"):
         raise ConfigError(f"optim.loss_backend must be auto, torch or triton, got {cfg.optim.loss_backend!r}")
     if cfg.preset != "tiny" and cfg.model.path is None:

@@ -111,7 +111,9 @@ class Trainer:
                                   seed=cfg.run.seed, max_model_len=cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens,
                                   gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
                                   sync_bucket_mb=cfg.rollout.sync_bucket_mb)
-        self.grade_workers = cfg.algo.grade_workers or max(1, (os.cpu_count() or 1) // self.world)
+        # grading workers share this node's cores with the other ranks on it (not the whole world's)
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", self.world))
+        self.grade_workers = cfg.algo.grade_workers or max(1, (os.cpu_count() or 1) // local_world)
 
         # Resume: weights, optimizer, scheduler and counters; the engine then gets the resumed weights
         # (it loaded the base model from disk, and from here on receives weights only by sync).

@@ -46,7 +46,7 @@ def test_grpo_lead_14b_preset_uses_the_shipped_data():
 
 @pytest.mark.parametrize("flag,value,message", [
     ("--optim.grad_clip", "-1", "optim.grad_clip must be >= 0"),
-    ("--optim.grad_clip", "nan", "optim.grad_clip must be >= 0"),
+    ("--optim.grad_clip", "nan", "optim.grad_clip must be a finite number"),
     ("--data.eval_size", "0", "data.eval_size must be >= 1"),
     ("--data.eval_size", "-1", "data.eval_size must be >= 1"),
 ])
@@ -67,3 +67,50 @@ def test_packing_needs_an_attention_that_isolates_sequences():
     assert parse_args(["--model.attn_implementation", "flex_attention", "--optim.packing", "false"]).optim.packing is False
     with pytest.raises(ConfigError, match="model.liger_kernels must be auto, on or off"):
         parse_args(["--model.liger_kernels", "yes"])
+
+
+# One bad value for every checked field (and a non-finite float for a few unchecked ones).
+BAD = {
+    "data.eval_size": "0", "data.max_prompt_tokens": "0", "rollout.n": "0", "rollout.temperature": "0",
+    "rollout.top_p": "1.5", "rollout.max_new_tokens": "0", "rollout.eval_temperature": "-0.1", "rollout.eval_n": "0",
+    "rollout.sync_bucket_mb": "0", "rollout.gpu_memory_utilization": "1.2", "algo.alpha": "-0.1",
+    "algo.min_short_len": "-1", "algo.w_min": "-0.5", "algo.w_max": "-1", "algo.midpoint": "1.5",
+    "algo.steepness": "-2", "algo.clip_low": "-0.5", "algo.clip_high": "-0.1", "algo.kl_coef": "-1",
+    "algo.entropy_coef": "-0.001", "algo.grade_timeout_s": "0", "algo.grade_workers": "-1", "optim.lr": "-1",
+    "optim.weight_decay": "-0.01", "optim.betas": "0.9,1.0", "optim.warmup_steps": "-1", "optim.grad_clip": "-1",
+    "optim.prompts_per_step": "0", "optim.updates_per_batch": "0", "optim.micro_batch_tokens": "0",
+    "optim.loss_chunk_size": "-1", "run.max_steps": "-1", "run.epochs": "-1", "run.save_every": "-1",
+    "run.keep_last": "-1", "run.eval_every": "-1", "run.seed": "-1", "run.warm_start_steps": "-1",
+    "run.max_nonfinite_steps": "0",
+}
+NON_FINITE = {"algo.alpha": "nan", "optim.lr": "inf", "algo.correct_reward": "nan", "algo.incorrect_reward": "-inf",
+              "rollout.temperature": "nan", "optim.betas": "0.9,nan"}
+
+
+def test_every_range_rule_has_a_bad_value_here():
+    from lead_fast.config import RANGES
+
+    assert set(RANGES) == set(BAD)
+
+
+@pytest.mark.parametrize("key", sorted(BAD))
+def test_a_bad_value_is_refused_at_parse_time(key):
+    with pytest.raises(ConfigError, match=f"^{key} must be"):
+        parse_args([f"--{key}", BAD[key]])
+
+
+@pytest.mark.parametrize("key", sorted(NON_FINITE))
+def test_non_finite_numbers_are_refused(key):
+    with pytest.raises(ConfigError, match=f"^{key} must be (a finite number|>)"):
+        parse_args([f"--{key}", NON_FINITE[key]])
+
+
+def test_fields_checked_together_and_unreadable_yaml(tmp_path):
+    with pytest.raises(ConfigError, match=r"algo.w_min \(2.0\) must not exceed algo.w_max \(1.5\)"):
+        parse_args(["--algo.w_min", "2"])
+    binary = tmp_path / "c.yaml"
+    binary.write_bytes(bytes(range(256)))
+    with pytest.raises(ConfigError, match="is not a text"):
+        parse_args(["--config", str(binary)])
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        parse_args(["--config", str(tmp_path / "missing.yaml")])
