@@ -21,7 +21,8 @@ setup(
         "matplotlib>=3.8",
     ],
     extras_require={
-        "test": ["pytest>=8", "liger-kernel>=0.6"],
+        "test": ["pytest>=8", "liger-kernel>=0.6", "tensorboard>=2.14", "wandb>=0.17"],
+        "tracking": ["tensorboard>=2.14", "wandb>=0.17"],
         "gpu": ["flash-attn", "vllm", "liger-kernel>=0.6"],
     },
 )

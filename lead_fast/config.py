@@ -50,7 +50,11 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     path: str | None = None
-    """Training problems: a .json, .jsonl or .parquet file. None: the embedded synthetic arithmetic task."""
+    """Training problems: a .json, .jsonl or .parquet file, a datasets directory (save_to_disk, or data files), or a hub name org/name. None: the embedded synthetic arithmetic task."""
+    split: str = "train"
+    """The split to read from a datasets directory or hub dataset."""
+    subset: str | None = None
+    """The subset (configuration) of a hub dataset, if it has several."""
     problem_field: str = "problem"
     """Name of the field holding the problem text."""
     answer_field: str = "answer"
@@ -212,6 +216,8 @@ class RunConfig:
     """Supervised warm-start steps on worked solutions (embedded task only)."""
     max_nonfinite_steps: int = 3
     """Stop after this many steps in a row with a non-finite loss or gradient (each is skipped)."""
+    report_to: list[str] = field(default_factory=list)
+    """Also log to: tensorboard (OUTPUT_DIR/tensorboard), wandb (honours WANDB_MODE, WANDB_PROJECT, ...). metrics.jsonl and the PNG always."""
 
 
 @dataclass
@@ -228,12 +234,13 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def make_paths_absolute(self) -> None:
-        """Model, data and output paths made absolute, so a run's stored config works from any directory."""
+        """Model, data and output paths made absolute, so a run's stored config works from any directory
+        (a data path that does not exist is left alone: it may be a hub name)."""
         import os
 
         for section, key in (("model", "path"), ("data", "path"), ("data", "eval_path"), ("run", "output_dir")):
             value = getattr(getattr(self, section), key)
-            if value is not None:
+            if value is not None and (section != "data" or os.path.exists(value)):
                 setattr(getattr(self, section), key, os.path.abspath(value))
 
 
@@ -528,7 +535,21 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"optim.loss_backend must be auto, torch or triton, got {cfg.optim.loss_backend!r}")
     if cfg.preset != "tiny" and cfg.model.path is None:
         raise ConfigError(f"preset {cfg.preset!r} needs --model (a local model directory)")
+    _check_trackers(cfg.run.report_to)
     return cfg
+
+
+def _check_trackers(report_to: list[str]) -> None:
+    import importlib.util
+
+    from lead_fast.metrics import TRACKERS
+
+    for name in report_to:
+        if name not in TRACKERS:
+            raise ConfigError(f"run.report_to: unknown tracker {name!r}; choose from {', '.join(TRACKERS)}")
+        if importlib.util.find_spec(TRACKERS[name]) is None:
+            raise ConfigError(f"run.report_to includes {name}, but the {TRACKERS[name]} package is not installed: "
+                              "pip install 'lead_fast[tracking]'")
 
 
 def help_text() -> str:

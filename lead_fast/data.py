@@ -25,12 +25,43 @@ class Problem:
     answer: str
 
 
-def load_problems(path: str, problem_field: str = "problem", answer_field: str = "answer") -> list[Problem]:
-    """Read problems from a .json (a list of objects), .jsonl or .parquet file, checking every row."""
+def _load_dataset_rows(path: str, split: str, subset: str | None) -> list:
+    """Rows through ``datasets``: a ``save_to_disk`` directory, a local dataset directory (data files or a
+    script), or a hub name ``org/name``."""
+    import datasets
+
+    try:
+        saved = any(os.path.exists(os.path.join(path, f)) for f in ("state.json", "dataset_dict.json"))
+        if os.path.isdir(path) and saved:
+            ds = datasets.load_from_disk(path)
+            if isinstance(ds, datasets.DatasetDict):
+                if split not in ds:
+                    raise DataError(f"{path} has no split {split!r} (it has {', '.join(ds)}); set --data.split")
+                ds = ds[split]
+        else:
+            ds = datasets.load_dataset(path, subset, split=split)
+    except DataError:
+        raise
+    except (ValueError, KeyError) as e:  # an unknown split or subset, no data files
+        raise DataError(f"cannot load {path} with datasets (split {split!r}, subset {subset!r}): {e}") from None
+    except Exception as e:  # noqa: BLE001  (hub and network errors come in many classes)
+        if os.path.exists(path):
+            raise DataError(f"cannot load the dataset directory {path}: {type(e).__name__}: {e}") from None
+        raise DataError(f"data {path!r} is not a local file or directory, and loading it as a Hugging Face hub "
+                        f"dataset failed ({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}). "
+                        "Without network access, download it elsewhere and pass the directory "
+                        "(datasets.save_to_disk) or a .json/.jsonl/.parquet file") from None
+    return list(ds)
+
+
+def load_problems(path: str, problem_field: str = "problem", answer_field: str = "answer", *, split: str = "train",
+                  subset: str | None = None) -> list[Problem]:
+    """Read problems, checking every row: a .json (a list of objects), .jsonl or .parquet file; or, through
+    ``datasets``, a directory written by ``save_to_disk``, a local dataset directory, or a hub name."""
+    if os.path.isdir(path) or (not os.path.exists(path) and _looks_like_hub_name(path)):
+        return _check_rows(_load_dataset_rows(path, split, subset), path, problem_field, answer_field)
     if not os.path.exists(path):
         raise DataError(f"data file {path} does not exist")
-    if os.path.isdir(path):
-        raise DataError(f"data path {path} is a directory; give a .json, .jsonl or .parquet file")
     ext = os.path.splitext(path)[1].lower()
     if os.path.getsize(path) == 0:
         raise DataError(f"data file {path} is empty")
@@ -67,6 +98,15 @@ def load_problems(path: str, problem_field: str = "problem", answer_field: str =
         raise DataError(f"data file {path} is not UTF-8 text") from None
     except OSError as e:
         raise DataError(f"cannot read data file {path}: {e}") from None
+    return _check_rows(rows, path, problem_field, answer_field)
+
+
+def _looks_like_hub_name(path: str) -> bool:
+    parts = path.split("/")
+    return len(parts) == 2 and all(parts) and not path.startswith((".", "~")) and "." not in parts[1][-8:]
+
+
+def _check_rows(rows: list, path: str, problem_field: str, answer_field: str) -> list[Problem]:
     if not rows:
         raise DataError(f"data file {path} holds no problems")
     out = []
@@ -117,9 +157,9 @@ def load_task(cfg) -> tuple[list[Problem], list[Problem], str]:
 
         train, ev = split_eval(synthetic_problems(), d.eval_size, cfg.run.seed)
         return train, ev, TASK_INSTRUCTION
-    train = load_problems(d.path, d.problem_field, d.answer_field)
+    train = load_problems(d.path, d.problem_field, d.answer_field, split=d.split, subset=d.subset)
     if d.eval_path:
-        ev = load_problems(d.eval_path, d.problem_field, d.answer_field)[: d.eval_size]
+        ev = load_problems(d.eval_path, d.problem_field, d.answer_field, split=d.split, subset=d.subset)[: d.eval_size]
     else:
         train, ev = split_eval(train, d.eval_size, cfg.run.seed)
     return train, ev, d.instruction

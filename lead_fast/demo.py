@@ -13,6 +13,7 @@ import json
 import os
 import random
 import shutil
+import sys
 import time
 
 import torch
@@ -155,6 +156,11 @@ def _sft(model, tok, corpus, *, steps: int, seed: int, batch: int = 64, lr: floa
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * max(0.1, 1 - s / steps))
     model.train()
+    bar = None
+    if sys.stderr.isatty():  # a bar with ETA on a terminal; the log lines below for logs and CI
+        from tqdm import tqdm
+
+        bar = tqdm(total=steps, desc="warm start", unit="step")
     for step in range(steps):
         rows = [examples[rng.randrange(len(examples))] for _ in range(batch)]
         T = max(len(a) + len(b) for a, b in rows)
@@ -172,6 +178,11 @@ def _sft(model, tok, corpus, *, steps: int, seed: int, batch: int = 64, lr: floa
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        if step % 50 == 0 or step == steps - 1:
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        elif step % 50 == 0 or step == steps - 1:
             log(f"[warm start] step {step + 1}/{steps} loss {loss.item():.4f}")
+    if bar is not None:
+        bar.close()
     model.eval()

@@ -133,7 +133,7 @@ def generate_and_score(engine, tokenizer, prompts: list[list[int]], golds: list[
     flat = [c for g in groups for c in g]
     texts = tokenizer.batch_decode([c.token_ids for c in flat], skip_special_tokens=True)
     outcomes = grade_batch(texts, [golds[i] for i, g in enumerate(groups) for _ in g], timeout_s=timeout_s,
-                           num_workers=num_workers, **grade_kw)
+                           num_workers=num_workers, progress=True, **grade_kw)
     span_kw = {k: grade_kw[k] for k in ("answer_from", "require_think") if k in grade_kw}
     answers = [extract_answer(t, **span_kw) for t in texts]
     results, samples, i = [], [], 0

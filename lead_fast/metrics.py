@@ -1,4 +1,5 @@
-"""Metrics: one JSON object per step in ``metrics.jsonl``, a console line per step, a PNG at the end."""
+"""Metrics: one JSON object per step in ``metrics.jsonl``, a console line per step (with elapsed time and
+ETA), a PNG at the end, and optionally TensorBoard and Weights & Biases (``run.report_to``)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,10 @@ import json
 import math
 import os
 import sys
+import time
+
+TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb"}
+"""``run.report_to`` names and the package each needs (both come with ``pip install 'lead_fast[tracking]'``)."""
 
 
 def _fmt(v) -> str:
@@ -21,9 +26,22 @@ class MetricsLogger:
     CONSOLE_KEYS = ("loss", "reward/mean", "accuracy", "response_length/mean", "groups_dropped", "grad_norm",
                     "clip_frac", "time/step_s", "eval/accuracy", "eval/cons@n", "eval/response_length")
 
-    def __init__(self, output_dir: str, *, enabled: bool, resume_from_step: int | None = None):
+    def __init__(self, output_dir: str, *, enabled: bool, resume_from_step: int | None = None,
+                 report_to: tuple[str, ...] = (), config: dict | None = None, max_steps: int | None = None):
         self.enabled = enabled
         self.path = os.path.join(output_dir, "metrics.jsonl")
+        self.max_steps, self.t0, self.first_step = max_steps, time.time(), resume_from_step or 0
+        self.tb = self.wandb = None
+        if enabled and "tensorboard" in report_to:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(log_dir=os.path.join(output_dir, "tensorboard"))
+            self.tb.add_text("config", "```\n" + json.dumps(config or {}, indent=1) + "\n```", 0)
+        if enabled and "wandb" in report_to:
+            import wandb   # honours WANDB_MODE (offline), WANDB_PROJECT, WANDB_API_KEY, ...
+
+            self.wandb = wandb.init(project=os.environ.get("WANDB_PROJECT", "lead_fast"), dir=output_dir,
+                                    name=os.path.basename(os.path.abspath(output_dir)), config=config or {})
         if enabled:
             os.makedirs(output_dir, exist_ok=True)
             if resume_from_step is None:
@@ -41,9 +59,29 @@ class MetricsLogger:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
         with open(self.path, "a") as f:
             f.write(json.dumps(clean) + "\n")
-        parts = [f"step {row.get('step')}"]
+        step = row.get("step", 0)
+        scalars = {k: v for k, v in clean.items() if k != "step" and isinstance(v, (int, float))}
+        if self.tb is not None:
+            for k, v in scalars.items():
+                self.tb.add_scalar(k, v, step)
+            self.tb.flush()
+        if self.wandb is not None:
+            self.wandb.log(scalars, step=step)
+        parts = [f"step {step}"]
         parts += [f"{k}={_fmt(row[k])}" for k in self.CONSOLE_KEYS if k in row]
+        elapsed = time.time() - self.t0
+        parts.append(f"elapsed {elapsed:.0f}s")
+        done = step - self.first_step
+        if self.max_steps and done > 0 and step < self.max_steps:
+            parts.append(f"ETA {elapsed / done * (self.max_steps - step):.0f}s")
         print(" | ".join(parts), file=sys.stdout, flush=True)
+
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
 
 
 def read_metrics(path: str) -> list[dict]:

@@ -15,6 +15,7 @@ import shutil
 from lead_fast.checkpoint import checkpoint_root, list_checkpoints
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "metrics.png")
+RUN_DIRS = ("tensorboard", "wandb")
 
 
 class OutputDirError(ValueError):
@@ -51,7 +52,7 @@ def ensure_writable(output_dir: str) -> None:
 
 def existing_run(output_dir: str) -> str | None:
     """What another run left in ``output_dir`` (a phrase), or None when it holds none."""
-    found = [f for f in RUN_FILES if os.path.exists(os.path.join(output_dir, f))]
+    found = [f for f in RUN_FILES + RUN_DIRS if os.path.exists(os.path.join(output_dir, f))]
     steps = [step for step, _ in list_checkpoints(output_dir)]
     if steps:
         found.append(f"checkpoints of steps {steps[0]}..{steps[-1]}" if len(steps) > 1
@@ -67,7 +68,8 @@ def clear_run(output_dir: str) -> None:
         p = os.path.join(output_dir, f)
         if os.path.exists(p):
             os.remove(p)
-    shutil.rmtree(checkpoint_root(output_dir), ignore_errors=True)
+    for d in (checkpoint_root(output_dir), *(os.path.join(output_dir, d) for d in RUN_DIRS)):
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def prepare(output_dir: str, *, resume: bool, overwrite: bool) -> None:

@@ -127,7 +127,9 @@ class Trainer:
             self.updater.nonfinite_in_a_row = resumed.get("nonfinite_in_a_row", 0)
             self.engine.update_weights(self.policy.hf_named_tensors())
         self.metrics = MetricsLogger(cfg.run.output_dir, enabled=self.rank == 0,
-                                     resume_from_step=self.start_step if resumed else None)
+                                     resume_from_step=self.start_step if resumed else None,
+                                     report_to=tuple(cfg.run.report_to), config=cfg.to_dict(),
+                                     max_steps=cfg.run.max_steps)
         if self.rank == 0:
             import yaml
 
@@ -239,7 +241,7 @@ class Trainer:
         outcomes, timeouts = grade_batch(texts, [answers[i] for i in group_ids], timeout_s=algo.grade_timeout_s,
                                          num_workers=self.grade_workers, require_think=algo.require_think,
                                          answer_from=algo.answer_from, unboxed_is_wrong=algo.unboxed_is_wrong,
-                                         return_timeouts=True)
+                                         return_timeouts=True, progress=self.rank == 0)
         return Rollouts(responses, torch.tensor(group_ids, dtype=torch.long),
                         torch.tensor([len(r) for r in responses], dtype=torch.float64), outcomes, timeouts,
                         rollout_s, time.time() - t0)
@@ -269,3 +271,4 @@ class Trainer:
 
     def close(self) -> None:
         self.engine.close()
+        self.metrics.close()

@@ -114,3 +114,9 @@ def test_fields_checked_together_and_unreadable_yaml(tmp_path):
         parse_args(["--config", str(binary)])
     with pytest.raises(ConfigError, match="cannot read config file"):
         parse_args(["--config", str(tmp_path / "missing.yaml")])
+
+
+def test_report_to_names_a_known_tracker():
+    assert parse_args(["--run.report_to", "tensorboard"]).run.report_to == ["tensorboard"]
+    with pytest.raises(ConfigError, match="unknown tracker 'mlflow'"):
+        parse_args(["--run.report_to", "mlflow"])

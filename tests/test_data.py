@@ -79,3 +79,33 @@ def test_eval_size_must_leave_training_problems():
     for bad in (10, 11, 0):
         with pytest.raises(DataError, match=r"must be at least 1 and smaller than the number of problems \(10\)"):
             split_eval(probs, bad, seed=0)
+
+
+def test_datasets_inputs(tmp_path):
+    """save_to_disk directories (a Dataset, a DatasetDict and its splits), a directory of parquet files,
+    and a hub name without network: all through datasets, with the same row checks."""
+    import datasets
+
+    rows = [{"problem": f"{i} + 1", "answer": str(i + 1)} for i in range(6)]
+    ds = datasets.Dataset.from_list(rows)
+    ds.save_to_disk(str(tmp_path / "one"))
+    assert [p.answer for p in load_problems(str(tmp_path / "one"))] == [str(i + 1) for i in range(6)]
+    datasets.DatasetDict(train=ds, test=ds.select(range(2))).save_to_disk(str(tmp_path / "dict"))
+    assert len(load_problems(str(tmp_path / "dict"))) == 6
+    assert len(load_problems(str(tmp_path / "dict"), split="test")) == 2
+    with pytest.raises(DataError, match="has no split 'validation' \\(it has train, test\\)"):
+        load_problems(str(tmp_path / "dict"), split="validation")
+    (tmp_path / "pq").mkdir()
+    ds.to_parquet(str(tmp_path / "pq" / "train-00000.parquet"))
+    assert len(load_problems(str(tmp_path / "pq"))) == 6
+    datasets.Dataset.from_list([{"problem": "x", "solution": "y"}]).save_to_disk(str(tmp_path / "bad"))
+    with pytest.raises(DataError, match=f"{tmp_path / 'bad'}: row 1 has no 'answer' field"):
+        load_problems(str(tmp_path / "bad"))
+
+
+def test_hub_name_offline_is_one_paragraph(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(DataError, match="is not a local file or directory, and loading it as a Hugging Face hub "
+                                        "dataset failed .*Without network access"):
+        load_problems("some-org/some-math-set")

@@ -96,3 +96,38 @@ def test_bad_input_is_one_paragraph_before_generation(embedded_model, tmp_path, 
     assert main(["--model", embedded_model, *base, "--n", "2", "--k", "1,4"]) == 2
     assert "every --k must lie in [1, n=2]" in capsys.readouterr().err
     assert not (tmp_path / "o" / "samples.jsonl").exists()
+
+
+def test_progress_is_a_bar_on_a_terminal_and_lines_in_logs(embedded_model, tmp_path):
+    """On a terminal (a pseudo-terminal here) a tqdm bar with ETA; piped, plain progress lines."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    from tests.launch import ROOT, env
+
+    args = [sys.executable, *_eval(embedded_model, tmp_path / "tty", "--limit", "2")]
+    import fcntl
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))   # a terminal 100 wide
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=follower, cwd=ROOT, env=env(), text=True)
+    os.close(follower)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:          # the child closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    p.wait(timeout=300)
+    os.close(leader)
+    assert p.returncode == 0
+    assert b"eval: 100%" in seen and b"2/2" in seen                     # tqdm's bar, drawn on the terminal
+    piped = check(python(_eval(embedded_model, tmp_path / "log", "--limit", "2")))
+    assert "eval: 2/2 problems, ETA" in piped.stdout and "eval: 100%" not in piped.stderr

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.launch import HELPERS, ROOT, check, env, python, torchrun
 
 COMPARE = ("loss", "reward/mean", "accuracy", "response_length/mean", "grad_norm", "clip_frac", "entropy",
@@ -180,3 +182,21 @@ def test_two_nodes_of_one_rank(embedded_model, tmp_path):
     assert (out / "checkpoints" / "step-00000002" / "trainer_state.json").exists()
     shards = sorted(p.name for p in (out / "checkpoints" / "step-00000002").glob("*.distcp"))
     assert len(shards) == 2, shards                                       # both ranks wrote their shard
+
+
+def test_tensorboard_and_wandb_offline(embedded_model, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "tracked"
+    p = check(python(["-m", "lead_fast.train", *_args(embedded_model, out, "--max-steps", "2",
+                                                         "--run.report_to", '["tensorboard", "wandb"]')[2:]],
+                     WANDB_MODE="offline", WANDB_SILENT="true"))
+    assert "ETA" in p.stdout and "elapsed" in p.stdout
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"loss", "reward/mean", "eval/accuracy", "eval/pass@1", "time/step_s"} <= tags
+    logged = [e.value for e in events.Scalars("eval/accuracy")]
+    assert logged == pytest.approx([r["eval/accuracy"] for r in _rows(out) if r.get("eval/accuracy") is not None])
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(runs[0].glob("*.wandb"))

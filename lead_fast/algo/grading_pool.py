@@ -127,7 +127,8 @@ class GradingPool:
         w.kill()
         self._workers[self._workers.index(w)] = _Worker()
 
-    def grade(self, responses: list[str], answers: list[str], *, timeout_s: float, **grade_kw) -> BatchResult:
+    def grade(self, responses: list[str], answers: list[str], *, timeout_s: float, progress=None,
+              **grade_kw) -> BatchResult:
         n = len(responses)
         results: list[int] = [WRONG] * n
         todo = iter(range(n))
@@ -170,6 +171,8 @@ class GradingPool:
                         idx, out = msg
                         results[idx] = out
                         pending -= 1
+                        if progress is not None:
+                            progress.update(1)
                     assign(w)
                 elif w.item is not None and time.monotonic() >= w.deadline:
                     results[w.item] = WRONG  # a timeout counts as wrong
@@ -210,12 +213,14 @@ def _close_pool() -> None:
 
 def grade_batch(responses: list[str], answers: list[str], *, timeout_s: float = 5.0,
                 num_workers: int | None = None, require_think: bool = False, answer_from: str = "after_think",
-                unboxed_is_wrong: bool = False, return_timeouts: bool = False) -> list[int] | tuple[list[int], int]:
+                unboxed_is_wrong: bool = False, return_timeouts: bool = False,
+                progress: bool = False) -> list[int] | tuple[list[int], int]:
     """Grade many responses in parallel worker processes; each item costs at most ``timeout_s``.
 
     ``require_think``, ``answer_from`` and ``unboxed_is_wrong`` are ``grade``'s. An item that runs past
     its deadline has its worker killed and replaced, and is graded ``0``. With ``return_timeouts=True``
-    returns ``(outcomes, number of items that timed out)``.
+    returns ``(outcomes, number of items that timed out)``. ``progress``: a bar with ETA for a batch of
+    256 or more, when stderr is a terminal.
     """
     from lead_fast.algo.grading import ANSWER_FROM
 
@@ -230,7 +235,16 @@ def grade_batch(responses: list[str], answers: list[str], *, timeout_s: float = 
     if not responses:
         res = BatchResult([], 0)
     else:
-        res = get_pool(num_workers).grade(list(responses), list(answers), timeout_s=timeout_s,
-                                          require_think=require_think, answer_from=answer_from,
-                                          unboxed_is_wrong=unboxed_is_wrong)
+        bar = None
+        if progress and len(responses) >= 256 and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(responses), desc="grading", unit="response", leave=False)
+        try:
+            res = get_pool(num_workers).grade(list(responses), list(answers), timeout_s=timeout_s, progress=bar,
+                                              require_think=require_think, answer_from=answer_from,
+                                              unboxed_is_wrong=unboxed_is_wrong)
+        finally:
+            if bar is not None:
+                bar.close()
     return (res.outcomes, res.timeouts) if return_timeouts else res.outcomes
