@@ -227,3 +227,15 @@ def test_export_onto_a_file_or_a_non_empty_directory(three_steps, tmp_path):
     check(python(["-m", "lead_fast.export", "--output-dir", str(three_steps), "--out", str(d), "--overwrite"]))
     assert not (d / "keep.txt").exists() and (d / "model.safetensors").exists()
     assert not any(n.startswith(".tmp-export") for n in os.listdir(tmp_path))
+
+
+def test_relative_paths_resolve_from_any_directory(embedded_model, tmp_path):
+    """A run started with relative --model and --output-dir exports from another working directory."""
+    shutil.copytree(embedded_model, tmp_path / "m")
+    p = subprocess.run([sys.executable, "-m", "lead_fast.train", "--model", "m", "--output-dir", "run", *RUN,
+                        "--max-steps", "1"], capture_output=True, text=True, cwd=tmp_path, env=env(), timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    state = json.loads((tmp_path / "run" / "checkpoints" / "step-00000001" / "trainer_state.json").read_text())
+    assert state["config"]["model"]["path"] == str(tmp_path / "m")            # stored absolute
+    check(python(["-m", "lead_fast.export", "--output-dir", str(tmp_path / "run"), "--out", str(tmp_path / "hf")]))
+    assert (tmp_path / "hf" / "model.safetensors").exists()
