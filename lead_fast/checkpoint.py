@@ -153,9 +153,9 @@ def save_checkpoint(output_dir: str, step: int, model, optimizer, trainer_state:
             free = f" ({shutil.disk_usage(output_dir).free / 2**20:.1f} MiB free there now)"
         except OSError:
             free = ""
+        newest = f"The newest complete checkpoint is {previous}" if previous else "No complete checkpoint exists"
         return CheckpointError(f"could not save the checkpoint of step {step} in {root}{free}: {_cause(e)}. "
-                               f"{'The newest complete checkpoint is ' + previous if previous else 'No complete checkpoint exists'}"
-                               "; free some space (or fix the disk) and continue with --resume.")
+                               f"{newest}; free some space (or fix the disk) and continue with --resume.")
 
     error = None
     if _rank() == 0:

@@ -47,8 +47,9 @@ def _load_dataset_rows(path: str, split: str, subset: str | None) -> list:
     except Exception as e:  # noqa: BLE001  (hub and network errors come in many classes)
         if os.path.exists(path):
             raise DataError(f"cannot load the dataset directory {path}: {type(e).__name__}: {e}") from None
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise DataError(f"data {path!r} is not a local file or directory, and loading it as a Hugging Face hub "
-                        f"dataset failed ({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}). "
+                        f"dataset failed ({type(e).__name__}: {first}). "
                         "Without network access, download it elsewhere and pass the directory "
                         "(datasets.save_to_disk) or a .json/.jsonl/.parquet file") from None
     return list(ds)
@@ -102,8 +103,9 @@ def load_problems(path: str, problem_field: str = "problem", answer_field: str =
 
 
 def _looks_like_hub_name(path: str) -> bool:
+    """``org/name``: two parts, no file extension, not a relative or home path."""
     parts = path.split("/")
-    return len(parts) == 2 and all(parts) and not path.startswith((".", "~")) and "." not in parts[1][-8:]
+    return len(parts) == 2 and all(parts) and not path.startswith((".", "~")) and not os.path.splitext(path)[1]
 
 
 def _check_rows(rows: list, path: str, problem_field: str, answer_field: str) -> list[Problem]:

@@ -122,29 +122,31 @@ def summarize(results: list[ProblemResult], ks: list[int]) -> dict:
 
 
 def generate_and_score(engine, tokenizer, prompts: list[list[int]], golds: list[str], settings, *, grade_kw: dict,
-                       timeout_s: float, num_workers: int | None = None) -> tuple[list[ProblemResult], list[dict]]:
-    """Sample ``settings.n`` responses per prompt, grade them, score each problem.
+                       timeout_s: float, num_workers: int | None = None,
+                       score: bool = True) -> tuple[list[ProblemResult] | None, list[list[dict]]]:
+    """Sample ``settings.n`` responses per prompt, grade them, score each problem (unless ``score`` is
+    False: the eval command scores everything once, at the end, resumed problems included).
 
     Returns ``(results, samples)``; ``samples[i]`` lists problem ``i``'s samples as dicts (text, answer,
     outcome, length, finish reason)."""
-    from lead_fast.algo import extract_answer, grade_batch
+    from lead_fast.algo import extract_answer
+    from lead_fast.rollout.graded import rollout_and_grade
 
-    groups = engine.generate(prompts, settings) if prompts else []
-    flat = [c for g in groups for c in g]
-    texts = tokenizer.batch_decode([c.token_ids for c in flat], skip_special_tokens=True)
-    outcomes = grade_batch(texts, [golds[i] for i, g in enumerate(groups) for _ in g], timeout_s=timeout_s,
-                           num_workers=num_workers, progress=True, **grade_kw)
+    graded = rollout_and_grade(engine, tokenizer, prompts, golds, settings, grade_kw=grade_kw, timeout_s=timeout_s,
+                               num_workers=num_workers, progress=True)
     span_kw = {k: grade_kw[k] for k in ("answer_from", "require_think") if k in grade_kw}
-    answers = [extract_answer(t, **span_kw) for t in texts]
-    results, samples, i = [], [], 0
-    for p, g in enumerate(groups):
-        j = i + len(g)
-        results.append(score_problem(outcomes[i:j], answers[i:j], [len(c.token_ids) for c in g],
-                                     [c.finish_reason for c in g], golds[p], timeout_s=timeout_s))
-        samples.append([dict(text=texts[x], answer=answers[x], outcome=outcomes[x], length=len(flat[x].token_ids),
-                             finish_reason=flat[x].finish_reason) for x in range(i, j)])
-        i = j
-    return results, samples
+    answers = [extract_answer(t, **span_kw) for t in graded.texts]
+    samples = [dict(text=t, answer=a, outcome=o, length=len(c.token_ids), finish_reason=c.finish_reason)
+               for t, a, o, c in zip(graded.texts, answers, graded.outcomes, graded.completions)]
+    by_problem: list[list[dict]] = [[] for _ in prompts]
+    for i, sample in zip(graded.group_ids.tolist(), samples):
+        by_problem[i].append(sample)
+    if not score:
+        return None, by_problem
+    results = [score_problem([x["outcome"] for x in rows], [x["answer"] for x in rows], [x["length"] for x in rows],
+                             [x["finish_reason"] for x in rows], golds[p], timeout_s=timeout_s)
+               for p, rows in enumerate(by_problem)]
+    return results, by_problem
 
 
 # --------------------------------------------------------------------------------------------------
@@ -319,10 +321,11 @@ def run(argv=None) -> int:
         batch = mine[r * args.batch_problems:(r + 1) * args.batch_problems]
         sampling = SamplingSettings(n=settings.n, temperature=settings.temperature,
                                     top_p=settings.top_p if settings.temperature > 0 else 1.0, min_p=settings.min_p,
-                                    max_new_tokens=settings.max_new_tokens, seed=settings.seed * 1_000_003 + r * 101 + rank,
+                                    max_new_tokens=settings.max_new_tokens,
+                                    seed=settings.seed * 1_000_003 + r * 101 + rank,
                                     stop=tuple(settings.stop))
         _, samples = generate_and_score(engine, tok, [prompts[i] for i in batch], [problems[i].answer for i in batch],
-                                        sampling, grade_kw=grade_kw, timeout_s=args.grade_timeout_s)
+                                        sampling, grade_kw=grade_kw, timeout_s=args.grade_timeout_s, score=False)
         rows = [dict(problem_id=i, sample=s, **x) for i, group in zip(batch, samples) for s, x in enumerate(group)]
         gathered = [None] * world
         dist.all_gather_object(gathered, rows)

@@ -24,13 +24,12 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
 from lead_fast import run_dir
-from lead_fast.algo import grade_batch, group_drop_reasons, lead_advantages, lead_rewards
+from lead_fast.algo import group_drop_reasons, lead_advantages, lead_rewards
 from lead_fast.algo.grading_pool import get_pool
 from lead_fast.checkpoint import Checkpointer
 from lead_fast.config import TrainConfig, check_world
@@ -41,20 +40,8 @@ from lead_fast.metrics import MetricsLogger, plot_metrics
 from lead_fast.model import PolicyWithHead, apply_liger_kernels, load_model, load_tokenizer, resolve_dtype, shard
 from lead_fast.preemption import StopRequest
 from lead_fast.rollout import SamplingSettings, make_engine
+from lead_fast.rollout.graded import rollout_and_grade
 from lead_fast.update import Sample, Updater
-
-
-@dataclass
-class Rollouts:
-    """Responses to a list of prompts, graded; response ``i`` answers prompt ``group_ids[i]``."""
-
-    responses: list[list[int]]
-    group_ids: torch.Tensor     # (R,)
-    lengths: torch.Tensor       # (R,) float64, tokens
-    outcomes: list[int]         # (R,) 1 / 0 / -1 / -2
-    grade_timeouts: int
-    rollout_s: float
-    grade_s: float
 
 
 class Trainer:
@@ -107,8 +94,9 @@ class Trainer:
         self.updater = Updater(cfg, policy=self.policy, ref=ref, optimizer=opt, scheduler=self.sched,
                                pad_id=self.tok.pad_token_id, device=self.device, rank=self.rank, world=self.world,
                                log=self.log)
-        self.engine = make_engine(cfg.rollout.engine, self.model_dir, device=self.device, dtype=dtype, tokenizer=self.tok,
-                                  seed=cfg.run.seed, max_model_len=cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens,
+        self.engine = make_engine(cfg.rollout.engine, self.model_dir, device=self.device, dtype=dtype,
+                                  tokenizer=self.tok, seed=cfg.run.seed,
+                                  max_model_len=cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens,
                                   gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
                                   sync_bucket_mb=cfg.rollout.sync_bucket_mb)
         # grading workers share this node's cores with the other ranks on it (not the whole world's)
@@ -181,8 +169,10 @@ class Trainer:
             stop=tuple(cfg.rollout.stop)))
 
         # 4. rewards: outcome, explicit penalties, length-regularized among correct responses
-        rewards = lead_rewards(rollouts.outcomes, rollouts.lengths, rollouts.group_ids, alpha=algo.alpha, correct_reward=algo.correct_reward,
-                               incorrect_reward=algo.incorrect_reward, format_error_reward=algo.format_error_reward,
+        responses, lengths = rollouts.responses, rollouts.lengths     # (R,) token lists, (R,) float64
+        rewards = lead_rewards(rollouts.outcomes, lengths, rollouts.group_ids, alpha=algo.alpha,
+                               correct_reward=algo.correct_reward, incorrect_reward=algo.incorrect_reward,
+                               format_error_reward=algo.format_error_reward,
                                degenerate_reward=algo.degenerate_reward, min_short_len=algo.min_short_len)
 
         # 5. advantages, group-normalized; the difficulty weight w(rho) is applied in the loss head
@@ -190,7 +180,7 @@ class Trainer:
         all_equal, no_correct = group_drop_reasons(rewards, rollouts.group_ids)
         no_correct &= ~all_equal & algo.drop_no_correct        # counted once, under the first reason
         keep = ~(all_equal | no_correct) if algo.drop_no_signal else torch.ones_like(all_equal)
-        samples = [Sample(prompts[g], rollouts.responses[i], float(advantages[i]), float(correct_ratio[i]))
+        samples = [Sample(prompts[g], responses[i], float(advantages[i]), float(correct_ratio[i]))
                    for i, g in enumerate(rollouts.group_ids.tolist()) if keep[i]]
 
         # 6-7. update (old / reference passes, micro-batches, clip, optimizer step)
@@ -206,9 +196,9 @@ class Trainer:
 
         # 9. metrics, summed over ranks by name
         outcomes = torch.tensor(rollouts.outcomes)
-        tot = all_sum({"responses": len(rollouts.responses), "correct": (outcomes == 1).sum(),
+        tot = all_sum({"responses": len(responses), "correct": (outcomes == 1).sum(),
                        "no_answer": (outcomes == -1).sum(), "degenerate": (outcomes == -2).sum(),
-                       "reward": rewards.sum(), "tokens": rollouts.lengths.sum(), "groups": len(prompts),
+                       "reward": rewards.sum(), "tokens": lengths.sum(), "groups": len(prompts),
                        "groups_dropped": len(prompts) - len(set(rollouts.group_ids[keep].tolist())),
                        "dropped_all_equal": len(set(rollouts.group_ids[all_equal & ~keep].tolist())),
                        "dropped_no_correct": len(set(rollouts.group_ids[no_correct & ~keep].tolist())),
@@ -228,23 +218,17 @@ class Trainer:
             "time/sync_s": t_sync, "time/step_s": t_step, "tokens_per_s": tot["tokens"] / max(t_step, 1e-9),
         }
 
-    def rollout_and_grade(self, prompts: list[list[int]], answers: list[str], settings: SamplingSettings) -> Rollouts:
+    def rollout_and_grade(self, prompts: list[list[int]], answers: list[str], settings: SamplingSettings):
         """Generate ``settings.n`` responses per prompt and grade each against its prompt's answer."""
-        t0 = time.time()
-        groups = self.engine.generate(prompts, settings) if prompts else []
-        rollout_s = time.time() - t0
-        responses = [comp.token_ids for g in groups for comp in g]
-        group_ids = [i for i, g in enumerate(groups) for _ in g]
-        t0 = time.time()
-        texts = self.tok.batch_decode(responses, skip_special_tokens=True)
         algo = self.cfg.algo
-        outcomes, timeouts = grade_batch(texts, [answers[i] for i in group_ids], timeout_s=algo.grade_timeout_s,
-                                         num_workers=self.grade_workers, require_think=algo.require_think,
-                                         answer_from=algo.answer_from, unboxed_is_wrong=algo.unboxed_is_wrong,
-                                         return_timeouts=True, progress=self.rank == 0)
-        return Rollouts(responses, torch.tensor(group_ids, dtype=torch.long),
-                        torch.tensor([len(r) for r in responses], dtype=torch.float64), outcomes, timeouts,
-                        rollout_s, time.time() - t0)
+        return rollout_and_grade(self.engine, self.tok, prompts, answers, settings, grade_kw=self._grade_kw(),
+                                 timeout_s=algo.grade_timeout_s, num_workers=self.grade_workers,
+                                 progress=self.rank == 0)
+
+    def _grade_kw(self) -> dict:
+        algo = self.cfg.algo
+        return dict(require_think=algo.require_think, answer_from=algo.answer_from,
+                    unboxed_is_wrong=algo.unboxed_is_wrong)
 
     def evaluate(self) -> dict:
         """pass@1, cons@n and mean response length on this rank's share of the eval problems, summed over
@@ -258,9 +242,7 @@ class Trainer:
                 n=cfg.rollout.eval_n, temperature=cfg.rollout.eval_temperature, top_p=1.0,
                 max_new_tokens=cfg.rollout.max_new_tokens, seed=step_seed(cfg.run.seed, 0, self.rank, salt=3),
                 stop=tuple(cfg.rollout.stop)),
-            grade_kw=dict(require_think=algo.require_think, answer_from=algo.answer_from,
-                          unboxed_is_wrong=algo.unboxed_is_wrong),
-            timeout_s=algo.grade_timeout_s, num_workers=self.grade_workers)
+            grade_kw=self._grade_kw(), timeout_s=algo.grade_timeout_s, num_workers=self.grade_workers)
         tot = all_sum({"problems": len(results), "pass1": sum(r.correct / r.n for r in results),
                        "cons": sum(r.vote_correct for r in results), "responses": sum(r.n for r in results),
                        "tokens": sum(sum(r.lengths) for r in results)}, self.device)

@@ -1,0 +1,52 @@
+"""Rollout-then-grade, written once for training and evaluation: sample, decode, grade."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from lead_fast.rollout.base import Completion, SamplingSettings
+
+
+@dataclass
+class GradedRollouts:
+    """Responses to a list of prompts, graded; response ``i`` answers prompt ``group_ids[i]``."""
+
+    completions: list[Completion]
+    texts: list[str]               # decoded, special tokens dropped
+    group_ids: torch.Tensor        # (R,)
+    outcomes: list[int]            # (R,) 1 / 0 / -1 / -2
+    grade_timeouts: int
+    rollout_s: float
+    grade_s: float
+
+    @property
+    def responses(self) -> list[list[int]]:
+        return [c.token_ids for c in self.completions]
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        """(R,) float64, tokens."""
+        return torch.tensor([len(c.token_ids) for c in self.completions], dtype=torch.float64)
+
+
+def rollout_and_grade(engine, tokenizer, prompts: list[list[int]], answers: list[str], settings: SamplingSettings,
+                      *, grade_kw: dict, timeout_s: float, num_workers: int | None = None,
+                      progress: bool = False) -> GradedRollouts:
+    """``settings.n`` responses per prompt from ``engine``, each graded against its prompt's answer
+    (``grade_kw``: ``grade_batch``'s ``require_think`` / ``answer_from`` / ``unboxed_is_wrong``)."""
+    from lead_fast.algo import grade_batch
+
+    t0 = time.time()
+    groups = engine.generate(prompts, settings) if prompts else []
+    rollout_s = time.time() - t0
+    completions = [c for g in groups for c in g]
+    group_ids = [i for i, g in enumerate(groups) for _ in g]
+    t0 = time.time()
+    texts = tokenizer.batch_decode([c.token_ids for c in completions], skip_special_tokens=True)
+    outcomes, timeouts = grade_batch(texts, [answers[i] for i in group_ids], timeout_s=timeout_s,
+                                     num_workers=num_workers, return_timeouts=True, progress=progress, **grade_kw)
+    return GradedRollouts(completions, texts, torch.tensor(group_ids, dtype=torch.long), outcomes, timeouts,
+                          rollout_s, time.time() - t0)
