@@ -78,7 +78,8 @@ class DataConfig:
 @dataclass
 class RolloutConfig:
     engine: str = "hf"
-    """Rollout engine: hf (transformers generate; CPU and small runs) or vllm (GPUs; unverified here)."""
+    """Rollout engine: hf (transformers; CPU and small runs) or vllm (GPUs; written for vLLM 0.33.x and
+    tested against a stand-in of its API, not vLLM itself)."""
     n: int = 8
     """Responses sampled per prompt (the group size)."""
     temperature: float = 0.8
@@ -93,14 +94,27 @@ class RolloutConfig:
     """Responses sampled per evaluation problem."""
     stop: list[str] = field(default_factory=list)
     """Strings that end a response (kept in it, finish reason "stop"); GRPO-LEAD's official run stops at </think>."""
-    sync_bucket_mb: int = 256
-    """Weight sync hands the engine buckets of full tensors of about this many MiB."""
     gpu_memory_utilization: float = 0.5
     """vLLM only: fraction of GPU memory for the colocated engine."""
+    tensor_parallel_size: int = 1
+    """vLLM only: GPUs per engine. Only 1 for now: every rank runs its own engine on its own prompts."""
+    logprobs: bool = False
+    """vLLM only: ask the engine for each sampled token's log-prob and log rollout/logprob_gap, the mean
+    |engine - trainer| log-prob per token (near 0 when the weight sync works)."""
+    hf_batching: str = "generate"
+    """hf only: generate (padded batches) or continuous (transformers' paged continuous batching, CUDA;
+    benchmarks/bench_rollout.py compares them)."""
 
     def __post_init__(self):
         if self.engine not in ("hf", "vllm"):
             raise ConfigError(f"rollout.engine must be hf or vllm, got {self.engine!r}")
+        if self.hf_batching not in ("generate", "continuous"):
+            raise ConfigError(f"rollout.hf_batching must be generate or continuous, got {self.hf_batching!r}")
+        if self.logprobs and self.engine != "vllm":
+            raise ConfigError("rollout.logprobs needs --rollout.engine vllm (the hf engine does not report log-probs)")
+        if self.tensor_parallel_size != 1:
+            raise ConfigError(f"rollout.tensor_parallel_size={self.tensor_parallel_size}: only 1 is supported for "
+                              "now (each rank runs its own vLLM engine on its own prompts); use more ranks instead")
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         if any(not isinstance(x, str) or not x for x in self.stop):
@@ -467,7 +481,6 @@ RANGES: dict[str, tuple] = {
     "rollout.max_new_tokens": (lambda v: v >= 1, ">= 1"),
     "rollout.eval_temperature": (lambda v: v >= 0, ">= 0 (0: greedy)"),
     "rollout.eval_n": (lambda v: v >= 1, ">= 1"),
-    "rollout.sync_bucket_mb": (lambda v: v >= 1, ">= 1"),
     "rollout.gpu_memory_utilization": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "algo.alpha": (lambda v: v >= 0, ">= 0"),
     "algo.min_short_len": (lambda v: v >= 0, ">= 0"),

@@ -36,10 +36,11 @@ def all_sum(values: dict[str, float | torch.Tensor], device: torch.device) -> di
     return dict(zip(names, t.tolist()))
 
 
-def all_max(value: int, device: torch.device) -> int:
-    t = torch.tensor([value], dtype=torch.int64, device=device)
+def all_max(value: int | float, device: torch.device) -> int | float:
+    """The largest ``value`` over ranks, of the same type."""
+    t = torch.tensor([value], dtype=torch.float64 if isinstance(value, float) else torch.int64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return int(t.item())
+    return type(value)(t.item())
 
 
 def step_seed(seed: int, step: int, rank: int, salt: int = 0) -> int:

@@ -312,7 +312,7 @@ def run(argv=None) -> int:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     engine = make_engine(args.engine, settings.model, device=device, dtype=dtype, tokenizer=tok, seed=settings.seed,
                          max_model_len=longest + settings.max_new_tokens, gpu_memory_utilization=0.9,
-                         sync_bucket_mb=256)
+                         colocated=False)
     grade_kw = dict(answer_from=settings.answer_from, require_think=settings.require_think,
                     unboxed_is_wrong=settings.unboxed_is_wrong)
     rounds = -(-len(todo) // (world * args.batch_problems)) if todo else 0

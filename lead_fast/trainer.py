@@ -15,8 +15,9 @@ definitions):
 - every rank generates, grades and computes advantages for its own prompts (groups never span ranks);
   all sampling and shuffling derive from ``(seed, step, rank)``, so a resumed run repeats exactly.
 
-One step: this rank's prompts -> rollouts -> grade -> rewards -> advantages (drop groups without signal)
--> update -> sync weights into the rollout engine -> metrics; eval and checkpoints between steps.
+One step: sync weights into the rollout engine -> this rank's prompts -> rollouts -> grade -> rewards ->
+advantages (drop groups without signal) -> update -> metrics; eval (after its own sync) and checkpoints
+between steps.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from lead_fast.algo.grading_pool import get_pool
 from lead_fast.checkpoint import Checkpointer
 from lead_fast.config import TrainConfig, check_world
 from lead_fast.data import load_task, prompts_for_step, tokenize_prompts
-from lead_fast.distributed import all_sum, setup_distributed, step_seed
+from lead_fast.distributed import all_max, all_sum, setup_distributed, step_seed
 from lead_fast.eval import generate_and_score
 from lead_fast.metrics import MetricsLogger, plot_metrics
 from lead_fast.model import PolicyWithHead, apply_liger_kernels, load_model, load_tokenizer, resolve_dtype, shard
@@ -97,14 +98,14 @@ class Trainer:
         self.engine = make_engine(cfg.rollout.engine, self.model_dir, device=self.device, dtype=dtype,
                                   tokenizer=self.tok, seed=cfg.run.seed,
                                   max_model_len=cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens,
-                                  gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
-                                  sync_bucket_mb=cfg.rollout.sync_bucket_mb)
+                                  gpu_memory_utilization=cfg.rollout.gpu_memory_utilization, colocated=True,
+                                  logprobs=cfg.rollout.logprobs, hf_batching=cfg.rollout.hf_batching)
         # grading workers share this node's cores with the other ranks on it (not the whole world's)
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", self.world))
         self.grade_workers = cfg.algo.grade_workers or max(1, (os.cpu_count() or 1) // local_world)
 
-        # Resume: weights, optimizer, scheduler and counters; the engine then gets the resumed weights
-        # (it loaded the base model from disk, and from here on receives weights only by sync).
+        # Resume: weights, optimizer, scheduler and counters. The engine loaded the base model from disk;
+        # from here on it receives weights only by sync, before every generate.
         self.checkpointer = Checkpointer(cfg.run.output_dir, save_every=cfg.run.save_every, keep_last=cfg.run.keep_last,
                                          model=self.policy, optimizer=opt, state=self._state, log=self.log)
         self.start_step = 0
@@ -113,7 +114,6 @@ class Trainer:
             self.sched.load_state_dict(resumed["scheduler"])
             self.start_step = resumed["step"]
             self.updater.nonfinite_in_a_row = resumed.get("nonfinite_in_a_row", 0)
-            self.engine.update_weights(self.policy.hf_named_tensors())
         self.metrics = MetricsLogger(cfg.run.output_dir, enabled=self.rank == 0,
                                      resume_from_step=self.start_step if resumed else None,
                                      report_to=tuple(cfg.run.report_to), config=cfg.to_dict(),
@@ -159,7 +159,9 @@ class Trainer:
         cfg, algo = self.cfg, self.cfg.algo
         t_step = time.time()
 
-        # 1-3. this rank's prompts, n responses each, graded
+        # 1-3. the engine gets the current weights (it may have discarded them after the last generate);
+        # then this rank's prompts, n responses each, graded
+        t_sync = self.sync_engine()
         idx = prompts_for_step(len(self.train), step, cfg.optim.prompts_per_step, self.rank, self.world, cfg.run.seed)
         prompts = [self.train[i][0] for i in idx]
         answers = [self.train[i][1] for i in idx]
@@ -180,7 +182,9 @@ class Trainer:
         all_equal, no_correct = group_drop_reasons(rewards, rollouts.group_ids)
         no_correct &= ~all_equal & algo.drop_no_correct        # counted once, under the first reason
         keep = ~(all_equal | no_correct) if algo.drop_no_signal else torch.ones_like(all_equal)
-        samples = [Sample(prompts[g], responses[i], float(advantages[i]), float(correct_ratio[i]))
+        engine_lp = [None if c.logprobs is None else torch.tensor(c.logprobs) for c in rollouts.completions]
+        samples = [Sample(prompts[g], responses[i], float(advantages[i]), float(correct_ratio[i]),
+                          rollout_logprobs=engine_lp[i])
                    for i, g in enumerate(rollouts.group_ids.tolist()) if keep[i]]
 
         # 6-7. update (old / reference passes, micro-batches, clip, optimizer step)
@@ -188,13 +192,7 @@ class Trainer:
         update = self.updater.update(samples, step, sampled=cfg.optim.prompts_per_step * cfg.rollout.n)
         t_update = time.time() - t0
 
-        # 8. the rollout engine gets the new weights
-        t0 = time.time()
-        if update["updated"]:
-            self.engine.update_weights(self.policy.hf_named_tensors())
-        t_sync = time.time() - t0
-
-        # 9. metrics, summed over ranks by name
+        # 8. metrics, summed over ranks by name
         outcomes = torch.tensor(rollouts.outcomes)
         tot = all_sum({"responses": len(responses), "correct": (outcomes == 1).sum(),
                        "no_answer": (outcomes == -1).sum(), "degenerate": (outcomes == -2).sum(),
@@ -202,7 +200,9 @@ class Trainer:
                        "groups_dropped": len(prompts) - len(set(rollouts.group_ids[keep].tolist())),
                        "dropped_all_equal": len(set(rollouts.group_ids[all_equal & ~keep].tolist())),
                        "dropped_no_correct": len(set(rollouts.group_ids[no_correct & ~keep].tolist())),
-                       "grade_timeouts": rollouts.grade_timeouts}, self.device)
+                       "grade_timeouts": rollouts.grade_timeouts,
+                       "truncated": sum(c.finish_reason == "length" for c in rollouts.completions)}, self.device)
+        slowest_rollout_s = all_max(rollouts.rollout_s, self.device)
         n = max(tot["responses"], 1.0)
         t_step = time.time() - t_step
         return {
@@ -216,7 +216,17 @@ class Trainer:
             "grade_timeouts": int(tot["grade_timeouts"]), "nonfinite_skipped": update["nonfinite_skipped"],
             "time/rollout_s": rollouts.rollout_s, "time/grade_s": rollouts.grade_s, "time/update_s": t_update,
             "time/sync_s": t_sync, "time/step_s": t_step, "tokens_per_s": tot["tokens"] / max(t_step, 1e-9),
+            "rollout/tokens_per_s": tot["tokens"] / max(slowest_rollout_s, 1e-9),
+            "rollout/truncated_frac": tot["truncated"] / n, "rollout/logprob_gap": update["logprob_gap"],
         }
+
+    def sync_engine(self) -> float:
+        """Hand the rollout engine the policy's current weights (a collective); returns seconds. Called
+        before every generate: a colocated vLLM engine discards its weights after generating, and a
+        skipped update or an eval in between must not leave it with stale or missing ones."""
+        t0 = time.time()
+        self.engine.update_weights(self.policy.hf_named_tensors())
+        return time.time() - t0
 
     def rollout_and_grade(self, prompts: list[list[int]], answers: list[str], settings: SamplingSettings):
         """Generate ``settings.n`` responses per prompt and grade each against its prompt's answer."""
@@ -236,6 +246,7 @@ class Trainer:
         from the weights alone. ``eval/accuracy`` is pass@1."""
         cfg, algo = self.cfg, self.cfg.algo
         t0 = time.time()
+        self.sync_engine()
         mine = self.eval[self.rank::self.world]
         results, _ = generate_and_score(
             self.engine, self.tok, [p for p, _ in mine], [a for _, a in mine], SamplingSettings(

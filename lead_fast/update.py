@@ -37,6 +37,7 @@ class Sample:
     correct_ratio: float
     old_logprobs: torch.Tensor | None = None   # (len(response),) when updates_per_batch > 1
     ref_logprobs: torch.Tensor | None = None   # (len(response),) when kl_coef > 0
+    rollout_logprobs: torch.Tensor | None = None   # (len(response),) the engine's, when it reports them
 
 
 @dataclass
@@ -52,6 +53,7 @@ class MicroBatch:
     token_weights: torch.Tensor    # (n,)
     old_logprobs: torch.Tensor | None   # (n,)
     ref_logprobs: torch.Tensor | None   # (n,)
+    rollout_logprobs: torch.Tensor | None   # (n,)
     position_ids: torch.Tensor | None = None   # packed: (1, T), restarting at 0 for each sequence
     seq_lens: list[int] | None = None          # packed: the length of each sequence in the row
 
@@ -113,7 +115,7 @@ def _response_inputs(batch: list[Sample], token_weight: float | list[float], dev
     return dict(targets=torch.cat([torch.tensor(s.response) for s in batch]).to(device),
                 advantages=per_token(lambda i, s: s.advantage), correct_ratio=per_token(lambda i, s: s.correct_ratio),
                 token_weights=per_token(lambda i, s: weights[i]), old_logprobs=given("old_logprobs"),
-                ref_logprobs=given("ref_logprobs"))
+                ref_logprobs=given("ref_logprobs"), rollout_logprobs=given("rollout_logprobs"))
 
 
 def collate(batch: list[Sample], pad_id: int, device, token_weight: float | list[float]) -> MicroBatch:
@@ -204,10 +206,13 @@ class Updater:
     def update(self, samples: list[Sample], step: int, sampled: int | None = None) -> dict:
         """``sampled``: responses sampled for this rollout batch on all ranks, before groups were dropped
         (what ``algo.loss_norm=sampled`` divides by). Returns ``loss``, ``clip_frac``, ``kl``, ``entropy``,
-        ``grad_norm`` (NaN when nothing was updated), ``updated`` and ``nonfinite_skipped``."""
+        ``grad_norm`` (NaN when nothing was updated), ``updated``, ``nonfinite_skipped`` and
+        ``logprob_gap`` (mean |rollout - trainer| log-prob per token at the weights that generated, over
+        every rank's samples that carry ``rollout_logprobs``; NaN when none do)."""
         cfg = self.cfg
         result = dict(loss=math.nan, clip_frac=math.nan, kl=math.nan, entropy=math.nan, grad_norm=math.nan,
-                      updated=False, nonfinite_skipped=0)
+                      updated=False, nonfinite_skipped=0, logprob_gap=math.nan)
+        self._gap = torch.zeros(2, dtype=torch.float64)     # sum |difference|, tokens
         if all_sum({"tokens": sum(len(s.response) for s in samples)}, self.device)["tokens"] == 0:
             return result  # every group on every rank was dropped
         n_updates = cfg.optim.updates_per_batch
@@ -215,6 +220,10 @@ class Updater:
             self._fill_logprobs(self.ref, samples, "ref_logprobs")
         if n_updates > 1:
             self._fill_logprobs(self.policy, samples, "old_logprobs")
+            for s in samples:           # the old pass ran at the weights that generated
+                if s.rollout_logprobs is not None:
+                    diff = (s.old_logprobs.double() - s.rollout_logprobs.double()).abs()
+                    self._gap += torch.tensor([diff.sum().item(), diff.numel()], dtype=torch.float64)
         order = samples[:]
         random.Random(step_seed(cfg.run.seed, step, self.rank, salt=2)).shuffle(order)
         totals = {"loss": 0.0, "clipped": 0.0, "kl": 0.0, "entropy": 0.0, "weight": 0.0}
@@ -236,6 +245,9 @@ class Updater:
             totals = {k: totals[k] + sums[k] for k in totals}
             result["grad_norm"] = grad_norm
             done += 1
+        gap = all_sum({"sum": self._gap[0], "tokens": self._gap[1]}, self.device)
+        if gap["tokens"]:
+            result["logprob_gap"] = gap["sum"] / gap["tokens"]
         if done:
             w = totals["weight"]
             result.update(loss=totals["loss"] / done, clip_frac=totals["clipped"] / w, kl=totals["kl"] / w,
@@ -281,6 +293,10 @@ class Updater:
                 correct_ratio=mb.correct_ratio if algo.reweight else None, w_min=algo.w_min, w_max=algo.w_max,
                 midpoint=algo.midpoint, steepness=algo.steepness, **self._loss_kwargs())
             out.loss.backward()
+            if real and mb.rollout_logprobs is not None and self.cfg.optim.updates_per_batch == 1:
+                # one mini-batch, before its optimizer step: these log-probs are the generating weights'
+                diff = (out.logprobs.detach().double().cpu() - mb.rollout_logprobs.double().cpu()).abs()
+                self._gap += torch.tensor([diff.sum().item(), diff.numel()], dtype=torch.float64)
             if real:
                 w = mb.token_weights.double() / self.world     # each token's share of the global aggregate
                 sums["loss"] += out.loss.detach().double() / self.world

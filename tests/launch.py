@@ -9,6 +9,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = ROOT / "data" / "grpo_lead"
 TRAIN_DATA = DATA_DIR / "train_stage2_3.json"
 HELPERS = ROOT / "tests" / "helpers"
+STANDIN = ROOT / "tests" / "standin"     # holds the `vllm` stand-in; put it on the path only where wanted
 
 
 def env(**extra) -> dict:

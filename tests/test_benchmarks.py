@@ -60,3 +60,16 @@ def test_bench_train_step_quick(tmp_path):
     losses = [r["loss_first_step"] for r in ok]
     assert max(losses) - min(losses) < 1e-5 * max(1.0, abs(losses[0])), losses
     assert "(c) packed + fused head" in p.stdout
+
+
+def test_bench_rollout_quick(tmp_path):
+    """The rollout benchmark on CPU: both transformers engines generate exactly the requested tokens; vLLM
+    is reported as missing, not dropped."""
+    bench = _load("bench_rollout")
+    out = tmp_path / "r.json"
+    rows = bench.main(["--quick", "--out", str(out)])
+    assert json.loads(out.read_text())["rows"] == json.loads(json.dumps(rows))
+    by = {r["engine"]: r for r in rows}
+    for name in ("hf-generate", "hf-continuous"):
+        assert by[name]["status"] == "ok" and by[name]["equal_work"] and by[name]["tokens"] == 4 * 2 * 16, by[name]
+    assert by["vllm"]["status"].startswith("missing")

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tests.launch import HELPERS, TRAIN_DATA, check, torchrun
+from tests.launch import HELPERS, STANDIN, TRAIN_DATA, check, torchrun
 
 
 OFFICIAL_AGG = ["--algo.loss_agg", "seq_mean_token_mean", "--algo.loss_norm", "sampled"]
@@ -107,3 +107,20 @@ def test_step_does_not_depend_on_packing_budget_or_world_size(tiny_model_dir, tm
     for name, r in got.items():
         assert abs(r["loss"] - base["loss"]) <= 1e-5 * max(1.0, abs(base["loss"])), (name, r, base)
         assert abs(r["grad_norm"] - base["grad_norm"]) <= 1e-4 * base["grad_norm"], (name, r, base)
+
+
+def test_steps_with_the_vllm_engine_stand_in(embedded_model, tmp_path):
+    """Two ranks, --rollout.engine vllm against the stand-in of vLLM 0.33.0 (``tests/standin``): every
+    generate follows a complete sync (step, eval, step after eval), and the engine's log-probs match the
+    trainer's at the weights that generated."""
+    out = tmp_path / "run"
+    check(torchrun(2, ["-m", "lead_fast.train", "--model", embedded_model, "--output-dir", str(out),
+                       "--max-steps", "3", "--eval-every", "2", "--rollout.engine", "vllm",
+                       "--rollout.logprobs", "true", "--data.eval_size", "16"],
+                   PYTHONPATH=str(STANDIN)))
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]
+    for r in rows[1:]:
+        assert 0 <= r["rollout/logprob_gap"] < 1e-4, r
+        assert 0 <= r["rollout/truncated_frac"] <= 1 and r["rollout/tokens_per_s"] > 0
+    assert rows[2]["eval/accuracy"] is not None and rows[3]["loss"] is not None

@@ -1,7 +1,15 @@
-"""Rollouts with transformers ``generate`` on the engine's own unsharded copy of the model."""
+"""Rollouts with transformers on the engine's own unsharded copy of the model.
+
+Two ways to batch: ``generate`` (padded rows; the default, and the only one tested for exact resume) or
+``continuous`` (``generate_batch``: paged attention, finished rows replaced by waiting ones; transformers
+>= 5). Both stop on the same token ids as the vLLM engine (``stop_token_ids``) and cut at the same stop
+strings; continuous batching matches stop strings after the fact (it has no ``stop_strings``), so a
+response still ends right after the token that completed one.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Iterable
 
 import torch
@@ -12,15 +20,20 @@ from lead_fast.rollout.base import Completion, SamplingSettings
 class HFEngine:
     """Generates with ``model.generate``; receives new weights only through ``update_weights``."""
 
-    def __init__(self, model_path: str, *, device: torch.device, dtype: torch.dtype, tokenizer):
+    def __init__(self, model_path: str, *, device: torch.device, dtype: torch.dtype, tokenizer,
+                 stop_token_ids: tuple[int, ...] | None = None, batching: str = "generate"):
         from transformers import AutoModelForCausalLM
+
+        if batching not in ("generate", "continuous"):
+            raise ValueError(f"batching must be generate or continuous, got {batching!r}")
 
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device).eval()
         self.model.requires_grad_(False)
         self.device = device
         self.tokenizer = tokenizer
         self.pad_id = tokenizer.pad_token_id
-        self.eos_id = tokenizer.eos_token_id
+        self.stop_ids = list(stop_token_ids or (tokenizer.eos_token_id,))
+        self.batching = batching
         self._params = dict(self.model.named_parameters())
         self._params.update(dict(self.model.named_buffers()))
 
@@ -28,6 +41,10 @@ class HFEngine:
     def generate(self, prompts: list[list[int]], settings: SamplingSettings) -> list[list[Completion]]:
         if not prompts:
             return []
+        if settings.temperature == 0 and settings.n > 1:   # transformers refuses greedy n > 1; all n are equal
+            return [g * settings.n for g in self.generate(prompts, dataclasses.replace(settings, n=1))]
+        if self.batching == "continuous":
+            return self._generate_continuous(prompts, settings)
         width = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(prompts), width), dtype=torch.long)
@@ -46,16 +63,50 @@ class HFEngine:
                 top_p=None if greedy else settings.top_p, top_k=0 if not greedy else None,
                 min_p=settings.min_p if (settings.min_p and not greedy) else None,
                 max_new_tokens=settings.max_new_tokens, num_return_sequences=settings.n,
-                pad_token_id=self.pad_id, eos_token_id=self.eos_id,
+                pad_token_id=self.pad_id, eos_token_id=self.stop_ids,
+                **(dict(min_new_tokens=settings.max_new_tokens) if settings.ignore_eos else {}),
                 **(dict(stop_strings=list(settings.stop), tokenizer=self.tokenizer) if settings.stop else {}))
         resp = out[:, width:].tolist()
-        flat = [self._finish(r, settings.stop) for r in resp]
+        flat = [self._finish(r, settings) for r in resp]
         return [flat[i * settings.n:(i + 1) * settings.n] for i in range(len(prompts))]
 
-    def _finish(self, r: list[int], stop: tuple[str, ...]) -> Completion:
-        """Cut a generated row where it ended: after EOS or after the token that completes a stop string
-        (both kept: the policy must learn to stop); ``generate`` pads finished rows after that point."""
-        end = r.index(self.eos_id) + 1 if self.eos_id in r else None
+    @torch.no_grad()
+    def _generate_continuous(self, prompts: list[list[int]], settings: SamplingSettings) -> list[list[Completion]]:
+        from transformers import GenerationConfig
+
+        greedy = settings.temperature == 0
+        config = GenerationConfig(
+            do_sample=not greedy, temperature=None if greedy else settings.temperature,
+            top_p=None if greedy else settings.top_p, top_k=None if greedy else 0,
+            min_p=settings.min_p if (settings.min_p and not greedy) else None,
+            max_new_tokens=settings.max_new_tokens, num_return_sequences=settings.n,
+            # generate_batch keeps only ids >= 0: -1 stops on nothing
+            eos_token_id=-1 if settings.ignore_eos else self.stop_ids, pad_token_id=self.pad_id)
+        gen = torch.Generator(device="cpu").manual_seed(settings.seed)
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
+            out = self.model.generate_batch(prompts, generation_config=config, progress_bar=False)
+        # ordered by prompt, each prompt's n responses together; generate_batch logs failures, we raise
+        results = list(out.values())
+        failed = [r.error for r in results if r.error is not None]
+        if len(results) != len(prompts) * settings.n or failed:
+            raise RuntimeError(f"continuous batching returned {len(results)} of {len(prompts) * settings.n} "
+                               f"responses; errors: {failed[:3]}")
+        flat = []
+        for r in results:
+            c = self._finish(list(r.generated_tokens), settings)
+            if c.finish_reason == "length" and len(c.token_ids) < settings.max_new_tokens:
+                c = Completion(c.token_ids, "abort")   # ended early without a stop: not a cut-off
+            flat.append(c)
+        return [flat[i * settings.n:(i + 1) * settings.n] for i in range(len(prompts))]
+
+    def _finish(self, r: list[int], settings: SamplingSettings) -> Completion:
+        """Cut a generated row where it ended: after its first stop token or after the token that completes
+        a stop string (both kept: the policy must learn to stop); ``generate`` pads finished rows after
+        that point."""
+        stop = settings.stop
+        stops = () if settings.ignore_eos else self.stop_ids
+        end = next((k + 1 for k, t in enumerate(r) if t in stops), None)
         if stop:
             # "the prefix holds a stop string" is monotone in the prefix length: binary search it
             head = r[:end] if end else r

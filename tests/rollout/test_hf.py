@@ -49,3 +49,25 @@ def test_update_weights_takes_every_tensor_by_hf_name(embedded_model):
     new = {k: torch.full_like(v, 0.5) for k, v in eng.state_dict().items()}
     eng.update_weights(iter(new.items()))
     assert all(torch.equal(v, new[k]) for k, v in eng.state_dict().items())
+
+
+def test_continuous_batching_follows_the_same_stopping_rules(embedded_model):
+    """transformers' continuous batching (``generate_batch``) gives the padded ``generate`` path's greedy
+    responses, stop string and finish reasons included, and repeats itself for a seed."""
+    tok = load_tokenizer(embedded_model)
+    kw = dict(device=torch.device("cpu"), dtype=torch.float32, tokenizer=tok)
+    padded, paged = HFEngine(embedded_model, **kw), HFEngine(embedded_model, batching="continuous", **kw)
+    prompts = [tok(f"What is {a} + {b}? Put the final answer within \\boxed{{}}.\n", add_special_tokens=False)
+               ["input_ids"] for a, b in ((7, 8), (12, 30), (5, 5))]
+    greedy = SamplingSettings(n=2, temperature=0, max_new_tokens=20)
+    want = padded.generate(prompts, greedy)
+    text = tok.decode(max((g[0] for g in want), key=lambda c: len(c.token_ids)).token_ids, skip_special_tokens=True)
+    for settings in (greedy, SamplingSettings(n=1, temperature=0, max_new_tokens=20, stop=(text[4:7],)),
+                     SamplingSettings(n=1, temperature=0, max_new_tokens=3)):
+        assert [[(c.token_ids, c.finish_reason) for c in g] for g in paged.generate(prompts, settings)] == \
+               [[(c.token_ids, c.finish_reason) for c in g] for g in padded.generate(prompts, settings)], settings
+    sampled = SamplingSettings(n=3, temperature=1.0, max_new_tokens=12, seed=4)
+    first = paged.generate(prompts, sampled)
+    again = paged.generate(prompts, sampled)
+    assert [[c.token_ids for c in g] for g in first] == [[c.token_ids for c in g] for g in again]
+    assert [len(g) for g in first] == [3, 3, 3]
