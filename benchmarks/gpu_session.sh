@@ -3,8 +3,9 @@
 #   1. the GPU test module (the real kernel vs float64 at realistic sizes),
 #   2. the benchmark (both DESIGN.md shapes, every peer, fwd+bwd and fwd),
 #   3. the tuning sweep (row-kernel BLOCK x warps x chunk size at the first shape),
-#   4. one full training step, the usual path against lead_fast's (8 layers of Qwen2.5-1.5B).
-# Usage, from the repository root:  OUT=/path/to/results bash benchmarks/gpu_session.sh   (under ~9 min)
+#   4. one full training step, the usual path against lead_fast's (8 layers of Qwen2.5-1.5B),
+#   5. rollout generation: transformers generate vs continuous batching (Qwen2.5-0.5B shapes, 256 tokens).
+# Usage, from the repository root:  OUT=/path/to/results bash benchmarks/gpu_session.sh   (under ~10 min)
 # Peers that are pure Python (liger-kernel, cut-cross-entropy, pytest) may travel as wheels in .whl/:
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux_2_28_x86_64 -d .whl liger-kernel==0.8.5 cut-cross-entropy==25.1.1
@@ -41,6 +42,11 @@ timeout 90 python3 benchmarks/bench_train_step.py --layers 8 --steps 2 --out "$O
     > "$OUT/train_step.txt" 2> "$OUT/train_step.log"
 echo "train step exit $?"
 
+echo "== 5. rollout"
+timeout 60 python3 benchmarks/bench_rollout.py --sizes 0.5b --max-new-tokens 256 --engines hf-generate,hf-continuous \
+    --out "$OUT/rollout.json" > "$OUT/rollout.txt" 2> "$OUT/rollout.log"
+echo "rollout exit $?"
+
 # the tables from the JSON, which each script rewrites after every shape (so a timed-out run still shows)
 table() {
     python3 - "$1" "$2" <<'PY'
@@ -57,3 +63,4 @@ PY
 echo "== sweep (fastest first)"; table "$OUT/sweep.json" sweep | head -40
 echo "== benchmark"; table "$OUT/bench.json" bench
 echo "== training step"; cat "$OUT/train_step.txt"
+echo "== rollout"; cat "$OUT/rollout.txt"
