@@ -7,7 +7,7 @@ import math
 import pytest
 
 from lead_fast.eval import default_ks, main, majority_vote, pass_at_k
-from tests.launch import DATA_DIR, check, python, torchrun
+from tests.launch import DATA_DIR, STANDIN, check, python, torchrun
 
 
 def brute_pass_at_k(n, c, k):
@@ -81,6 +81,16 @@ def test_two_ranks_split_the_problems(embedded_model, tmp_path):
     rows = _samples(out)
     assert sorted({r["problem_id"] for r in rows}) == [0, 1, 2, 3, 4] and len(rows) == 10
     assert json.loads((out / "summary.json").read_text())["problems"] == 5
+
+
+def test_vllm_engine_stand_in_evaluates_in_several_batches(embedded_model, tmp_path):
+    """--engine vllm against the stand-in of vLLM 0.33.0: the eval engine does not sleep between batches
+    (nothing would reload its weights) and finishes every problem."""
+    out = tmp_path / "ev3"
+    check(python(_eval(embedded_model, out, "--limit", "5", "--engine", "vllm"), PYTHONPATH=str(STANDIN)))
+    rows = _samples(out)
+    assert sorted({r["problem_id"] for r in rows}) == [0, 1, 2, 3, 4] and len(rows) == 10
+    assert {r["finish_reason"] for r in rows} <= {"stop", "length"}
 
 
 def test_bad_input_is_one_paragraph_before_generation(embedded_model, tmp_path, capsys):
