@@ -549,7 +549,17 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if cfg.preset != "tiny" and cfg.model.path is None:
         raise ConfigError(f"preset {cfg.preset!r} needs --model (a local model directory)")
     _check_trackers(cfg.run.report_to)
+    if cfg.rollout.engine == "vllm":
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is None:
+            raise ConfigError(VLLM_MISSING)
     return cfg
+
+
+VLLM_MISSING = ("rollout.engine=vllm needs vLLM, which is not installed here. On a CUDA machine install it with "
+                "the GPU extra (pip install 'lead_fast[gpu]'; the engine was written for vllm 0.33.*). "
+                "--rollout.engine hf (transformers) works without it.")
 
 
 def _check_trackers(report_to: list[str]) -> None:

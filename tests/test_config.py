@@ -39,7 +39,9 @@ def test_grpo_lead_14b_preset_uses_the_shipped_data():
 
     with pytest.raises(ConfigError, match="needs --model"):
         parse_args(["--preset", "grpo_lead_14b"])
-    cfg = parse_args(["--preset", "grpo_lead_14b", "--model", "/models/x"])
+    with pytest.raises(ConfigError, match=r"needs vLLM, which is not installed.*lead_fast\[gpu\].*--rollout.engine hf"):
+        parse_args(["--preset", "grpo_lead_14b", "--model", "/models/x"])     # its engine is vLLM; none here
+    cfg = parse_args(["--preset", "grpo_lead_14b", "--model", "/models/x", "--rollout.engine", "hf"])
     assert Path(cfg.data.path).is_file() and Path(cfg.data.path).name == "train_stage2_3.json"
     assert Path(cfg.data.eval_path).is_file() and Path(cfg.data.eval_path).name == "aime24.json"
 
@@ -120,3 +122,13 @@ def test_report_to_names_a_known_tracker():
     assert parse_args(["--run.report_to", "tensorboard"]).run.report_to == ["tensorboard"]
     with pytest.raises(ConfigError, match="unknown tracker 'mlflow'"):
         parse_args(["--run.report_to", "mlflow"])
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--rollout.tensor_parallel_size", "2"], "rollout.tensor_parallel_size=2: only 1 is supported"),
+    (["--rollout.logprobs", "true"], "rollout.logprobs needs --rollout.engine vllm"),
+    (["--rollout.hf_batching", "paged"], "rollout.hf_batching must be generate or continuous"),
+])
+def test_rollout_settings_the_engines_cannot_honour_are_refused(args, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_args(args)

@@ -93,12 +93,9 @@ def make_engine(kind: str, model_path: str, *, device: torch.device, dtype: torc
         try:
             import vllm  # noqa: F401
         except ImportError:
-            from lead_fast.config import ConfigError
+            from lead_fast.config import VLLM_MISSING, ConfigError
 
-            raise ConfigError(
-                "rollout.engine=vllm needs vLLM, which is not installed here. On a CUDA machine install it "
-                "with the GPU extra (pip install 'lead_fast[gpu]'; the engine was written for vllm 0.33.*). "
-                "--rollout.engine hf (transformers) works without it.") from None
+            raise ConfigError(VLLM_MISSING) from None
         from lead_fast.rollout.vllm_engine import VLLMEngine
 
         return VLLMEngine(model_path, dtype=dtype, seed=seed, max_model_len=max_model_len,
