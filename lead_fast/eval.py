@@ -196,6 +196,14 @@ def _parse(argv) -> tuple[argparse.Namespace, EvalSettings, list[int]]:
     ap.add_argument("--max-new-tokens", type=int, default=1024)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--engine", choices=("hf", "vllm"), default="hf")
+    ap.add_argument("--gpu-memory-utilization", type=float, default=0.0,
+                    help="vLLM: fraction of the device's memory for the engine, as vLLM reads it (of the GPU on CUDA; "
+                         "of host RAM on CPU, counting this whole process). 0 (default): 0.9 on CUDA; on CPU the KV "
+                         "cache is sized for one batch instead")
+    ap.add_argument("--kv-cache-gib", type=float, default=0.0,
+                    help="vLLM: > 0 fixes the KV cache at this many GiB (the fraction is then unused)")
+    ap.add_argument("--enforce-eager", choices=("auto", "on", "off"), default="auto",
+                    help="vLLM: no torch.compile / CUDA graphs (auto: on for CPU, where compiling costs minutes)")
     ap.add_argument("--run-dir", help="a training run's output directory: use its prompt and grading settings")
     ap.add_argument("--problem-field", default="problem")
     ap.add_argument("--answer-field", default="answer")
@@ -227,6 +235,8 @@ def _parse(argv) -> tuple[argparse.Namespace, EvalSettings, list[int]]:
     ks = args.k or default_ks(args.n)
     if any(not 1 <= k <= args.n for k in ks):
         raise EvalError(f"every --k must lie in [1, n={args.n}], got {ks}")
+    if not (0 <= args.gpu_memory_utilization <= 1 and math.isfinite(args.kv_cache_gib) and args.kv_cache_gib >= 0):
+        raise EvalError("--gpu-memory-utilization must be in [0, 1] (0: automatic) and --kv-cache-gib >= 0")
     if args.max_new_tokens < 1 or args.batch_problems < 1 or args.limit < 0:
         raise EvalError("--max-new-tokens and --batch-problems must be >= 1, --limit >= 0")
     if not (args.temperature >= 0 and 0 < args.top_p <= 1 and 0 <= args.min_p < 1
@@ -279,8 +289,8 @@ def run(argv=None) -> int:
 
     from lead_fast.data import build_prompt, load_problems
     from lead_fast.distributed import setup_distributed
-    from lead_fast.model import load_tokenizer
-    from lead_fast.rollout import SamplingSettings, make_engine
+    from lead_fast.model import check_context, load_tokenizer
+    from lead_fast.rollout import EngineMemory, SamplingSettings, make_engine
 
     args, settings, ks = _parse(argv)
     problems = load_problems(settings.data, args.problem_field, args.answer_field)
@@ -309,10 +319,18 @@ def run(argv=None) -> int:
     mine = todo[rank::world]
     prompts = {i: build_prompt(tok, problems[i].problem, settings.instruction, settings.template) for i in mine}
     longest = max((len(p) for p in prompts.values()), default=1)
+    # every rank checks the longest prompt of all (not just its own), so that all ranks agree
+    longest_anywhere = max((len(build_prompt(tok, p.problem, settings.instruction, settings.template))
+                            for p in problems), default=1)
+    check_context(settings.model, longest_anywhere, settings.max_new_tokens,
+                  flags="--max-new-tokens (or leave out the longest problems)")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    memory = EngineMemory(gpu_memory_utilization=args.gpu_memory_utilization, kv_cache_gib=args.kv_cache_gib,
+                          batch_tokens=args.batch_problems * settings.n * (longest + settings.max_new_tokens),
+                          default_fraction=0.9, flags=("--gpu-memory-utilization", "--kv-cache-gib"))
     engine = make_engine(args.engine, settings.model, device=device, dtype=dtype, tokenizer=tok, seed=settings.seed,
-                         max_model_len=longest + settings.max_new_tokens, gpu_memory_utilization=0.9,
-                         colocated=False)
+                         max_model_len=longest + settings.max_new_tokens, memory=memory, colocated=False,
+                         enforce_eager=args.enforce_eager)
     grade_kw = dict(answer_from=settings.answer_from, require_think=settings.require_think,
                     unboxed_is_wrong=settings.unboxed_is_wrong)
     rounds = -(-len(todo) // (world * args.batch_problems)) if todo else 0

@@ -49,6 +49,24 @@ def model_vocab_size(path: str) -> int | None:
     return getattr(text, "vocab_size", None)
 
 
+def check_context(path: str, prompt_tokens: int, new_tokens: int, *, flags: str) -> None:
+    """Refuse a prompt + response budget beyond the model's positions (``max_position_embeddings``): vLLM
+    refuses it at start-up and transformers would generate past what the model was trained on, silently."""
+    from transformers import AutoConfig
+
+    try:
+        cfg = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot read {os.path.join(path, 'config.json')}: {e}") from None
+    text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    context = getattr(text, "max_position_embeddings", None)
+    if context is not None and prompt_tokens + new_tokens > context:
+        raise ModelError(
+            f"the prompt + response budget, {prompt_tokens} + {new_tokens} = {prompt_tokens + new_tokens} tokens, "
+            f"exceeds the model's context of {context} positions (max_position_embeddings in {path}/config.json). "
+            f"Lower {flags} so that the two sum to at most {context}.")
+
+
 def load_tokenizer(path: str):
     """The model directory's tokenizer, with EOS and pad ids checked against the model's vocabulary
     (a tokenizer whose EOS is not a model token would never let a response end)."""

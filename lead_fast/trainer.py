@@ -38,9 +38,10 @@ from lead_fast.data import load_task, prompts_for_step, tokenize_prompts
 from lead_fast.distributed import all_max, all_sum, setup_distributed, step_seed
 from lead_fast.eval import generate_and_score
 from lead_fast.metrics import MetricsLogger, plot_metrics
-from lead_fast.model import PolicyWithHead, apply_liger_kernels, load_model, load_tokenizer, resolve_dtype, shard
+from lead_fast.model import (PolicyWithHead, apply_liger_kernels, check_context, load_model, load_tokenizer,
+                             resolve_dtype, shard)
 from lead_fast.preemption import StopRequest
-from lead_fast.rollout import SamplingSettings, make_engine
+from lead_fast.rollout import EngineMemory, SamplingSettings, make_engine
 from lead_fast.rollout.graded import rollout_and_grade
 from lead_fast.update import Sample, Updater
 
@@ -66,6 +67,8 @@ class Trainer:
                                                rank=self.rank, log=self.log)
         else:
             self.model_dir = cfg.model.path
+        check_context(self.model_dir, cfg.data.max_prompt_tokens, cfg.rollout.max_new_tokens,
+                      flags="--data.max_prompt_tokens or --rollout.max_new_tokens")
         self.tok = load_tokenizer(self.model_dir)
         prompt_kw = dict(instruction=instruction, template=cfg.data.template, max_tokens=cfg.data.max_prompt_tokens,
                          log=self.log)
@@ -98,8 +101,8 @@ class Trainer:
         self.engine = make_engine(cfg.rollout.engine, self.model_dir, device=self.device, dtype=dtype,
                                   tokenizer=self.tok, seed=cfg.run.seed,
                                   max_model_len=cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens,
-                                  gpu_memory_utilization=cfg.rollout.gpu_memory_utilization, colocated=True,
-                                  logprobs=cfg.rollout.logprobs, hf_batching=cfg.rollout.hf_batching)
+                                  memory=self._engine_memory(), colocated=True, logprobs=cfg.rollout.logprobs,
+                                  hf_batching=cfg.rollout.hf_batching, enforce_eager=cfg.rollout.enforce_eager)
         # grading workers share this node's cores with the other ranks on it (not the whole world's)
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", self.world))
         self.grade_workers = cfg.algo.grade_workers or max(1, (os.cpu_count() or 1) // local_world)
@@ -123,6 +126,16 @@ class Trainer:
 
             with open(os.path.join(cfg.run.output_dir, "config.yaml"), "w") as f:
                 yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
+
+    def _engine_memory(self) -> EngineMemory:
+        """The vLLM engine's memory: the config's settings, and the KV cache this rank's largest batch
+        (training rollouts or its share of the eval) needs."""
+        cfg = self.cfg
+        sequences = max(-(-cfg.optim.prompts_per_step // self.world) * cfg.rollout.n,
+                        -(-len(self.eval) // self.world) * cfg.rollout.eval_n)
+        return EngineMemory(gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
+                            kv_cache_gib=cfg.rollout.kv_cache_gib,
+                            batch_tokens=sequences * (cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens))
 
     def _state(self) -> dict:
         """What a checkpoint keeps besides the weights and the optimizer."""

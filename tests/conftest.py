@@ -11,6 +11,11 @@ import pytest  # noqa: E402
 from tests.launch import DATA_DIR  # noqa: E402
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "real_vllm: runs vLLM itself (its CPU build); .ci/run selects these in the "
+                                       "vLLM environment")
+
+
 @pytest.fixture(scope="session")
 def train_data():
     """The shipped GRPO-LEAD training rows."""
@@ -38,3 +43,13 @@ def embedded_model(tmp_path_factory):
     d = tmp_path_factory.mktemp("embedded") / "base_model"
     build_embedded_model(str(d), steps=150, seed=0, log=lambda m: None)
     return str(d)
+
+
+@pytest.fixture(scope="session")
+def arith_data(tmp_path_factory):
+    """The embedded task's problems as a data file (short prompts, inside the embedded model's context)."""
+    from lead_fast.demo import synthetic_problems
+
+    path = tmp_path_factory.mktemp("arith") / "arith.json"
+    path.write_text(json.dumps([{"problem": p.problem, "answer": p.answer} for p in synthetic_problems()[:40]]))
+    return str(path)

