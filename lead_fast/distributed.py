@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import torch
 import torch.distributed as dist
@@ -11,19 +10,19 @@ import torch.distributed as dist
 
 def setup_distributed() -> tuple[int, int, torch.device]:
     """``(rank, world size, device)``; NCCL on CUDA, gloo on CPU. Without torchrun: a world of one."""
-    if "RANK" not in os.environ:  # plain `python -m lead_fast.train`
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    # Plain `python -m lead_fast.train` (or a call from Python): a world of one on an in-memory store. No
+    # TCP port to pick, and nothing written to os.environ, which child processes would inherit as a
+    # rendezvous of their own (a port that is taken: EADDRINUSE, seen in the test suite).
+    alone = "RANK" not in os.environ
     if torch.cuda.is_available():
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
-                                device_id=device if device.type == "cuda" else None)
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        kw = dict(store=dist.HashStore(), rank=0, world_size=1) if alone else {}
+        dist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None, **kw)
     return dist.get_rank(), dist.get_world_size(), device
 
 

@@ -181,6 +181,15 @@ def test_model_dir_without_weights_or_with_corrupt_weights(embedded_model, tmp_p
     assert "has no weights" in msg
 
 
+def test_budget_beyond_the_models_context_is_refused_before_work(embedded_model, tmp_path):
+    """The embedded model has 256 positions: 32 prompt + 300 response tokens do not fit (vLLM would refuse
+    to start; transformers would generate past the positions the model knows, silently)."""
+    msg = _refused(_train(embedded_model, tmp_path / "o", "--rollout.max_new_tokens", "300"))
+    assert "32 + 300 = 332 tokens, exceeds the model's context of 256 positions" in msg
+    assert "--data.max_prompt_tokens or --rollout.max_new_tokens" in msg
+    assert not (tmp_path / "o" / "metrics.jsonl").exists()
+
+
 def test_tokenizer_whose_eos_is_not_a_model_token(embedded_model, tmp_path):
     from lead_fast.model import ModelError, load_tokenizer
 
