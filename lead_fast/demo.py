@@ -75,13 +75,14 @@ def train_tokenizer(texts, out_dir: str, vocab_size: int = 512):
 
 
 def build_tiny_model(tokenizer, out_dir: str, *, hidden: int = 128, layers: int = 2, heads: int = 4,
-                     max_positions: int = 256, seed: int = 0):
-    """A random-init Qwen2-style causal LM sized for CPU tests, saved as a real model directory."""
+                     max_positions: int = 256, seed: int = 0, tie: bool = False):
+    """A random-init Qwen2-style causal LM sized for CPU tests, saved as a real model directory (``tie``:
+    the output head is the input embedding, as in Qwen2.5 <= 3B, Llama-3.2 and SmolLM2)."""
     from transformers import AutoModelForCausalLM, Qwen2Config
 
     cfg = Qwen2Config(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 3,
                       num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
-                      max_position_embeddings=max_positions, tie_word_embeddings=False,
+                      max_position_embeddings=max_positions, tie_word_embeddings=tie,
                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                       bos_token_id=None)
     torch.manual_seed(seed)

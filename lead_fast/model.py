@@ -142,8 +142,14 @@ class PolicyWithHead(nn.Module):
         """
         from torch.distributed.tensor import DTensor
 
+        # A tied output head (``lm_head.weight`` *is* ``embed_tokens.weight``) appears twice in the state dict
+        # and once among the parameters: send it once, under the embedding's name. Engines tie it again on
+        # their side (transformers shares the tensor; vLLM's loader skips ``lm_head`` of a tied model).
+        tied = ({n for n, _ in self.named_parameters(remove_duplicate=False)}
+                - {n for n, _ in self.named_parameters()})
         for key, t in self.state_dict().items():
-            yield self.hf_name(key), (t.full_tensor() if isinstance(t, DTensor) else t).detach()
+            if key not in tied:
+                yield self.hf_name(key), (t.full_tensor() if isinstance(t, DTensor) else t).detach()
 
     def decoder_layers(self) -> list[nn.Module]:
         return list(self.lm.get_decoder().layers)

@@ -36,6 +36,19 @@ def tiny_model_dir(tmp_path_factory, train_data):
 
 
 @pytest.fixture(scope="session")
+def tied_model_dir(tmp_path_factory):
+    """A model directory whose output head is its input embedding (tie_word_embeddings), with a tokenizer
+    that fits the embedded task."""
+    from lead_fast.demo import build_tiny_model, synthetic_corpus, train_tokenizer
+
+    out = tmp_path_factory.mktemp("tied_model")
+    texts = [p.problem + " " + sol for p, sol in synthetic_corpus(400, seed=0)]
+    tok = train_tokenizer(texts, str(out), vocab_size=300)
+    build_tiny_model(tok, str(out), hidden=64, layers=2, heads=2, max_positions=1024, tie=True)   # head_dim 32: vLLM CPU
+    return str(out)
+
+
+@pytest.fixture(scope="session")
 def embedded_model(tmp_path_factory):
     """The embedded task's model after a short warm start (built once, passed with --model)."""
     from lead_fast.demo import build_embedded_model

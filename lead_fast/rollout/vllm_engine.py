@@ -358,6 +358,18 @@ def _reload_in_place(worker, weights) -> tuple[set[str], set[str]]:
     logs what it missed)."""
     model = worker.model_runner.get_model()
     expected = {name for name, _ in model.named_parameters()}
+    # A tied head (``lm_head.weight`` *is* ``embed_tokens.weight``): the layerwise reload loads and processes
+    # the embedding only ("ParallelLMHead: Failed to load weights"), and on CPU the head computes its logits
+    # from a copy packed when it was last processed (``dispatch_cpu_unquantized_gemm``), so it would keep
+    # the old weights (seen: log-prob gap 1.5e-3 after one update instead of 1e-7). Below, each tied module
+    # gets the loaded parameter and is processed again.
+    first: dict[int, str] = {}
+    tied: list[tuple[str, str]] = []
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in first:
+            tied.append((name, first[id(p)]))
+        else:
+            first[id(p)] = name
     box: dict = {}
     real = model.load_weights
 
@@ -370,4 +382,11 @@ def _reload_in_place(worker, weights) -> tuple[set[str], set[str]]:
         worker.reload_weights(weights_iterator=weights, is_checkpoint_format=True)
     finally:
         del model.load_weights
+    for name, source in tied:
+        path, _, attr = name.rpartition(".")
+        module = model.get_submodule(path)
+        setattr(module, attr, model.get_parameter(source))
+        method = getattr(module, "quant_method", None)
+        if method is not None:
+            method.process_weights_after_loading(module)
     return set(box.get("loaded") or ()), expected

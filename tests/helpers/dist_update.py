@@ -22,6 +22,8 @@ def main():
                       "--data.eval_size", "4", "--optim.micro_batch_tokens", "96", "--algo.entropy_coef", "0.01", *extra])
     tr = Trainer(cfg)
     rank, world = tr.rank, tr.world
+    lm = tr.policy.lm
+    tied = lm.get_output_embeddings().weight is lm.get_input_embeddings().weight    # after FSDP2 sharding
     g = torch.Generator().manual_seed(0)
     V = len(tr.tok)
     samples = []
@@ -42,7 +44,8 @@ def main():
         with open(out, "w") as f:
             json.dump(dict(loss=res["loss"], grad_norm=res["grad_norm"], clip_frac=res["clip_frac"],
                            entropy=res["entropy"], sync_exact=bool(exact), tensors=n, world=world,
-                           engine_tensors=len(eng)), f)
+                           engine_tensors=len(eng), tied_after_sharding=tied,
+                           parameters=sum(1 for _ in tr.policy.parameters())), f)
     dist.barrier()
     dist.destroy_process_group()
 

@@ -266,3 +266,18 @@ def test_eval_command_on_one_and_two_ranks(embedded_model, arith_data, tmp_path)
         rows = [json.loads(line) for line in (tmp_path / d / "samples.jsonl").read_text().splitlines()]
         assert sorted({r["problem_id"] for r in rows}) == [0, 1, 2, 3, 4] and len(rows) == 10
         assert {r["finish_reason"] for r in rows} <= {"stop", "length"}
+
+
+def test_tied_embeddings_sync_into_vllm(tied_model_dir, tmp_path):
+    """A model whose head is its embedding: the trainer sends the shared weight once, vLLM's loader ties it;
+    after each update the engine's log-probs still match the trainer's (every group kept and an entropy
+    bonus, so that the random-init model's weights move at every step)."""
+    out = tmp_path / "run"
+    check(torchrun(1, ["-m", "lead_fast.train", "--model", tied_model_dir, "--output-dir", str(out),
+                       "--max-steps", "2", "--eval-every", "0", "--rollout.engine", "vllm", "--rollout.logprobs",
+                       "true", "--optim.prompts_per_step", "4", "--rollout.n", "4", "--data.eval_size", "8",
+                       "--data.max_prompt_tokens", "64", "--algo.drop_no_signal", "false",
+                       "--algo.entropy_coef", "0.01"]))
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["grad_norm"] > 0 and 0 <= r["rollout/logprob_gap"] < LOGPROB_ATOL for r in rows), \
+        [(r["grad_norm"], r["rollout/logprob_gap"]) for r in rows]

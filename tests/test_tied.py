@@ -1,0 +1,91 @@
+"""Tied embeddings (the output head *is* the input embedding, as in Qwen2.5 <= 3B, Llama-3.2 1B/3B and
+SmolLM2) through every stage: the loss head's gradient, FSDP2 sharding, weight sync into the transformers
+engine, checkpoint and exact resume, export and the eval command. vLLM's side of the sync is in
+``tests/rollout/test_vllm_real.py`` (real vLLM's CPU build)."""
+
+import json
+
+import pytest
+import torch
+
+from lead_fast.model import PolicyWithHead, load_model, load_tokenizer
+from lead_fast.rollout import SamplingSettings, make_engine
+from tests.launch import HELPERS, TRAIN_DATA, check, python, torchrun
+
+# A random-init model answers nothing right, so every group would be dropped and nothing trained: keep them
+# and give the entropy bonus weight, so that every step moves the (shared) weights.
+RUN = ["--optim.prompts_per_step", "4", "--rollout.n", "4", "--eval-every", "0", "--data.eval_size", "8",
+       "--data.max_prompt_tokens", "64", "--algo.drop_no_signal", "false", "--algo.entropy_coef", "0.01"]
+
+
+def test_sync_sends_the_shared_weight_once_and_the_engine_ties_it(tied_model_dir):
+    lm = load_model(tied_model_dir, torch.float32, torch.device("cpu"))
+    assert lm.lm_head.weight is lm.model.embed_tokens.weight
+    names = [n for n, _ in PolicyWithHead(lm).hf_named_tensors()]
+    assert "model.embed_tokens.weight" in names and "lm_head.weight" not in names
+    tok = load_tokenizer(tied_model_dir)
+    eng = make_engine("hf", tied_model_dir, device=torch.device("cpu"), dtype=torch.float32, tokenizer=tok, seed=0,
+                      max_model_len=128)
+    with torch.no_grad():
+        lm.model.embed_tokens.weight.add_(0.5)
+    eng.update_weights(PolicyWithHead(lm).hf_named_tensors())
+    assert eng.model.lm_head.weight is eng.model.model.embed_tokens.weight
+    assert torch.equal(eng.model.lm_head.weight, lm.lm_head.weight)
+    eng.generate([tok("What is 1 + 2?")["input_ids"]], SamplingSettings(max_new_tokens=4))
+
+
+def test_loss_head_gradient_reaches_the_shared_weight_once(tied_model_dir):
+    """The tied weight's gradient is the embedding's plus the head's, each counted once: equal to an untied
+    copy's two gradients summed, in float64."""
+    tied = load_model(tied_model_dir, torch.float64, torch.device("cpu"))
+    untied = load_model(tied_model_dir, torch.float64, torch.device("cpu"))
+    untied.lm_head.weight = torch.nn.Parameter(untied.lm_head.weight.detach().clone())
+    g = torch.Generator().manual_seed(0)
+    V = tied.config.vocab_size
+    ids = torch.randint(2, V, (1, 12), generator=g)
+    positions, targets = torch.arange(4, 11), ids[0, 5:12]
+    adv = torch.randn(7, generator=g, dtype=torch.float64)
+    grads = []
+    for lm in (tied, untied):
+        out = PolicyWithHead(lm)(ids, torch.ones_like(ids), positions, targets, advantages=adv,
+                                 token_weights=torch.full((7,), 1 / 7, dtype=torch.float64), backend="torch")
+        out.loss.backward()
+        grads.append(lm)
+    want = untied.model.embed_tokens.weight.grad + untied.lm_head.weight.grad
+    torch.testing.assert_close(tied.model.embed_tokens.weight.grad, want, rtol=1e-10, atol=1e-12)
+    assert untied.lm_head.weight.grad.abs().sum() > 0 and untied.model.embed_tokens.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_fsdp2_keeps_one_shared_parameter_and_syncs_it(tied_model_dir, tmp_path, world):
+    check(torchrun(world, [str(HELPERS / "dist_update.py"), tied_model_dir, str(TRAIN_DATA), str(tmp_path / "r.json")]))
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["tied_after_sharding"] and r["sync_exact"] and r["grad_norm"] > 0, r
+    assert r["tensors"] == r["engine_tensors"] - 1          # lm_head.weight: the engine's own, tied
+
+
+def test_train_resume_export_and_eval_keep_the_tie(tied_model_dir, arith_data, tmp_path):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    out, ref = tmp_path / "run", tmp_path / "ref"
+    check(python(["-m", "lead_fast.train", "--model", tied_model_dir, "--output-dir", str(ref), *RUN,
+                  "--max-steps", "3"]))
+    check(python(["-m", "lead_fast.train", "--model", tied_model_dir, "--output-dir", str(out), *RUN,
+                  "--max-steps", "2", "--save-every", "1"]))
+    check(python(["-m", "lead_fast.train", "--model", tied_model_dir, "--output-dir", str(out), *RUN,
+                  "--max-steps", "3", "--resume"]))
+    rows = {json.loads(line)["step"]: json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()}
+    want = {json.loads(line)["step"]: json.loads(line) for line in (ref / "metrics.jsonl").read_text().splitlines()}
+    assert rows[3]["loss"] == want[3]["loss"] and rows[3]["reward/mean"] == want[3]["reward/mean"]
+    assert all(rows[s]["grad_norm"] > 0 for s in (1, 2, 3))
+    check(python(["-m", "lead_fast.export", "--output-dir", str(out), "--out", str(tmp_path / "exp")]))
+    cfg = json.loads((tmp_path / "exp" / "config.json").read_text())
+    assert cfg["tie_word_embeddings"] is True
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "exp", dtype=torch.float32)
+    assert exported.lm_head.weight is exported.model.embed_tokens.weight
+    base = load_file(f"{tied_model_dir}/model.safetensors")
+    assert not torch.equal(exported.model.embed_tokens.weight, base["model.embed_tokens.weight"])   # trained
+    check(python(["-m", "lead_fast.eval", "--model", str(tmp_path / "exp"), "--data", arith_data, "--output-dir",
+                  str(tmp_path / "ev"), "--n", "2", "--max-new-tokens", "8", "--limit", "3"]))
+    assert json.loads((tmp_path / "ev" / "summary.json").read_text())["problems"] == 3
