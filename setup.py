@@ -21,7 +21,9 @@ setup(
         "matplotlib>=3.8",
     ],
     extras_require={
-        "test": ["pytest>=8", "liger-kernel>=0.6", "tensorboard>=2.14", "wandb>=0.17"],
+        "test": ["pytest>=8", "liger-kernel>=0.6", "tensorboard>=2.14", "wandb>=0.17", "gguf>=0.10", "accelerate>=0.26"],
+        # python -m lead_fast.pretrained (a real model from a GGUF file on the package index)
+        "pretrained": ["gguf>=0.10", "accelerate>=0.26"],
         "tracking": ["tensorboard>=2.14", "wandb>=0.17"],
         "gpu": ["flash-attn", "vllm>=0.32,<0.34", "liger-kernel>=0.6"],
     },

@@ -168,7 +168,13 @@ def save_checkpoint(output_dir: str, step: int, model, optimizer, trainer_state:
             error = e
     if (error := _from_rank0(error)) is not None:
         raise fail(error)
+    # Before the first optimizer step AdamW has no state, and get_state_dict creates it by a zero-lr step
+    # (torch's _init_optim_state) that sets its step counter to 1: the first real update would then use
+    # t=2 bias correction and come out about 0.74x as large. The state is emptied again after saving, and
+    # the checkpoint records that no step was taken, so that a resume empties it too.
+    stepped = bool(optimizer.state)
     msd, osd = get_state_dict(model, optimizer)
+    trainer_state = dict(trainer_state, optimizer_stepped=stepped)
     try:
         dcp.save({"model": msd, "optim": osd}, checkpoint_id=tmp)   # gathers every rank's errors
         # Per-rank RNG state: lead_fast's own sampling derives from (seed, step, rank), but a model may draw
@@ -182,6 +188,9 @@ def save_checkpoint(output_dir: str, step: int, model, optimizer, trainer_state:
         raise
     except BaseException as e:  # DCP's CheckpointException is a BaseException; every rank must hear of it
         local_error = e
+    finally:
+        if not stepped:
+            optimizer.state.clear()
     errors = [local_error]
     if dist.is_initialized():
         errors = [None] * dist.get_world_size()
@@ -239,6 +248,8 @@ def load_checkpoint(path: str, model, optimizer) -> dict:
     sd = {"model": msd, "optim": osd}
     dcp.load(sd, checkpoint_id=path)
     set_state_dict(model, optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
+    if state.get("optimizer_stepped") is False:     # saved before the first step (see save_checkpoint)
+        optimizer.state.clear()
     rng = os.path.join(path, f"rng-rank{_rank()}.pt")
     if os.path.exists(rng):
         saved = torch.load(rng)

@@ -32,7 +32,8 @@ class ModelConfig:
     path: str | None = None
     """Local Hugging Face model directory (config, weights, tokenizer). None: build the embedded tiny model."""
     dtype: str = "auto"
-    """Parameter/compute dtype: auto (bfloat16 on CUDA, float32 on CPU), float32 or bfloat16."""
+    """Compute dtype of the trainer (FSDP2 mixed precision; fp32 master weights) and of the rollout engine:
+    auto (bfloat16 on CUDA, float32 on CPU), float32, or bfloat16 (CUDA only)."""
     activation_checkpointing: bool = False
     """Recompute decoder-layer activations in backward to save memory."""
     attn_implementation: str = "sdpa"
@@ -43,6 +44,12 @@ class ModelConfig:
     def __post_init__(self):
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise ConfigError(f"model.dtype must be auto, float32 or bfloat16, got {self.dtype!r}")
+        import torch    # the one check here that needs the device
+
+        if self.dtype == "bfloat16" and not torch.cuda.is_available():
+            raise ConfigError("model.dtype bfloat16 needs CUDA: on CPU the trainer computes in float32 (its mixed "
+                              "precision is CUDA's), so bfloat16 would change only the rollout engine, which is "
+                              "also slower in bfloat16 on CPU. Use auto or float32 here")
         if self.liger_kernels not in ("auto", "on", "off"):
             raise ConfigError(f"model.liger_kernels must be auto, on or off, got {self.liger_kernels!r}")
 
@@ -456,8 +463,11 @@ def set_value(cfg: TrainConfig, key: str, raw) -> None:
     setattr(obj, name, _convert(key, raw, types[name]))
 
 
-def load_yaml(cfg: TrainConfig, path: str) -> None:
+def load_yaml(cfg: TrainConfig, path: str) -> set[str]:
+    """Apply a YAML file of sections; returns the keys it set."""
     import yaml
+
+    keys: set[str] = set()
 
     try:
         with open(path, encoding="utf-8") as f:
@@ -480,6 +490,8 @@ def load_yaml(cfg: TrainConfig, path: str) -> None:
                 set_value(cfg, f"{section}.{name}", v)
             except ConfigError as e:
                 raise ConfigError(f"{path}: {e}") from None
+            keys.add(f"{section}.{name}")
+    return keys
 
 
 # Range checks, one row per field: (test, what the value must be). Every float field is also checked finite.
@@ -650,8 +662,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         raise ConfigError(f"unknown preset {args.preset!r}{_suggest(args.preset, PRESETS)}; choose one of "
                           f"{', '.join(PRESETS)}")
     cfg = PRESETS[args.preset]()
-    if args.config:
-        load_yaml(cfg, args.config)
+    explicit = load_yaml(cfg, args.config) if args.config else set()
     overrides: list[tuple[str, str]] = []
     i = 0
     while i < len(rest):
@@ -662,6 +673,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         if "=" in key:
             key, val = key.split("=", 1)
             i += 1
+        elif (i + 1 >= len(rest) or rest[i + 1].startswith("--")) and _is_bool(cfg, key):
+            val, i = "true", i + 1      # a switch written alone, as README writes it: --run.overwrite
         else:
             if i + 1 >= len(rest):
                 raise ConfigError(f"--{key} needs a value")
@@ -673,10 +686,31 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
             flags = list(SHORT_FLAGS) + ["--preset", "--config", "--resume"] + [f"--{k}" for k in all_keys(cfg)]
             raise ConfigError(f"unknown option --{key}{_suggest('--' + key, flags)}")
         set_value(cfg, key, val)
+        explicit.add(key)
     for key in SHORT_FLAGS.values():
         val = getattr(args, key)
         if val is not None:
             set_value(cfg, key, val)
+            explicit.add(key)
     if args.resume:
         cfg.run.resume = True
+    _settle_preset_values(cfg, args.preset, explicit)
     return validate(cfg)
+
+
+def _is_bool(cfg: TrainConfig, key: str) -> bool:
+    section, _, name = key.partition(".")
+    return isinstance(getattr(getattr(cfg, section, None), name, None), bool)
+
+
+def _settle_preset_values(cfg: TrainConfig, preset: str, explicit: set[str]) -> None:
+    """A value the user gave wins over what the preset derived from another field, and the two are never
+    silently at odds: ``--max-steps`` replaces the preset's ``run.epochs``; ``--data`` replaces the preset's
+    eval file (the eval problems are then held out from the user's data); both given is a config error."""
+    if "run.max_steps" in explicit and cfg.run.epochs > 0:
+        if "run.epochs" in explicit:
+            raise ConfigError(f"--max-steps {cfg.run.max_steps} and run.epochs {cfg.run.epochs} both set the length "
+                              "of training; give one (run.epochs 0 turns epochs off)")
+        cfg.run.epochs = 0          # the preset's epochs give way to the explicit step count
+    if "data.path" in explicit and "data.eval_path" not in explicit and cfg.data.eval_path is not None:
+        cfg.data.eval_path = None   # the preset's eval file belongs to the preset's data

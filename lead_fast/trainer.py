@@ -76,6 +76,8 @@ class Trainer:
         self.eval = tokenize_prompts(ev, self.tok, what="eval", **prompt_kw)
         if cfg.run.epochs > 0:
             cfg.run.max_steps = math.ceil(cfg.run.epochs * len(self.train) / cfg.optim.prompts_per_step)
+            self.log(f"run.epochs {cfg.run.epochs}: {cfg.run.max_steps} steps of {cfg.optim.prompts_per_step} prompts "
+                     f"over {len(self.train)} training prompts")
 
         # Policy: fp32 master weights; on CUDA bf16 compute via FSDP2's mixed precision.
         dtype = resolve_dtype(cfg.model.dtype, self.device)
@@ -165,8 +167,11 @@ class Trainer:
                     break
         dist.barrier()
         if self.rank == 0 and os.path.exists(self.metrics.path):
-            png = plot_metrics(self.metrics.path, os.path.join(cfg.run.output_dir, "metrics.png"))
-            self.log(f"wrote {self.metrics.path} and {png}")
+            try:
+                png = plot_metrics(self.metrics.path, os.path.join(cfg.run.output_dir, "metrics.png"))
+                self.log(f"wrote {self.metrics.path} and {png}")
+            except Exception as e:  # noqa: BLE001 - the run is finished and saved; a plot must not fail it
+                self.log(f"wrote {self.metrics.path}; the plot failed ({type(e).__name__}: {e}), the run did not")
 
     def step(self, step: int) -> dict:
         cfg, algo = self.cfg, self.cfg.algo

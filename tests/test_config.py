@@ -134,3 +134,36 @@ def test_report_to_names_a_known_tracker():
 def test_rollout_settings_the_engines_cannot_honour_are_refused(args, message):
     with pytest.raises(ConfigError, match=message):
         parse_args(args)
+
+
+def test_a_switch_written_alone_is_true_and_other_fields_still_need_a_value():
+    cfg = parse_args(["--run.overwrite", "--max-steps", "2"])
+    assert cfg.run.overwrite is True and cfg.run.max_steps == 2
+    assert parse_args(["--run.overwrite"]).run.overwrite is True
+    assert parse_args(["--run.overwrite", "false"]).run.overwrite is False
+    with pytest.raises(ConfigError, match="--optim.lr needs a value"):
+        parse_args(["--optim.lr"])
+
+
+def test_explicit_values_win_over_what_the_preset_derived():
+    """The 14b preset trains for run.epochs 3 on its own data with aime24 for eval: --max-steps replaces the
+    epochs, --data replaces the eval file too, and both --max-steps and --run.epochs are refused."""
+    base = ["--preset", "grpo_lead_14b", "--model", "/models/x", "--rollout.engine", "hf"]
+    assert parse_args(base).run.epochs == 3
+    cfg = parse_args([*base, "--max-steps", "1"])
+    assert cfg.run.epochs == 0 and cfg.run.max_steps == 1
+    with pytest.raises(ConfigError, match="--max-steps 1 and run.epochs 2.0 both set the length"):
+        parse_args([*base, "--max-steps", "1", "--run.epochs", "2"])
+    cfg = parse_args([*base, "--data", "my.json"])
+    assert cfg.data.path == "my.json" and cfg.data.eval_path is None
+    cfg = parse_args([*base, "--data", "my.json", "--data.eval_path", "ev.json"])
+    assert cfg.data.eval_path == "ev.json"
+
+
+def test_bfloat16_on_cpu_is_refused_at_parse_time():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA machine: bfloat16 is allowed")
+    with pytest.raises(ConfigError, match="model.dtype bfloat16 needs CUDA"):
+        parse_args(["--model.dtype", "bfloat16"])

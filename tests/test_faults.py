@@ -190,6 +190,16 @@ def test_budget_beyond_the_models_context_is_refused_before_work(embedded_model,
     assert not (tmp_path / "o" / "metrics.jsonl").exists()
 
 
+def test_a_failing_plot_does_not_fail_a_finished_run(embedded_model, tmp_path):
+    broken = tmp_path / "site" / "matplotlib"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text('raise RuntimeError("a broken matplotlib")\n')
+    out = tmp_path / "o"
+    p = check(_train(embedded_model, out, "--max-steps", "1", PYTHONPATH=str(tmp_path / "site")))
+    assert "the plot failed" in p.stdout and "the run did not" in p.stdout
+    assert len(_rows(out)) == 1 and latest_checkpoint(str(out)) is not None
+
+
 def test_tokenizer_whose_eos_is_not_a_model_token(embedded_model, tmp_path):
     from lead_fast.model import ModelError, load_tokenizer
 
