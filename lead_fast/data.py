@@ -168,8 +168,9 @@ def load_task(cfg) -> tuple[list[Problem], list[Problem], str]:
 
 
 def tokenize_prompts(problems: list[Problem], tokenizer, *, instruction: str, template: str, max_tokens: int,
-                     what: str, log=print) -> list[tuple[list[int], str]]:
-    """``(prompt ids, gold answer)`` per problem; prompts over ``max_tokens`` are skipped and counted."""
+                     what: str, preset: str | None = None, log=print) -> list[tuple[list[int], str]]:
+    """``(prompt ids, gold answer)`` per problem; prompts over ``max_tokens`` are skipped and counted
+    (``preset``: the preset in force, named in the refusal since it may have set the limit)."""
     out, skipped = [], 0
     for p in problems:
         ids = build_prompt(tokenizer, p.problem, instruction, template)
@@ -178,8 +179,11 @@ def tokenize_prompts(problems: list[Problem], tokenizer, *, instruction: str, te
             continue
         out.append((ids, p.answer))
     if not out:
+        longest = max(len(build_prompt(tokenizer, p.problem, instruction, template)) for p in problems)
+        source = f" (the {preset} preset's value unless you set it)" if preset else ""
         raise DataError(f"every one of the {len(problems)} {what} prompts is longer than "
-                        f"data.max_prompt_tokens={max_tokens} tokens; raise the limit")
+                        f"data.max_prompt_tokens={max_tokens} tokens{source}; the longest has {longest}: raise "
+                        f"the limit with --data.max_prompt_tokens {longest}")
     if skipped:
         log(f"WARNING: skipped {skipped} of {len(problems)} {what} prompts longer than "
             f"data.max_prompt_tokens={max_tokens}")

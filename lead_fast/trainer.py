@@ -71,7 +71,7 @@ class Trainer:
                       flags="--data.max_prompt_tokens or --rollout.max_new_tokens")
         self.tok = load_tokenizer(self.model_dir)
         prompt_kw = dict(instruction=instruction, template=cfg.data.template, max_tokens=cfg.data.max_prompt_tokens,
-                         log=self.log)
+                         preset=cfg.preset, log=self.log)
         self.train = tokenize_prompts(train, self.tok, what="training", **prompt_kw)
         self.eval = tokenize_prompts(ev, self.tok, what="eval", **prompt_kw)
         if cfg.run.epochs > 0:

@@ -190,6 +190,12 @@ def test_budget_beyond_the_models_context_is_refused_before_work(embedded_model,
     assert not (tmp_path / "o" / "metrics.jsonl").exists()
 
 
+def test_prompts_all_over_the_budget_name_the_preset_and_the_flag(embedded_model, tmp_path):
+    msg = _refused(_train(embedded_model, tmp_path / "o", "--data.max_prompt_tokens", "4"))
+    assert "longer than data.max_prompt_tokens=4 tokens (the tiny preset's value unless you set it)" in msg
+    assert "raise the limit with --data.max_prompt_tokens" in msg
+
+
 def test_a_failing_plot_does_not_fail_a_finished_run(embedded_model, tmp_path):
     broken = tmp_path / "site" / "matplotlib"
     broken.mkdir(parents=True)
