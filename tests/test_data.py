@@ -51,7 +51,7 @@ def test_prompts_too_long_are_skipped_or_refused(embedded_model):
     problems = load_problems(str(DATA_DIR / "aime24.json"))
     logged = []
     kw = dict(instruction="Answer.", template="plain", what="training", log=logged.append)
-    with pytest.raises(DataError, match="longer than data.max_prompt_tokens=3 tokens; raise the limit"):
+    with pytest.raises(DataError, match=r"longer than data.max_prompt_tokens=3 tokens; the longest has \d+: raise the limit"):
         tokenize_prompts(problems, tok, max_tokens=3, **kw)
     lengths = sorted(len(ids) for ids, _ in tokenize_prompts(problems, tok, max_tokens=10**6, **kw))
     kept = tokenize_prompts(problems, tok, max_tokens=lengths[14], **kw)
