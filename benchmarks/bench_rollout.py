@@ -108,7 +108,8 @@ def _run_in_own_process(name: str, model_dir: str, args) -> dict:
         if p.returncode != 0:
             tail = (p.stderr.strip().splitlines() or ["(no output)"])[-1]
             return {"engine": name, "status": f"error: exit {p.returncode}: {tail}"[:300]}
-        return json.load(open(f.name))
+        with open(f.name) as row:
+            return json.load(row)
 
 
 def main(argv=None) -> list[dict]:

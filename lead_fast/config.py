@@ -694,7 +694,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
             explicit.add(key)
     if args.resume:
         cfg.run.resume = True
-    _settle_preset_values(cfg, args.preset, explicit)
+    _settle_preset_values(cfg, explicit)
     return validate(cfg)
 
 
@@ -703,7 +703,7 @@ def _is_bool(cfg: TrainConfig, key: str) -> bool:
     return isinstance(getattr(getattr(cfg, section, None), name, None), bool)
 
 
-def _settle_preset_values(cfg: TrainConfig, preset: str, explicit: set[str]) -> None:
+def _settle_preset_values(cfg: TrainConfig, explicit: set[str]) -> None:
     """A value the user gave wins over what the preset derived from another field, and the two are never
     silently at odds: ``--max-steps`` replaces the preset's ``run.epochs``; ``--data`` replaces the preset's
     eval file (the eval problems are then held out from the user's data); both given is a config error."""

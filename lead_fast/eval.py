@@ -317,13 +317,12 @@ def run(argv=None) -> int:
     if done:
         log(f"skipping {len(done)} problems already in {args.output_dir}/samples.jsonl")
     mine = todo[rank::world]
-    prompts = {i: build_prompt(tok, problems[i].problem, settings.instruction, settings.template) for i in mine}
-    longest = max((len(p) for p in prompts.values()), default=1)
-    # every rank checks the longest prompt of all (not just its own), so that all ranks agree
-    longest_anywhere = max((len(build_prompt(tok, p.problem, settings.instruction, settings.template))
-                            for p in problems), default=1)
-    check_context(settings.model, longest_anywhere, settings.max_new_tokens,
+    # every rank tokenizes every problem once and checks the longest of all, so that all ranks agree
+    all_prompts = [build_prompt(tok, p.problem, settings.instruction, settings.template) for p in problems]
+    check_context(settings.model, max(map(len, all_prompts), default=1), settings.max_new_tokens,
                   flags="--max-new-tokens (or leave out the longest problems)")
+    prompts = {i: all_prompts[i] for i in mine}
+    longest = max((len(p) for p in prompts.values()), default=1)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     memory = EngineMemory(gpu_memory_utilization=args.gpu_memory_utilization, kv_cache_gib=args.kv_cache_gib,
                           batch_tokens=args.batch_problems * settings.n * (longest + settings.max_new_tokens),

@@ -37,28 +37,27 @@ def _check_weights_present(path: str) -> None:
         raise ModelError(f"model directory {path} has no weights (none of {', '.join(WEIGHT_FILES)})")
 
 
-def model_vocab_size(path: str) -> int | None:
-    """The model's vocabulary size from its config (the rows of its embedding)."""
+def _text_config(path: str):
+    """The model's (text) config, or ModelError naming the directory."""
     from transformers import AutoConfig
 
+    check_model_dir(path)
     try:
         cfg = AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as e:
         raise ModelError(f"cannot read {os.path.join(path, 'config.json')}: {e}") from None
-    text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-    return getattr(text, "vocab_size", None)
+    return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+
+
+def model_vocab_size(path: str) -> int | None:
+    """The model's vocabulary size from its config (the rows of its embedding)."""
+    return getattr(_text_config(path), "vocab_size", None)
 
 
 def check_context(path: str, prompt_tokens: int, new_tokens: int, *, flags: str) -> None:
     """Refuse a prompt + response budget beyond the model's positions (``max_position_embeddings``): vLLM
     refuses it at start-up and transformers would generate past what the model was trained on, silently."""
-    from transformers import AutoConfig
-
-    try:
-        cfg = AutoConfig.from_pretrained(path)
-    except (OSError, ValueError) as e:
-        raise ModelError(f"cannot read {os.path.join(path, 'config.json')}: {e}") from None
-    text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    text = _text_config(path)
     context = getattr(text, "max_position_embeddings", None)
     if context is not None and prompt_tokens + new_tokens > context:
         raise ModelError(

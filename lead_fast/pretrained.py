@@ -90,6 +90,7 @@ def build(name: str, out_dir: str, *, wheel: str | None = None, log=print) -> st
             raise PretrainedError(f"the GGUF's weights do not fit {type(model).__name__}: missing {missing[:3]}, "
                                   f"unexpected {unexpected[:3]}")
         model.tie_weights()
+        parameters = sum(p.numel() for p in model.parameters())
         staged = os.path.join(tmp, "model")
         model.save_pretrained(staged)
         if tok.pad_token is None:      # SmolLM2 has one; said, not silently chosen, if a build lacks it
@@ -102,11 +103,11 @@ def build(name: str, out_dir: str, *, wheel: str | None = None, log=print) -> st
         gen.save_pretrained(staged)
         with open(os.path.join(staged, DONE), "w") as f:
             json.dump({"model": spec["name"], "package": spec["package"], "version": spec["version"],
-                       "gguf": spec["gguf"], "parameters": sum(p.numel() for p in model.parameters())}, f)
+                       "gguf": spec["gguf"], "parameters": parameters}, f)
         if os.path.exists(out_dir):
             shutil.rmtree(out_dir)
         os.replace(staged, out_dir)
-    log(f"wrote {spec['name']} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, tied "
+    log(f"wrote {spec['name']} ({parameters / 1e6:.1f}M parameters, tied "
         f"embeddings: {model.config.tie_word_embeddings}) to {out_dir}")
     return out_dir
 

@@ -45,12 +45,10 @@ def test_loss_head_gradient_reaches_the_shared_weight_once(tied_model_dir):
     ids = torch.randint(2, V, (1, 12), generator=g)
     positions, targets = torch.arange(4, 11), ids[0, 5:12]
     adv = torch.randn(7, generator=g, dtype=torch.float64)
-    grads = []
     for lm in (tied, untied):
         out = PolicyWithHead(lm)(ids, torch.ones_like(ids), positions, targets, advantages=adv,
                                  token_weights=torch.full((7,), 1 / 7, dtype=torch.float64), backend="torch")
         out.loss.backward()
-        grads.append(lm)
     want = untied.model.embed_tokens.weight.grad + untied.lm_head.weight.grad
     torch.testing.assert_close(tied.model.embed_tokens.weight.grad, want, rtol=1e-10, atol=1e-12)
     assert untied.lm_head.weight.grad.abs().sum() > 0 and untied.model.embed_tokens.weight.grad.abs().sum() > 0
