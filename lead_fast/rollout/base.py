@@ -92,37 +92,3 @@ def stop_token_ids(model_path: str, tokenizer) -> tuple[int, ...]:
             gen = json.load(f).get("eos_token_id")
         ids += [gen] if isinstance(gen, int) else list(gen or [])
     return tuple(dict.fromkeys(i for i in ids if i is not None))
-
-
-def make_engine(kind: str, model_path: str, *, device: torch.device, dtype: torch.dtype, tokenizer, seed: int,
-                max_model_len: int, memory: EngineMemory = EngineMemory(), colocated: bool = True,
-                logprobs: bool = False, hf_batching: str = "generate", enforce_eager: str = "auto") -> RolloutEngine:
-    """The engine named ``kind`` (``hf`` or ``vllm``) for ``model_path``.
-
-    ``colocated``: the engine shares the device with a trainer (vLLM then sleeps after each ``generate``
-    where the platform can, and needs ``update_weights`` before the next). ``memory``: the vLLM engine's
-    memory (``EngineMemory``). ``logprobs``: completions carry the engine's log-probs (vLLM).
-    ``hf_batching``: ``generate`` or ``continuous`` (transformers' paged continuous batching).
-    ``enforce_eager``: vLLM without torch.compile / CUDA graphs (``auto``: on CPU only).
-    The ``hf`` engine runs on ``device``; ``vllm`` uses the current CUDA device, or the CPU build's.
-    """
-    stops = stop_token_ids(model_path, tokenizer)
-    if kind == "hf":
-        from lead_fast.rollout.hf import HFEngine
-
-        return HFEngine(model_path, device=device, dtype=dtype, tokenizer=tokenizer, stop_token_ids=stops,
-                        batching=hf_batching)
-    if kind == "vllm":
-        from lead_fast.config import ConfigError, vllm_import_problem
-
-        problem = vllm_import_problem()
-        if problem:
-            raise ConfigError(problem)
-        from lead_fast.rollout.vllm_engine import EngineMemoryError, VLLMEngine
-
-        try:
-            return VLLMEngine(model_path, dtype=dtype, seed=seed, max_model_len=max_model_len, stop_token_ids=stops,
-                              memory=memory, sleep=colocated, logprobs=logprobs, enforce_eager=enforce_eager)
-        except EngineMemoryError as e:
-            raise ConfigError(str(e)) from None
-    raise ValueError(f"unknown rollout engine {kind!r}; choose hf or vllm")

@@ -13,7 +13,7 @@ import torch
 
 from lead_fast.model import load_tokenizer
 from lead_fast.rollout import SamplingSettings
-from lead_fast.rollout.base import make_engine
+from lead_fast.rollout.factory import make_engine
 from tests.launch import STANDIN
 
 

@@ -15,7 +15,8 @@ import torch
 from lead_fast.distributed import step_seed
 from lead_fast.model import load_tokenizer
 from lead_fast.rollout import EngineMemory, SamplingSettings
-from lead_fast.rollout.base import make_engine, stop_token_ids
+from lead_fast.rollout.base import stop_token_ids
+from lead_fast.rollout.factory import make_engine
 from tests.launch import ROOT, check, python, torchrun
 
 
