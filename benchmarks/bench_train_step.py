@@ -114,7 +114,8 @@ def run_row(name, model_dir, samples, device, dtype, budget, steps, *, usual=Fal
         apply_liger_kernels(lm, liger, device)
         policy = shard(PolicyWithHead(lm), device, dtype, checkpointing)
         cfg = TrainConfig()
-        cfg.optim.packing, cfg.optim.micro_batch_tokens, cfg.optim.loss_backend = packing, budget, "auto"
+        cfg.optim.packing = "on" if packing else "off"
+        cfg.optim.micro_batch_tokens, cfg.optim.loss_backend = budget, "auto"
         cfg.rollout.temperature = 1.0
         cfg.algo.reweight = False   # the plain clipped GRPO loss, as row (a) computes it
         opt = torch.optim.AdamW(policy.parameters(), lr=1e-6)

@@ -1,9 +1,10 @@
 """The update: one rollout batch in, ``updates_per_batch`` optimizer steps out.
 
-Micro-batches are planned by a token budget: packed (default), each micro-batch is one ``(1, T)`` row of
-concatenated sequences whose ``position_ids`` restart at 0 per sequence, the sequences spread over the
-same number of micro-batches on every rank by a balanced partition; or right-padded rows (``optim.packing
-false``). The old-policy pass (only when
+Micro-batches are planned by a token budget: packed (``optim.packing``: on, or auto with flash-attn's
+varlen attention), each micro-batch is one ``(1, T)`` row of concatenated sequences whose ``position_ids``
+restart at 0 per sequence, the sequences spread over the same number of micro-batches on every rank by a
+balanced partition; or right-padded rows sorted by length (off, or auto with sdpa/eager, where a packed
+row's mask costs attention over the whole row). The old-policy pass (only when
 ``updates_per_batch > 1``) and the reference pass (only when ``kl_coef > 0``) run first, without a graph;
 then each mini-batch accumulates gradients over its micro-batches, syncs them once, clips, and steps —
 unless the loss or gradient is non-finite, in which case the step is skipped and counted.
@@ -164,6 +165,8 @@ class Updater:
         self.opt, self.sched = optimizer, scheduler
         self.pad_id, self.device, self.rank, self.world, self.log = pad_id, device, rank, world, log
         self.nonfinite_in_a_row = 0
+        self.packed = cfg.optim.packed(cfg.model.attn_implementation)
+        self.budget = cfg.optim.micro_batch_budget(torch.device(device).type)
         # Stands in on a rank with fewer micro-batches than another: FSDP2 gathers in every forward, so
         # all ranks run the same number; its tokens weigh 0.
         self.filler = Sample([pad_id], [pad_id], 0.0, 0.0)
@@ -171,8 +174,8 @@ class Updater:
     def _plan(self, samples: list[Sample]) -> list[tuple[list[Sample], bool]]:
         """Collective. Micro-batches, padded with filler ones to the largest count on any rank;
         ``(batch, real)``. Packed: as many as the rank with the most tokens needs, balanced by cost."""
-        budget = self.cfg.optim.micro_batch_tokens
-        if self.cfg.optim.packing:
+        budget = self.budget
+        if self.packed:
             tokens = sum(len(s.prompt) + len(s.response) for s in samples)
             plan = balanced_partition(samples, all_max(-(-tokens // budget), self.device), budget)
         else:
@@ -181,7 +184,7 @@ class Updater:
         return [(b, True) for b in plan] + [([self.filler], False)] * (n - len(plan))
 
     def _collate(self, batch: list[Sample], token_weight) -> MicroBatch:
-        if self.cfg.optim.packing:
+        if self.packed:
             return collate_packed(batch, self.device, token_weight)
         return collate(batch, self.pad_id, self.device, token_weight)
 
