@@ -30,7 +30,9 @@ PACKING_ATTENTION = ("sdpa", "eager", "flash_attention_2")
 @dataclass
 class ModelConfig:
     path: str | None = None
-    """Local Hugging Face model directory (config, weights, tokenizer). None: build the embedded tiny model."""
+    """Local Hugging Face model directory (config, weights, tokenizer); or pretrained:NAME, a model lead_fast
+    builds from the package index and caches (pretrained:smollm2; python -m lead_fast.pretrained). None: build
+    the embedded tiny model."""
     dtype: str = "auto"
     """Compute dtype of the trainer (FSDP2 mixed precision; fp32 master weights) and of the rollout engine:
     auto (bfloat16 on CUDA, float32 on CPU), float32, or bfloat16 (CUDA only)."""
@@ -57,7 +59,10 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     path: str | None = None
-    """Training problems: a .json, .jsonl or .parquet file, a datasets directory (save_to_disk, or data files), or a hub name org/name. None: the embedded synthetic arithmetic task."""
+    """Training problems: a .json, .jsonl or .parquet file, a datasets directory (save_to_disk, or data files), or a hub name org/name. None: the generated task, a + b (see operands)."""
+    operands: tuple[int, int] = (0, 20)
+    """The generated task (data.path none): every a + b with both operands in [lo, hi), as lo,hi (over 2,000
+    pairs: a fixed sample of 2,000)."""
     split: str = "train"
     """The split to read from a datasets directory or hub dataset."""
     subset: str | None = None
@@ -214,14 +219,33 @@ class OptimConfig:
     """Prompts per rollout batch, across all ranks (must divide by the world size)."""
     updates_per_batch: int = 1
     """Optimizer steps per rollout batch (1 = on-policy: no old-policy log-prob pass)."""
-    micro_batch_tokens: int = 16384
-    """Token budget (prompt + response) of one forward/backward micro-batch (real tokens when packing)."""
-    packing: bool = True
-    """Pack each micro-batch's sequences into one row (no padding); off: right-padded rows."""
+    micro_batch_tokens: int = 0
+    """Token budget (prompt + response) of one forward/backward micro-batch (real tokens when packed). 0:
+    automatic: 16384 on CUDA; 1024 on CPU, where a larger micro-batch is no faster and its activations grow
+    with it (benchmarks/bench_vs_trl.py)."""
+    packing: str = "auto"
+    """Micro-batch layout: on (one row of concatenated sequences, no padding), off (right-padded rows, sorted
+    by length), or auto: on with flash_attention_2, whose varlen kernel keeps sequences apart at no extra
+    cost; off with sdpa and eager, which apply a packed row's block-diagonal mask over the whole row, so its
+    attention work grows with the row's length squared (measured on CPU: 1.5x the update time of padded rows)."""
     loss_backend: str = "auto"
     """Loss head backend: auto, torch or triton."""
     loss_chunk_size: int = 0
     """Tokens per loss-head chunk (0: chosen from free memory)."""
+
+    def __post_init__(self):
+        aliases = {"true": "on", "false": "off", "1": "on", "0": "off", "yes": "on", "no": "off"}
+        self.packing = aliases.get(str(self.packing).lower(), str(self.packing).lower())
+        if self.packing not in ("auto", "on", "off"):
+            raise ConfigError(f"optim.packing must be auto, on or off, got {self.packing!r}")
+
+    def packed(self, attn_implementation: str) -> bool:
+        """Whether micro-batches are packed rows, for this attention implementation."""
+        return self.packing == "on" or (self.packing == "auto" and attn_implementation == "flash_attention_2")
+
+    def micro_batch_budget(self, device_type: str) -> int:
+        """The micro-batch token budget on this device (``micro_batch_tokens``, or its automatic value)."""
+        return self.micro_batch_tokens or (16384 if device_type == "cuda" else 1024)
 
 
 @dataclass
@@ -245,7 +269,9 @@ class RunConfig:
     seed: int = 0
     """Seed for data order, sampling and initialization; with it a run is reproducible."""
     warm_start_steps: int = 0
-    """Supervised warm-start steps on worked solutions (embedded task only)."""
+    """Supervised warm-start steps before GRPO, written to OUTPUT_DIR/base_model (built once, reused on
+    resume): the embedded tiny model learns worked solutions of mixed quality; a given model learns the
+    answer format on one-digit sums (a \\boxed{} answer, concise or checked), whatever data it then trains on."""
     max_nonfinite_steps: int = 3
     """Stop after this many steps in a row with a non-finite loss or gradient (each is skipped)."""
     report_to: list[str] = field(default_factory=list)
@@ -267,13 +293,14 @@ class TrainConfig:
 
     def make_paths_absolute(self) -> None:
         """Model, data and output paths made absolute, so a run's stored config works from any directory
-        (a data path that does not exist is left alone: it may be a hub name)."""
+        (a data path that does not exist is left alone: it may be a hub name; so is pretrained:NAME)."""
         import os
 
         for section, key in (("model", "path"), ("data", "path"), ("data", "eval_path"), ("run", "output_dir")):
             value = getattr(getattr(self, section), key)
-            if value is not None and (section != "data" or os.path.exists(value)):
-                setattr(getattr(self, section), key, os.path.abspath(value))
+            if value is None or value.startswith("pretrained:") or (section == "data" and not os.path.exists(value)):
+                continue
+            setattr(getattr(self, section), key, os.path.abspath(value))
 
 
 def check_world(cfg: TrainConfig, world: int) -> None:
@@ -310,7 +337,6 @@ def tiny() -> TrainConfig:
     # lr 1e-3 collapsed the policy to one constant answer within 10 steps; 2e-4 learns steadily.
     c.optim.lr = 2e-4
     c.optim.prompts_per_step = 16
-    c.optim.micro_batch_tokens = 4096
     c.run.output_dir = "runs/tiny"
     c.run.max_steps = 80
     c.run.eval_every = 20
@@ -358,7 +384,66 @@ def grpo_lead_14b() -> TrainConfig:
     return c
 
 
-PRESETS = {"tiny": tiny, "grpo_lead_14b": grpo_lead_14b}
+def defaults() -> TrainConfig:
+    """The dataclass defaults, meant for your own model (what --model without --preset gets)."""
+    return TrainConfig(preset="defaults")
+
+
+def smollm2() -> TrainConfig:
+    """A real pretrained model on CPU: SmolLM2-135M-Instruct (built from the package index), a format
+    warm-up on one-digit sums, then GRPO-LEAD on sums of two-digit numbers; 2 CPU ranks, under 30 minutes."""
+    c = TrainConfig(preset="smollm2")
+    c.model.path = "pretrained:smollm2"
+    c.data.operands = (10, 100)
+    c.data.eval_size = 64
+    c.data.max_prompt_tokens = 64          # the chat template's system turn + the problem: 50 tokens
+    c.rollout.n = 8
+    c.rollout.temperature = 0.7
+    c.rollout.max_new_tokens = 64
+    c.rollout.eval_temperature = 0.6
+    c.rollout.eval_n = 2
+    c.algo.format_error_reward = -1.0      # a response cut off before its box must not beat a wrong one
+    c.algo.alpha = 0.2
+    c.optim.lr = 1e-5
+    c.optim.prompts_per_step = 8
+    c.run.output_dir = "runs/smollm2"
+    c.run.max_steps = 20                   # about 45 s a step on 2 cores: 20 steps, 5 evals, the warm-up: ~22 min
+    c.run.eval_every = 5
+    c.run.warm_start_steps = 30
+    return c
+
+
+PRESETS = {"tiny": tiny, "smollm2": smollm2, "grpo_lead_14b": grpo_lead_14b, "defaults": defaults}
+
+
+def preset_changes(name: str) -> dict[str, object]:
+    """``{section.field: value}`` for each field preset ``name`` sets away from the dataclass defaults."""
+    base, cfg = TrainConfig(), PRESETS[name]()
+    return {f"{s}.{f.name}": getattr(getattr(cfg, s), f.name) for s in SECTIONS
+            for f in dataclasses.fields(getattr(cfg, s))
+            if getattr(getattr(cfg, s), f.name) != getattr(getattr(base, s), f.name)}
+
+
+def preset_table() -> str:
+    """The markdown table of what each preset changes (README's; a test keeps the two equal)."""
+    names = [n for n in PRESETS if n != "defaults"]
+    changes = {n: preset_changes(n) for n in names}
+    keys = sorted(set().union(*changes.values()))
+    base = TrainConfig()
+
+    def show(v):
+        if isinstance(v, str) and "/data/grpo_lead/" in v:
+            v = "data/grpo_lead/" + v.split("/data/grpo_lead/")[1]
+        if isinstance(v, (list, tuple)):
+            return ",".join(map(str, v)) if isinstance(v, tuple) else "[" + ", ".join(map(str, v)) + "]"
+        return "none" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
+
+    rows = ["| field | default | " + " | ".join(f"`{n}`" for n in names) + " |", "|---" * (len(names) + 2) + "|"]
+    for k in keys:
+        s, f = k.split(".")
+        cells = [f"`{show(changes[n][k])}`" if k in changes[n] else "" for n in names]
+        rows.append(f"| `{k}` | `{show(getattr(getattr(base, s), f))}` | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
 
 # Short flags for the common fields.
 SHORT_FLAGS = {
@@ -525,7 +610,7 @@ RANGES: dict[str, tuple] = {
     "optim.grad_clip": (lambda v: v >= 0, ">= 0 (0 turns clipping off)"),
     "optim.prompts_per_step": (lambda v: v >= 1, ">= 1"),
     "optim.updates_per_batch": (lambda v: v >= 1, ">= 1"),
-    "optim.micro_batch_tokens": (lambda v: v >= 1, ">= 1"),
+    "optim.micro_batch_tokens": (lambda v: v >= 0, ">= 0 (0: automatic)"),
     "optim.loss_chunk_size": (lambda v: v >= 0, ">= 0 (0: from free memory)"),
     "run.max_steps": (lambda v: v >= 0, ">= 0"),
     "run.epochs": (lambda v: v >= 0, ">= 0"),
@@ -564,14 +649,23 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"algo.w_min ({cfg.algo.w_min}) must not exceed algo.w_max ({cfg.algo.w_max})")
     if cfg.run.resume and cfg.run.overwrite:
         raise ConfigError("--resume and --run.overwrite contradict each other: continue the run, or delete it")
-    if cfg.optim.packing and cfg.model.attn_implementation not in PACKING_ATTENTION:
+    if cfg.optim.packing == "on" and cfg.model.attn_implementation not in PACKING_ATTENTION:
         raise ConfigError(f"optim.packing needs an attention implementation that keeps packed sequences apart "
                           f"({', '.join(PACKING_ATTENTION)}); model.attn_implementation is "
-                          f"{cfg.model.attn_implementation!r}. Choose one of those or set --optim.packing false")
+                          f"{cfg.model.attn_implementation!r}. Choose one of those or set --optim.packing auto or off")
     if cfg.optim.loss_backend not in ("auto", "torch", "triton"):
         raise ConfigError(f"optim.loss_backend must be auto, torch or triton, got {cfg.optim.loss_backend!r}")
     if cfg.preset != "tiny" and cfg.model.path is None:
         raise ConfigError(f"preset {cfg.preset!r} needs --model (a local model directory)")
+    lo, hi = cfg.data.operands
+    if not 0 <= lo < hi:
+        raise ConfigError(f"data.operands must be two numbers lo,hi with 0 <= lo < hi, got {lo},{hi}")
+    if cfg.model.path is not None and cfg.model.path.startswith("pretrained:"):
+        from lead_fast.pretrained import MODELS, PREFIX
+
+        if cfg.model.path[len(PREFIX):] not in MODELS:
+            raise ConfigError(f"model.path {cfg.model.path!r}: lead_fast builds "
+                              f"{', '.join(PREFIX + m for m in MODELS)}; anything else must be a local model directory")
     _check_trackers(cfg.run.report_to)
     if cfg.rollout.engine == "vllm":
         problem = vllm_import_problem()
@@ -643,7 +737,10 @@ def help_text() -> str:
             lines.append(f"    --{s}.{f.name} (default {default!r})\n        {docs.get(f.name, '')}")
     short = ", ".join(f"{k} = --{v}" for k, v in SHORT_FLAGS.items())
     lines.append(f"\n  Short flags: {short}")
-    lines.append("  Presets: " + "; ".join(f"{k}: {v.__doc__}" for k, v in PRESETS.items()))
+    lines.append("\n  Presets (--preset NAME; without it: tiny, or defaults when a model is given):")
+    for name, make in PRESETS.items():
+        changed = ", ".join(f"{k}={v}" for k, v in preset_changes(name).items()) or "nothing"
+        lines.append(f"    {name}: {' '.join(make.__doc__.split())}\n        sets: {changed}")
     return "\n".join(lines)
 
 
@@ -652,12 +749,15 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     ap = argparse.ArgumentParser(
         prog="torchrun -m lead_fast.train", description="GRPO-LEAD training with lead_fast.",
         epilog=help_text(), formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
-    ap.add_argument("--preset", default="tiny", help=f"named preset: {', '.join(PRESETS)} (default tiny)")
+    ap.add_argument("--preset", help=f"named preset: {', '.join(PRESETS)} (default: tiny, or defaults when a model "
+                                     "is given with --model, --model.path or the config file)")
     ap.add_argument("--config", help="YAML file of sections (model:, data:, ...) applied over the preset")
     ap.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
     for flag, key in SHORT_FLAGS.items():
         ap.add_argument(flag, dest=key, default=None, help=f"same as --{key}")
     args, rest = ap.parse_known_args(argv)
+    if args.preset is None:     # the demo's settings only for the demo's model; a user's model gets the defaults
+        args.preset = "defaults" if _names_a_model(args, rest) else "tiny"
     if args.preset not in PRESETS:
         raise ConfigError(f"unknown preset {args.preset!r}{_suggest(args.preset, PRESETS)}; choose one of "
                           f"{', '.join(PRESETS)}")
@@ -696,6 +796,22 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         cfg.run.resume = True
     _settle_preset_values(cfg, explicit)
     return validate(cfg)
+
+
+def _names_a_model(args, rest: list[str]) -> bool:
+    """Whether the command line or the config file gives a model (before any preset is applied)."""
+    if getattr(args, "model.path") is not None or any(t == "--model.path" or t.startswith("--model.path=") for t in rest):
+        return True
+    if args.config:
+        import yaml
+
+        try:
+            with open(args.config, encoding="utf-8") as f:
+                data = yaml.safe_load(f)
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            return False        # load_yaml reports it, with the reason
+        return isinstance(data, dict) and isinstance(data.get("model"), dict) and data["model"].get("path") is not None
+    return False
 
 
 def _is_bool(cfg: TrainConfig, key: str) -> bool:

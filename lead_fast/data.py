@@ -152,12 +152,13 @@ def split_eval(problems: list[Problem], eval_size: int, seed: int) -> tuple[list
 
 
 def load_task(cfg) -> tuple[list[Problem], list[Problem], str]:
-    """``(train problems, eval problems, instruction)`` for a ``TrainConfig``; no data path: the demo task."""
+    """``(train problems, eval problems, instruction)`` for a ``TrainConfig``; no data path: the generated
+    task (sums with operands in ``data.operands``)."""
     d = cfg.data
     if d.path is None:
         from lead_fast.demo import TASK_INSTRUCTION, synthetic_problems
 
-        train, ev = split_eval(synthetic_problems(), d.eval_size, cfg.run.seed)
+        train, ev = split_eval(synthetic_problems(tuple(d.operands)), d.eval_size, cfg.run.seed)
         return train, ev, TASK_INSTRUCTION
     train = load_problems(d.path, d.problem_field, d.answer_field, split=d.split, subset=d.subset)
     if d.eval_path:
@@ -180,7 +181,8 @@ def tokenize_prompts(problems: list[Problem], tokenizer, *, instruction: str, te
         out.append((ids, p.answer))
     if not out:
         longest = max(len(build_prompt(tokenizer, p.problem, instruction, template)) for p in problems)
-        source = f" (the {preset} preset's value unless you set it)" if preset else ""
+        source = ("" if not preset else " (the default unless you set it)" if preset == "defaults" else
+                  f" (the {preset} preset's value unless you set it)")
         raise DataError(f"every one of the {len(problems)} {what} prompts is longer than "
                         f"data.max_prompt_tokens={max_tokens} tokens{source}; the longest has {longest}: raise "
                         f"the limit with --data.max_prompt_tokens {longest}")

@@ -17,7 +17,6 @@ import sys
 import time
 
 import torch
-import torch.distributed as dist
 
 from lead_fast.data import Problem, build_prompt
 
@@ -25,9 +24,14 @@ TASK_INSTRUCTION = "Put the final answer within \\boxed{}."
 TASK_MAX = 20  # operands in [0, TASK_MAX)
 
 
-def synthetic_problems() -> list[Problem]:
-    """All ``a + b`` problems with ``0 <= a, b < 20`` (400), in a fixed order."""
-    return [Problem(f"What is {a} + {b}?", str(a + b)) for a in range(TASK_MAX) for b in range(TASK_MAX)]
+def synthetic_problems(operands: tuple[int, int] = (0, TASK_MAX), limit: int = 2000) -> list[Problem]:
+    """Every ``a + b`` problem with both operands in ``[lo, hi)``, in a fixed order (the default range
+    gives the embedded task's 400); more than ``limit`` pairs: a fixed seeded sample of ``limit``."""
+    lo, hi = operands
+    pairs = [(a, b) for a in range(lo, hi) for b in range(lo, hi)]
+    if len(pairs) > limit:
+        pairs = sorted(random.Random(lo * 100_003 + hi).sample(pairs, limit))
+    return [Problem(f"What is {a} + {b}?", str(a + b)) for a, b in pairs]
 
 
 def synthetic_solution(a: int, b: int, rng: random.Random) -> str:
@@ -94,17 +98,28 @@ def build_tiny_model(tokenizer, out_dir: str, *, hidden: int = 128, layers: int 
     return model
 
 
-def prepare_model_dir(output_dir: str, *, steps: int, seed: int, rank: int, log=print) -> str:
-    """Collective: rank 0 builds (or reuses) ``OUTPUT_DIR/base_model``; every rank returns its path."""
+def prepare_model_dir(output_dir: str, *, steps: int, seed: int, rank: int, source: str | None = None,
+                      log=print) -> str:
+    """Collective: rank 0 builds (or reuses) ``OUTPUT_DIR/base_model``; every rank returns its path.
+    ``source`` None: the embedded tiny model after ``steps`` warm-start steps; a model directory: that
+    model after ``steps`` steps of the answer-format warm-up (``format_warm_up``)."""
+    from lead_fast import run_dir
+    from lead_fast.model import ModelError
+
     path = os.path.join(output_dir, "base_model")
-    if rank == 0:
+
+    def build():
         threads = torch.get_num_threads()
         torch.set_num_threads(os.cpu_count() or 1)  # the other ranks wait: give the warm start every core
         try:
-            build_embedded_model(path, steps=steps, seed=seed, log=log)
+            if source is None:
+                build_embedded_model(path, steps=steps, seed=seed, log=log)
+            else:
+                format_warm_up(source, path, steps=steps, seed=seed, log=log)
         finally:
             torch.set_num_threads(threads)
-    dist.barrier()
+
+    run_dir.on_rank0(rank, build, errors=(ModelError,))      # a bad source stops every rank with its message
     return path
 
 
@@ -130,7 +145,10 @@ def build_embedded_model(out_dir: str, *, steps: int, seed: int, log=print) -> s
         tok = train_tokenizer(texts + [p.problem for p in synthetic_problems()], tmp, vocab_size=400)
         model = build_tiny_model(tok, tmp, seed=seed)
         if steps > 0:
-            _sft(model, tok, corpus, steps=steps, seed=seed, log=log)
+            examples = [(build_prompt(tok, p.problem, TASK_INSTRUCTION, "plain"),
+                         tok(sol, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]) for p, sol in corpus]
+            _sft(model, examples, pad_id=tok.pad_token_id, steps=steps, seed=seed, batch=64, lr=3e-3,
+                 schedule=lambda s: min(1.0, (s + 1) / 20) * max(0.1, 1 - s / steps), log=log)
         model.save_pretrained(tmp)
         with open(os.path.join(tmp, MARKER), "w") as f:
             json.dump(spec, f)
@@ -144,28 +162,24 @@ def build_embedded_model(out_dir: str, *, steps: int, seed: int, log=print) -> s
     return out_dir
 
 
-def _sft(model, tok, corpus, *, steps: int, seed: int, batch: int = 64, lr: float = 3e-3, log=print) -> None:
-    """Next-token loss on the solution tokens (and EOS) only."""
+def _sft(model, examples: list[tuple[list[int], list[int]]], *, pad_id: int, steps: int, seed: int, batch: int,
+         lr: float, schedule, clip: float = 1.0, label: str = "warm start", log=print) -> None:
+    """Next-token loss on the response tokens only, ``examples`` being (prompt ids, response ids with EOS);
+    ``schedule(step)`` scales ``lr``."""
     rng = random.Random(seed + 1)
     torch.manual_seed(seed + 1)
-    eos = tok.eos_token_id
-    examples = []
-    for p, sol in corpus:
-        prompt = build_prompt(tok, p.problem, TASK_INSTRUCTION, "plain")
-        resp = tok(sol, add_special_tokens=False)["input_ids"] + [eos]
-        examples.append((prompt, resp))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * max(0.1, 1 - s / steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     model.train()
     bar = None
     if sys.stderr.isatty():  # a bar with ETA on a terminal; the log lines below for logs and CI
         from tqdm import tqdm
 
-        bar = tqdm(total=steps, desc="warm start", unit="step")
+        bar = tqdm(total=steps, desc=label, unit="step")
     for step in range(steps):
         rows = [examples[rng.randrange(len(examples))] for _ in range(batch)]
         T = max(len(a) + len(b) for a, b in rows)
-        ids = torch.full((batch, T), tok.pad_token_id)
+        ids = torch.full((batch, T), pad_id)
         labels = torch.full((batch, T), -100)
         mask = torch.zeros((batch, T), dtype=torch.long)
         for i, (a, b) in enumerate(rows):
@@ -175,15 +189,81 @@ def _sft(model, tok, corpus, *, steps: int, seed: int, batch: int = 64, lr: floa
             mask[i, : len(seq)] = 1
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        if clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.4f}")
-        elif step % 50 == 0 or step == steps - 1:
-            log(f"[warm start] step {step + 1}/{steps} loss {loss.item():.4f}")
+        elif step % max(1, steps // 6) == 0 or step == steps - 1:
+            log(f"[{label}] step {step + 1}/{steps} loss {loss.item():.4f}")
     if bar is not None:
         bar.close()
     model.eval()
+
+
+def format_solution(a: int, b: int, rng: random.Random) -> str:
+    """A correct worked solution of a one-digit sum in the answer format, half concise and half restated
+    and checked once or twice: the warm-up teaches the format (and the box), and leaves length for GRPO-LEAD
+    to win."""
+    s = a + b
+    if rng.random() < 0.5:
+        return f"{a} + {b} = {s}. The answer is \\boxed{{{s}}}."
+    checks = " ".join(f"Check: {s} - {b} = {a}." for _ in range(rng.randint(1, 2)))
+    return f"We add {a} and {b}. {a} + {b} = {s}. {checks} So the answer is \\boxed{{{s}}}."
+
+
+FORMAT_MARKER = "lead_fast_format_warmup.json"
+
+
+def format_warm_up(source: str, out_dir: str, *, steps: int, seed: int, batch: int = 16, lr: float = 2e-5,
+                   log=print) -> str:
+    """Build (or reuse) ``out_dir``: the model in ``source`` after ``steps`` supervised steps on the answer
+    format, on the 100 one-digit sums (``format_solution``; the prompt is the task's, through the chat
+    template when the tokenizer has one, and the loss covers the response and the EOS that ends it). A
+    pretrained chat model answers sums right but chattily and never boxes: this is the short warm-up on
+    the format that README's smollm2 preset states (measured: benchmarks/smollm2_format_warmup.py)."""
+    from transformers import AutoModelForCausalLM
+
+    from lead_fast.model import load_tokenizer
+
+    spec = dict(source=os.path.abspath(source), steps=steps, seed=seed, batch=batch, lr=lr, version=1)
+    marker = os.path.join(out_dir, FORMAT_MARKER)
+    if os.path.exists(marker):
+        with open(marker) as f:
+            if json.load(f) == spec:
+                log(f"[format warm-up] reusing {out_dir}")
+                return out_dir
+    t0 = time.time()
+    tmp = out_dir + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tok = load_tokenizer(source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+        rng = random.Random(seed)
+        examples = []
+        for a in range(10):
+            for b in range(10):
+                prompt = build_prompt(tok, f"What is {a} + {b}?", TASK_INSTRUCTION, "auto")
+                for _ in range(4):       # four drawn solutions per sum: both styles for each
+                    reply = tok(format_solution(a, b, rng), add_special_tokens=False)["input_ids"]
+                    examples.append((prompt, reply + [tok.eos_token_id]))
+        log(f"[format warm-up] {steps} supervised steps (batch {batch}, lr {lr:g}) on one-digit sums, from {source}")
+        _sft(model, examples, pad_id=tok.pad_token_id, steps=steps, seed=seed, batch=batch, lr=lr,
+             schedule=lambda s: 1.0, clip=0.0, label="format warm-up", log=log)
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        if os.path.exists(os.path.join(source, "generation_config.json")):
+            shutil.copy(os.path.join(source, "generation_config.json"), tmp)   # every EOS id of the model
+        with open(os.path.join(tmp, FORMAT_MARKER), "w") as f:
+            json.dump(spec, f)
+    except BaseException:  # Ctrl-C or an error: no half-built directory is left behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if os.path.exists(out_dir):
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    log(f"[format warm-up] built {out_dir} in {time.time() - t0:.1f}s")
+    return out_dir

@@ -226,10 +226,10 @@ def _parse(argv) -> tuple[argparse.Namespace, EvalSettings, list[int]]:
         for key in ("answer_from", "require_think", "unboxed_is_wrong"):
             setattr(algo_cfg, key, a.get(key, getattr(algo_cfg, key)))
         stop = list(run.get("rollout", {}).get("stop", []))
-        if d.get("path") is None:  # the embedded demo's task has its own instruction
+        if d.get("path") is None:  # the generated task has its own instruction (the template stays the run's)
             from lead_fast.demo import TASK_INSTRUCTION
 
-            data_cfg.instruction, data_cfg.template = TASK_INSTRUCTION, "plain"
+            data_cfg.instruction = TASK_INSTRUCTION
     if args.n < 1:
         raise EvalError(f"--n must be >= 1, got {args.n}")
     ks = args.k or default_ks(args.n)

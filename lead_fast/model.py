@@ -66,9 +66,10 @@ def check_context(path: str, prompt_tokens: int, new_tokens: int, *, flags: str)
             f"Lower {flags} so that the two sum to at most {context}.")
 
 
-def load_tokenizer(path: str):
+def load_tokenizer(path: str, log=None):
     """The model directory's tokenizer, with EOS and pad ids checked against the model's vocabulary
-    (a tokenizer whose EOS is not a model token would never let a response end)."""
+    (a tokenizer whose EOS is not a model token would never let a response end). No pad token: EOS pads
+    (said through ``log``; padding is masked by length, so any in-vocabulary id would do)."""
     from transformers import AutoTokenizer
 
     check_model_dir(path)
@@ -81,6 +82,9 @@ def load_tokenizer(path: str):
                          "its tokenizer_config.json")
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
+        if log is not None:
+            log(f"the tokenizer in {path} has no pad token: padding with its EOS {tok.eos_token!r} (padding is "
+                "masked by length; nothing is trained on it)")
     vocab = model_vocab_size(path)
     if vocab is not None:
         bad = {name: i for name, i in (("EOS", tok.eos_token_id), ("pad", tok.pad_token_id)) if not 0 <= i < vocab}

@@ -122,6 +122,24 @@ def model_dir(name: str, *, cache: str | None = None, wheel: str | None = None, 
     return build(name, out, wheel=wheel, log=log)
 
 
+PREFIX = "pretrained:"
+
+
+def resolve_model_path(path: str | None, *, rank: int = 0, log=print) -> str | None:
+    """Collective when ``path`` is ``pretrained:NAME``: rank 0 builds (or finds) the cached directory, every
+    rank returns its path, and a failure stops all ranks with its PretrainedError. Anything else is
+    returned as it is (a model directory, or None for the embedded model)."""
+    if path is None or not path.startswith(PREFIX):
+        return path
+    from lead_fast import run_dir
+
+    name = path[len(PREFIX):]
+    if name not in MODELS:
+        raise PretrainedError(f"unknown model {path!r}; lead_fast builds {', '.join(PREFIX + m for m in MODELS)}")
+    run_dir.on_rank0(rank, lambda: model_dir(name, log=log), errors=(PretrainedError,))
+    return os.path.join(default_cache(), MODELS[name]["name"])
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lead_fast.pretrained", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -96,20 +96,21 @@ def check_free_space(output_dir: str, need_bytes: int) -> None:
                              "free some space or pass another --output-dir")
 
 
-def on_rank0(rank: int, check) -> None:
+def on_rank0(rank: int, check, errors: tuple[type[Exception], ...] = ()) -> None:
     """Collective: run ``check`` on rank 0 only (the output directory is shared) and raise its
-    ``OutputDirError`` on every rank, so all ranks stop together."""
+    ``OutputDirError`` (or one of ``errors``) on every rank, so all ranks stop together."""
     import torch.distributed as dist
 
+    kinds = (OutputDirError, *errors)
     error = None
     if rank == 0:
         try:
             check()
-        except OutputDirError as e:
-            error = str(e)
+        except kinds as e:
+            error = (kinds.index(type(e)) if type(e) in kinds else 0, str(e))
     if dist.is_initialized():
         box = [error]
         dist.broadcast_object_list(box, src=0)
         error = box[0]
     if error is not None:
-        raise OutputDirError(error)
+        raise kinds[error[0]](error[1])

@@ -29,7 +29,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from lead_fast.checkpoint import CheckpointError
     from lead_fast.data import DataError
+    from lead_fast.algo.grading_pool import GradingStartError
     from lead_fast.model import ModelError
+    from lead_fast.pretrained import PretrainedError
     from lead_fast.run_dir import OutputDirError
     from lead_fast.trainer import Trainer
     from lead_fast.update import NonFiniteError
@@ -41,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         trainer = Trainer(cfg)
-    except (ConfigError, DataError, ModelError, OutputDirError, CheckpointError) as e:
+    except (ConfigError, DataError, ModelError, OutputDirError, CheckpointError, PretrainedError,
+            GradingStartError) as e:
         _error(f"cannot start: {e}")
         return done(2)
     except KeyboardInterrupt:
@@ -49,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     try:
         trainer.fit()
-    except (NonFiniteError, CheckpointError) as e:
+    except (NonFiniteError, CheckpointError, GradingStartError) as e:
         _error(f"stopped: {e}")
         return done(1)
     finally:

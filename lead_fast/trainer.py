@@ -41,6 +41,7 @@ from lead_fast.metrics import MetricsLogger, plot_metrics
 from lead_fast.model import (PolicyWithHead, apply_liger_kernels, check_context, load_model, load_tokenizer,
                              resolve_dtype, shard)
 from lead_fast.preemption import StopRequest
+from lead_fast.pretrained import resolve_model_path
 from lead_fast.rollout import EngineMemory, SamplingSettings, make_engine
 from lead_fast.rollout.graded import rollout_and_grade
 from lead_fast.update import Sample, Updater
@@ -60,16 +61,19 @@ class Trainer:
         train, ev, instruction = load_task(cfg)
         run_dir.on_rank0(self.rank, lambda: run_dir.prepare(cfg.run.output_dir, resume=cfg.run.resume,
                                                             overwrite=cfg.run.overwrite))
-        if cfg.model.path is None:
+        # The model: a directory, one built from the package index (pretrained:NAME), or the embedded tiny
+        # model; a warm start (generated task only) writes OUTPUT_DIR/base_model from it.
+        source = resolve_model_path(cfg.model.path, rank=self.rank, log=self.log)
+        if source is None or cfg.run.warm_start_steps:
             from lead_fast.demo import prepare_model_dir
 
             self.model_dir = prepare_model_dir(cfg.run.output_dir, steps=cfg.run.warm_start_steps, seed=cfg.run.seed,
-                                               rank=self.rank, log=self.log)
+                                               rank=self.rank, source=source, log=self.log)
         else:
-            self.model_dir = cfg.model.path
+            self.model_dir = source
         check_context(self.model_dir, cfg.data.max_prompt_tokens, cfg.rollout.max_new_tokens,
                       flags="--data.max_prompt_tokens or --rollout.max_new_tokens")
-        self.tok = load_tokenizer(self.model_dir)
+        self.tok = load_tokenizer(self.model_dir, log=self.log)
         prompt_kw = dict(instruction=instruction, template=cfg.data.template, max_tokens=cfg.data.max_prompt_tokens,
                          preset=cfg.preset, log=self.log)
         self.train = tokenize_prompts(train, self.tok, what="training", **prompt_kw)

@@ -65,8 +65,13 @@ def test_resume_and_overwrite_contradict():
 def test_packing_needs_an_attention_that_isolates_sequences():
     with pytest.raises(ConfigError, match="optim.packing needs an attention implementation .*sdpa, eager, "
                                           "flash_attention_2.*'flex_attention'"):
-        parse_args(["--model.attn_implementation", "flex_attention"])
-    assert parse_args(["--model.attn_implementation", "flex_attention", "--optim.packing", "false"]).optim.packing is False
+        parse_args(["--model.attn_implementation", "flex_attention", "--optim.packing", "on"])
+    off = parse_args(["--model.attn_implementation", "flex_attention", "--optim.packing", "false"])
+    assert off.optim.packing == "off"
+    cfg = parse_args(["--model.attn_implementation", "flex_attention"]).optim       # auto: padded rows
+    assert cfg.packing == "auto" and not cfg.packed("flex_attention") and not cfg.packed("sdpa")
+    assert cfg.packed("flash_attention_2") and parse_args(["--optim.packing", "true"]).optim.packed("sdpa")
+    assert cfg.micro_batch_budget("cpu") == 1024 and cfg.micro_batch_budget("cuda") == 16384
     with pytest.raises(ConfigError, match="model.liger_kernels must be auto, on or off"):
         parse_args(["--model.liger_kernels", "yes"])
     with pytest.raises(ConfigError, match="rollout.enforce_eager must be auto, on or off"):
@@ -82,7 +87,7 @@ BAD = {
     "algo.steepness": "-2", "algo.clip_low": "-0.5", "algo.clip_high": "-0.1", "algo.kl_coef": "-1",
     "algo.entropy_coef": "-0.001", "algo.grade_timeout_s": "0", "algo.grade_workers": "-1", "optim.lr": "-1",
     "optim.weight_decay": "-0.01", "optim.betas": "0.9,1.0", "optim.warmup_steps": "-1", "optim.grad_clip": "-1",
-    "optim.prompts_per_step": "0", "optim.updates_per_batch": "0", "optim.micro_batch_tokens": "0",
+    "optim.prompts_per_step": "0", "optim.updates_per_batch": "0", "optim.micro_batch_tokens": "-1",
     "optim.loss_chunk_size": "-1", "run.max_steps": "-1", "run.epochs": "-1", "run.save_every": "-1",
     "run.keep_last": "-1", "run.eval_every": "-1", "run.seed": "-1", "run.warm_start_steps": "-1",
     "run.max_nonfinite_steps": "0",
@@ -167,3 +172,50 @@ def test_bfloat16_on_cpu_is_refused_at_parse_time():
         pytest.skip("CUDA machine: bfloat16 is allowed")
     with pytest.raises(ConfigError, match="model.dtype bfloat16 needs CUDA"):
         parse_args(["--model.dtype", "bfloat16"])
+
+
+def test_a_users_model_gets_the_defaults_not_the_demos_budgets(tmp_path):
+    """--model without --preset: the dataclass defaults (a real model's budgets), not the tiny demo's
+    32-token prompts and lr 2e-4; the same for a model named in the config file. --preset tiny still works."""
+    from lead_fast.config import TrainConfig
+
+    cfg = parse_args(["--model", "/models/x"])
+    assert cfg.preset == "defaults"
+    assert cfg.data.max_prompt_tokens == TrainConfig().data.max_prompt_tokens == 1024
+    assert cfg.optim.lr == TrainConfig().optim.lr and cfg.run.output_dir == TrainConfig().run.output_dir
+    f = tmp_path / "c.yaml"
+    f.write_text("model:\n  path: /models/x\n")
+    assert parse_args(["--config", str(f)]).preset == "defaults"
+    assert parse_args(["--model.path=/models/x"]).preset == "defaults"
+    assert parse_args([]).preset == "tiny" and parse_args([]).data.max_prompt_tokens == 32
+    tiny = parse_args(["--preset", "tiny", "--model", "/models/x"])
+    assert tiny.preset == "tiny" and tiny.data.max_prompt_tokens == 32 and tiny.model.path == "/models/x"
+
+
+def test_readme_lists_what_each_preset_changes():
+    """README's preset table is the one the code derives (config.preset_table): it cannot drift."""
+    from pathlib import Path
+
+    from lead_fast.config import preset_table
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert preset_table() in readme, "README's preset table is stale: paste config.preset_table()'s output"
+
+
+def test_smollm2_preset_and_the_generated_task():
+    cfg = parse_args(["--preset", "smollm2"])
+    assert cfg.model.path == "pretrained:smollm2" and cfg.data.path is None and cfg.data.operands == (10, 100)
+    assert parse_args(["--preset", "smollm2", "--data.operands", "20,60"]).data.operands == (20, 60)
+    with pytest.raises(ConfigError, match="data.operands must be two numbers lo,hi with 0 <= lo < hi, got 9,3"):
+        parse_args(["--data.operands", "9,3"])
+    with pytest.raises(ConfigError, match="lead_fast builds pretrained:smollm2"):
+        parse_args(["--model", "pretrained:gpt5"])
+
+
+def test_generated_task_operands():
+    from lead_fast.demo import synthetic_problems
+
+    assert len(synthetic_problems()) == 400 and synthetic_problems()[0].problem == "What is 0 + 0?"
+    big = synthetic_problems((10, 100))
+    assert len(big) == 2000 and big == synthetic_problems((10, 100))
+    assert all(10 <= int(x) < 100 for p in big for x in p.problem[len("What is "):-1].split(" + "))

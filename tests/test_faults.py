@@ -20,7 +20,8 @@ RUN = ["--optim.prompts_per_step", "4", "--rollout.n", "4", "--eval-every", "0",
 
 
 def _train(model, out, *extra, **kw):
-    return python(["-m", "lead_fast.train", "--model", model, "--output-dir", str(out), *RUN, *extra], **kw)
+    return python(["-m", "lead_fast.train", "--preset", "tiny",
+                   "--model", model, "--output-dir", str(out), *RUN, *extra], **kw)
 
 
 def _rows(out):
@@ -257,7 +258,8 @@ def test_export_onto_a_file_or_a_non_empty_directory(three_steps, tmp_path):
 def test_relative_paths_resolve_from_any_directory(embedded_model, tmp_path):
     """A run started with relative --model and --output-dir exports from another working directory."""
     shutil.copytree(embedded_model, tmp_path / "m")
-    p = subprocess.run([sys.executable, "-m", "lead_fast.train", "--model", "m", "--output-dir", "run", *RUN,
+    p = subprocess.run([sys.executable, "-m", "lead_fast.train", "--preset", "tiny",
+                        "--model", "m", "--output-dir", "run", *RUN,
                         "--max-steps", "1"], capture_output=True, text=True, cwd=tmp_path, env=env(), timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     state = json.loads((tmp_path / "run" / "checkpoints" / "step-00000001" / "trainer_state.json").read_text())

@@ -4,6 +4,7 @@ template, ``<|im_end|>`` ending turns). Two steps on two ranks, resume, export, 
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -47,13 +48,17 @@ def test_missing_wheel_is_one_paragraph(tmp_path):
     assert p.returncode == 2 and "no such file" in p.stderr and "Traceback" not in p.stderr
 
 
-def test_two_ranks_train_resume_export_and_eval(smollm2_dir, arith_data, tmp_path):
+def test_smollm2_preset_two_ranks_resume_export_and_eval(smollm2_dir, arith_data, tmp_path):
+    """The smollm2 preset as README runs it (pretrained:smollm2, the format warm-up, the generated task), cut
+    to CI's size: two steps on two ranks, a third by --resume, export, eval of the export with the run's
+    prompt settings."""
     out = tmp_path / "run"
-    run = ["-m", "lead_fast.train", "--model", smollm2_dir, "--data", arith_data, "--output-dir", str(out),
-           "--data.max_prompt_tokens", "128", "--rollout.max_new_tokens", "24", "--optim.prompts_per_step", "4",
-           "--rollout.n", "2", "--optim.lr", "1e-5", "--eval-every", "0", "--data.eval_size", "4",
-           "--algo.drop_no_signal", "false", "--algo.entropy_coef", "0.001", "--save-every", "1"]
-    check(torchrun(2, [*run, "--max-steps", "2"], timeout=900))
+    run = ["-m", "lead_fast.train", "--preset", "smollm2", "--output-dir", str(out), "--run.warm_start_steps", "2",
+           "--rollout.max_new_tokens", "24", "--optim.prompts_per_step", "4", "--rollout.n", "2",
+           "--data.eval_size", "4", "--eval-every", "0", "--algo.drop_no_signal", "false",
+           "--algo.entropy_coef", "0.001", "--save-every", "1"]
+    p = check(torchrun(2, [*run, "--max-steps", "2"], timeout=900))
+    assert "[format warm-up] built" in p.stdout and smollm2_dir in p.stdout
     check(torchrun(2, [*run, "--max-steps", "3", "--resume"], timeout=900))
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3] and all(r["grad_norm"] > 0 for r in rows)
@@ -61,6 +66,33 @@ def test_two_ranks_train_resume_export_and_eval(smollm2_dir, arith_data, tmp_pat
     check(python(["-m", "lead_fast.export", "--output-dir", str(out), "--out", str(exp)]))
     assert json.loads((exp / "config.json").read_text())["tie_word_embeddings"] is True
     check(python(["-m", "lead_fast.eval", "--model", str(exp), "--data", arith_data, "--output-dir",
-                  str(tmp_path / "ev"), "--n", "1", "--temperature", "0", "--max-new-tokens", "16", "--limit", "2"],
-                 timeout=600))
-    assert json.loads((tmp_path / "ev" / "summary.json").read_text())["problems"] == 2
+                  str(tmp_path / "ev"), "--run-dir", str(out), "--n", "1", "--temperature", "0",
+                  "--max-new-tokens", "24", "--limit", "2"], timeout=600))
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert summary["problems"] == 2
+    sample = json.loads((tmp_path / "ev" / "samples.jsonl").read_text().splitlines()[0])
+    assert "\\boxed{" in sample["response"], sample      # two warm-up steps already teach the box
+
+
+def test_a_tokenizer_without_pad_is_said(smollm2_dir, tmp_path):
+    """The real model's directory with the pad token taken out of its tokenizer (weights linked, not copied):
+    EOS pads, and the log says so once."""
+    from transformers import AutoTokenizer
+
+    from lead_fast.model import load_tokenizer
+
+    d = tmp_path / "m"
+    d.mkdir()
+    for name in os.listdir(smollm2_dir):
+        if name.endswith(".safetensors"):
+            (d / name).symlink_to(os.path.join(smollm2_dir, name))
+        elif name in ("config.json", "generation_config.json"):
+            shutil.copy(os.path.join(smollm2_dir, name), d)
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    tok.pad_token = None
+    tok.save_pretrained(d)
+    assert AutoTokenizer.from_pretrained(d).pad_token is None
+    said = []
+    loaded = load_tokenizer(str(d), log=said.append)
+    assert loaded.pad_token_id == loaded.eos_token_id == loaded.convert_tokens_to_ids("<|im_end|>")
+    assert len(said) == 1 and "has no pad token: padding with its EOS '<|im_end|>'" in said[0]

@@ -16,7 +16,8 @@ COMPARE = ("loss", "reward/mean", "accuracy", "response_length/mean", "grad_norm
 
 def _args(model, out, *extra):
     # the default (tiny) preset with fewer prompts per step and a smaller eval
-    return ["-m", "lead_fast.train", "--model", model, "--output-dir", str(out), "--optim.prompts_per_step", "8",
+    return ["-m", "lead_fast.train", "--preset", "tiny",
+            "--model", model, "--output-dir", str(out), "--optim.prompts_per_step", "8",
             "--eval-every", "2", "--data.eval_size", "8", "--rollout.eval_n", "1", *extra]
 
 
@@ -103,7 +104,8 @@ def test_bad_input_is_one_paragraph_and_exit_2(tmp_path, embedded_model):
     (Each kind of bad input is tested in-process in tests/test_config.py and tests/test_data.py.)"""
     f = tmp_path / "d.jsonl"
     f.write_text('{"problem": "1+1", "answer": "2"}\n{"problem": "2+2"}\n')
-    p = python(["-m", "lead_fast.train", "--model", embedded_model, "--data", str(f), "--output-dir", str(tmp_path / "o")])
+    p = python(["-m", "lead_fast.train", "--preset", "tiny",
+                "--model", embedded_model, "--data", str(f), "--output-dir", str(tmp_path / "o")])
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
     assert p.stderr.strip() == f"lead_fast: cannot start: {f}: row 2 has no 'answer' field (fields: problem); set " \
                                "--data.answer_field if it has another name"
@@ -113,7 +115,8 @@ def test_bad_input_is_one_paragraph_and_exit_2(tmp_path, embedded_model):
 
 
 def test_batch_not_divisible_across_ranks(tmp_path, embedded_model):
-    p = torchrun(2, ["-m", "lead_fast.train", "--model", embedded_model, "--optim.prompts_per_step", "5",
+    p = torchrun(2, ["-m", "lead_fast.train", "--preset", "tiny",
+                     "--model", embedded_model, "--optim.prompts_per_step", "5",
                      "--output-dir", str(tmp_path / "o")])
     assert p.returncode != 0
     assert "optim.prompts_per_step=5 must be divisible by the number of ranks (2)" in p.stderr

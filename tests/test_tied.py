@@ -67,11 +67,14 @@ def test_train_resume_export_and_eval_keep_the_tie(tied_model_dir, arith_data, t
     from transformers import AutoModelForCausalLM
 
     out, ref = tmp_path / "run", tmp_path / "ref"
-    check(python(["-m", "lead_fast.train", "--model", tied_model_dir, "--output-dir", str(ref), *RUN,
+    check(python(["-m", "lead_fast.train", "--preset", "tiny",
+                  "--model", tied_model_dir, "--output-dir", str(ref), *RUN,
                   "--max-steps", "3"]))
-    check(python(["-m", "lead_fast.train", "--model", tied_model_dir, "--output-dir", str(out), *RUN,
+    check(python(["-m", "lead_fast.train", "--preset", "tiny",
+                  "--model", tied_model_dir, "--output-dir", str(out), *RUN,
                   "--max-steps", "2", "--save-every", "1"]))
-    check(python(["-m", "lead_fast.train", "--model", tied_model_dir, "--output-dir", str(out), *RUN,
+    check(python(["-m", "lead_fast.train", "--preset", "tiny",
+                  "--model", tied_model_dir, "--output-dir", str(out), *RUN,
                   "--max-steps", "3", "--resume"]))
     rows = {json.loads(line)["step"]: json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()}
     want = {json.loads(line)["step"]: json.loads(line) for line in (ref / "metrics.jsonl").read_text().splitlines()}

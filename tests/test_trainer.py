@@ -40,7 +40,8 @@ def test_sync_makes_engine_bit_identical(update_results):
 
 def test_one_full_step_on_real_data(tiny_model_dir, tmp_path):
     out = tmp_path / "run"
-    p = check(torchrun(2, ["-m", "lead_fast.train", "--model", tiny_model_dir, "--data", str(TRAIN_DATA),
+    p = check(torchrun(2, ["-m", "lead_fast.train", "--preset", "tiny",
+                           "--model", tiny_model_dir, "--data", str(TRAIN_DATA),
                            "--output-dir", str(out), "--max-steps", "1", "--eval-every", "1",
                            "--optim.prompts_per_step", "4", "--rollout.n", "4", "--rollout.max_new_tokens", "12",
                            "--data.max_prompt_tokens", "200", "--data.eval_size", "4",
@@ -78,7 +79,8 @@ def test_one_step_with_the_official_algorithm_settings(tiny_model_dir, tmp_path)
     """grpo_lead_14b's algorithm settings (stop at </think>, answer before it, unboxed is wrong, drop groups
     with no correct answer, sequence mean of token means over sampled sequences) on the tiny model."""
     out = tmp_path / "run"
-    check(torchrun(1, ["-m", "lead_fast.train", "--model", tiny_model_dir, "--data", str(TRAIN_DATA),
+    check(torchrun(1, ["-m", "lead_fast.train", "--preset", "tiny",
+                       "--model", tiny_model_dir, "--data", str(TRAIN_DATA),
                        "--output-dir", str(out), "--max-steps", "1", "--eval-every", "1",
                        "--optim.prompts_per_step", "2", "--rollout.n", "3", "--rollout.max_new_tokens", "10",
                        "--data.max_prompt_tokens", "200", "--data.eval_size", "2", "--rollout.eval_n", "2",
@@ -94,9 +96,11 @@ def test_one_step_with_the_official_algorithm_settings(tiny_model_dir, tmp_path)
 
 def test_step_does_not_depend_on_packing_budget_or_world_size(tiny_model_dir, tmp_path):
     """One update of the same global batch: packed (budgets 96 and 100000 tokens, 1 and 2 ranks) and padded."""
-    variants = {"packed 96, 1 rank": (1, []), "packed 96, 2 ranks": (2, []),
-                "packed 100000, 2 ranks": (2, ["--optim.micro_batch_tokens", "100000"]),
-                "padded 96, 1 rank": (1, ["--optim.packing", "false"])}
+    on = ["--optim.packing", "on"]
+    variants = {"packed 96, 1 rank": (1, on), "packed 96, 2 ranks": (2, on),
+                "packed 100000, 2 ranks": (2, [*on, "--optim.micro_batch_tokens", "100000"]),
+                "padded 96, 1 rank": (1, ["--optim.packing", "off"]), "padded 100000, 2 ranks":
+                (2, ["--optim.packing", "off", "--optim.micro_batch_tokens", "100000"])}
     got = {}
     for i, (name, (world, extra)) in enumerate(variants.items()):
         (tmp_path / str(i)).mkdir()
@@ -115,7 +119,7 @@ def test_steps_with_the_vllm_engine_stand_in(embedded_model, tmp_path):
     a complete sync after the level-2 sleep (step, eval, step after eval; the stand-in raises otherwise), and
     the engine's log-probs match the trainer's at the weights that generated."""
     out = tmp_path / "run"
-    check(torchrun(2, ["-m", "lead_fast.train", "--model", embedded_model, "--output-dir", str(out),
+    check(torchrun(2, ["-m", "lead_fast.train", "--preset", "tiny", "--model", embedded_model, "--output-dir", str(out),
                        "--max-steps", "3", "--eval-every", "2", "--rollout.engine", "vllm",
                        "--rollout.logprobs", "true", "--data.eval_size", "16"],
                    PYTHONPATH=str(STANDIN)))

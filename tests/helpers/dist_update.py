@@ -17,7 +17,8 @@ def main():
     from lead_fast.trainer import Trainer
     from lead_fast.update import Sample
 
-    cfg = parse_args(["--model", model_dir, "--data", data, "--output-dir", os.path.dirname(out) + "/run",
+    cfg = parse_args(["--preset", "tiny",
+                      "--model", model_dir, "--data", data, "--output-dir", os.path.dirname(out) + "/run",
                       "--optim.lr", "1e-3", "--optim.prompts_per_step", "2", "--data.max_prompt_tokens", "512",
                       "--data.eval_size", "4", "--optim.micro_batch_tokens", "96", "--algo.entropy_coef", "0.01", *extra])
     tr = Trainer(cfg)

@@ -15,7 +15,7 @@ def main():
     from lead_fast.trainer import Trainer
     from lead_fast.update import NonFiniteError, Sample
 
-    tr = Trainer(parse_args(["--model", model_dir, "--output-dir", os.path.dirname(out) + "/run",
+    tr = Trainer(parse_args(["--preset", "tiny", "--model", model_dir, "--output-dir", os.path.dirname(out) + "/run",
                              "--run.max_nonfinite_steps", "2", "--optim.prompts_per_step", "2"]))
     before = [p.detach().clone() for p in tr.policy.parameters()]
     bad = [Sample([5, 6, 7], [8, 9], float("nan"), 0.5)]

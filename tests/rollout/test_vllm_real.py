@@ -215,7 +215,8 @@ def test_vllm_failing_to_import_is_one_paragraph(embedded_model, tmp_path):
     (fake / "torchvision-0.28.0.dist-info").mkdir()
     (fake / "torchvision-0.28.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: torchvision\n"
                                                                      "Version: 0.28.0\n")
-    p = python(["-m", "lead_fast.train", "--model", embedded_model, "--output-dir", str(tmp_path / "run"),
+    p = python(["-m", "lead_fast.train", "--preset", "tiny",
+                "--model", embedded_model, "--output-dir", str(tmp_path / "run"),
                 "--rollout.engine", "vllm"], PYTHONPATH=str(fake))
     assert p.returncode == 2, p.stderr[-3000:]
     assert "vLLM is installed but fails to import" in p.stderr and "raised in the package torchvision" in p.stderr
@@ -227,7 +228,8 @@ def test_two_ranks_train_with_vllm_and_log_the_logprob_gap(embedded_model, tmp_p
     """torchrun, 2 ranks, one vLLM engine per rank (external_launcher, gloo): step, eval, step after eval;
     the engine's log-probs match the trainer's at the weights that generated."""
     out = tmp_path / "run"
-    p = check(torchrun(2, ["-m", "lead_fast.train", "--model", embedded_model, "--output-dir", str(out),
+    p = check(torchrun(2, ["-m", "lead_fast.train", "--preset", "tiny",
+                           "--model", embedded_model, "--output-dir", str(out),
                            "--max-steps", "3", "--eval-every", "2", "--rollout.engine", "vllm",
                            "--rollout.logprobs", "true", "--data.eval_size", "16"]))
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -243,7 +245,7 @@ def test_two_ranks_train_with_vllm_and_log_the_logprob_gap(embedded_model, tmp_p
 def test_logprob_gap_with_an_old_policy_pass(embedded_model, tmp_path):
     """Two updates per rollout batch: the gap comes from the old-policy pass, also at the generating weights."""
     out = tmp_path / "run"
-    check(torchrun(1, ["-m", "lead_fast.train", "--model", embedded_model, "--output-dir", str(out),
+    check(torchrun(1, ["-m", "lead_fast.train", "--preset", "tiny", "--model", embedded_model, "--output-dir", str(out),
                        "--max-steps", "1", "--eval-every", "0", "--rollout.engine", "vllm", "--rollout.logprobs",
                        "true", "--optim.updates_per_batch", "2", "--optim.prompts_per_step", "4"]))
     row = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]
@@ -274,7 +276,7 @@ def test_tied_embeddings_sync_into_vllm(tied_model_dir, tmp_path):
     after each update the engine's log-probs still match the trainer's (every group kept and an entropy
     bonus, so that the random-init model's weights move at every step)."""
     out = tmp_path / "run"
-    check(torchrun(1, ["-m", "lead_fast.train", "--model", tied_model_dir, "--output-dir", str(out),
+    check(torchrun(1, ["-m", "lead_fast.train", "--preset", "tiny", "--model", tied_model_dir, "--output-dir", str(out),
                        "--max-steps", "2", "--eval-every", "0", "--rollout.engine", "vllm", "--rollout.logprobs",
                        "true", "--optim.prompts_per_step", "4", "--rollout.n", "4", "--data.eval_size", "8",
                        "--data.max_prompt_tokens", "64", "--algo.drop_no_signal", "false",
