@@ -1,15 +1,16 @@
 """How far a short supervised format warm-up takes SmolLM2-135M-Instruct on sums (groundwork for its preset).
 
-    python benchmarks/smollm2_format_warmup.py                 # 30 steps, batch 16, lr 2e-5
+    python benchmarks/smollm2_format_warmup.py                 # 30 steps, batch 16, lr 2e-5 (the preset's)
     python benchmarks/smollm2_format_warmup.py --steps 0       # the model as shipped
 
-Builds (or reuses) the model with ``lead_fast.pretrained``, trains ``--steps`` supervised steps on the 100
-one-digit sums written as ``a + b = c. The answer is \\boxed{c}.`` (chat template, the default GRPO-LEAD
-instruction, loss on the response and ``<|im_end|>`` only), then samples 4 responses at temperature 0.7 for
-16 problems of each operand range with the transformers engine and grades them with lead_fast's grader.
-Each row: accuracy, the fraction of responses with a ``\\boxed{}``, how many of the 16 groups carry signal
-(some but not all of their 4 responses correct: GRPO learns only from those) and the mean length.
-Prints a table, writes JSON.
+Builds (or reuses) the model with ``lead_fast.pretrained``, runs the smollm2 preset's answer-format warm-up
+(``lead_fast.demo.format_warm_up``: ``--steps`` supervised steps on the 100 one-digit sums, half answered
+``a + b = c. The answer is \\boxed{c}.`` and half restated and checked; chat template, the task's
+instruction, loss on the response and ``<|im_end|>`` only), then samples ``--n`` responses at
+``--temperature`` for 16 problems of each operand range with the transformers engine and grades them with
+lead_fast's grader. Each row: accuracy, the fraction of responses with a ``\\boxed{}``, how many of the 16
+groups carry signal (some but not all of their responses correct: GRPO learns only from those) and the mean
+length. Prints a table, writes JSON.
 """
 
 from __future__ import annotations
