@@ -28,11 +28,16 @@ class ExportError(ValueError):
 
 
 def base_model_for(checkpoint_dir: str, state: dict) -> str:
-    """The run's base model directory, found from any working directory."""
-    path = (state.get("config") or {}).get("model", {}).get("path")
-    if path is None:  # the embedded demo: OUTPUT_DIR/base_model beside OUTPUT_DIR/checkpoints
+    """The run's base model directory, found from any working directory: OUTPUT_DIR/base_model (beside
+    OUTPUT_DIR/checkpoints) for the embedded demo and after a warm start, else the run's model.path (a
+    pretrained:NAME one resolved to its cached directory)."""
+    config = state.get("config") or {}
+    path = config.get("model", {}).get("path")
+    if path is None or config.get("run", {}).get("warm_start_steps", 0):
         return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(checkpoint_dir))), "base_model")
-    return path
+    from lead_fast.pretrained import cached_dir
+
+    return cached_dir(path)
 
 
 def _check_out(out_dir: str, overwrite: bool) -> None:

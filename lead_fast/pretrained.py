@@ -137,7 +137,14 @@ def resolve_model_path(path: str | None, *, rank: int = 0, log=print) -> str | N
     if name not in MODELS:
         raise PretrainedError(f"unknown model {path!r}; lead_fast builds {', '.join(PREFIX + m for m in MODELS)}")
     run_dir.on_rank0(rank, lambda: model_dir(name, log=log), errors=(PretrainedError,))
-    return os.path.join(default_cache(), MODELS[name]["name"])
+    return cached_dir(path)
+
+
+def cached_dir(path: str) -> str:
+    """Where ``pretrained:NAME`` lives in the cache (built or not); any other path as it is."""
+    if not path.startswith(PREFIX) or path[len(PREFIX):] not in MODELS:
+        return path
+    return os.path.join(default_cache(), MODELS[path[len(PREFIX):]]["name"])
 
 
 def main(argv=None) -> int:
