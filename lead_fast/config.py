@@ -822,7 +822,8 @@ def _is_bool(cfg: TrainConfig, key: str) -> bool:
 def _settle_preset_values(cfg: TrainConfig, explicit: set[str]) -> None:
     """A value the user gave wins over what the preset derived from another field, and the two are never
     silently at odds: ``--max-steps`` replaces the preset's ``run.epochs``; ``--data`` replaces the preset's
-    eval file (the eval problems are then held out from the user's data); both given is a config error."""
+    eval file (the eval problems are then held out from the user's data); both given is a config error;
+    ``--model`` drops the preset's warm start (``--run.warm_start_steps N`` asks for one on that model)."""
     if "run.max_steps" in explicit and cfg.run.epochs > 0:
         if "run.epochs" in explicit:
             raise ConfigError(f"--max-steps {cfg.run.max_steps} and run.epochs {cfg.run.epochs} both set the length "
@@ -830,3 +831,5 @@ def _settle_preset_values(cfg: TrainConfig, explicit: set[str]) -> None:
         cfg.run.epochs = 0          # the preset's epochs give way to the explicit step count
     if "data.path" in explicit and "data.eval_path" not in explicit and cfg.data.eval_path is not None:
         cfg.data.eval_path = None   # the preset's eval file belongs to the preset's data
+    if "model.path" in explicit and "run.warm_start_steps" not in explicit:
+        cfg.run.warm_start_steps = 0   # the preset's warm start belongs to the preset's model

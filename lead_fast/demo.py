@@ -225,9 +225,7 @@ def format_warm_up(source: str, out_dir: str, *, steps: int, seed: int, batch: i
     template when the tokenizer has one, and the loss covers the response and the EOS that ends it). A
     pretrained chat model answers sums right but chattily and never boxes: this is the short warm-up on
     the format that README's smollm2 preset states (measured: benchmarks/smollm2_format_warmup.py)."""
-    from transformers import AutoModelForCausalLM
-
-    from lead_fast.model import load_tokenizer
+    from lead_fast.model import load_model, load_tokenizer
 
     spec = dict(source=os.path.abspath(source), steps=steps, seed=seed, batch=batch, lr=lr, version=1)
     marker = os.path.join(out_dir, FORMAT_MARKER)
@@ -241,7 +239,7 @@ def format_warm_up(source: str, out_dir: str, *, steps: int, seed: int, batch: i
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tok = load_tokenizer(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+        model = load_model(source, torch.float32, torch.device("cpu"))
         rng = random.Random(seed)
         examples = []
         for a in range(10):

@@ -190,6 +190,9 @@ def test_a_users_model_gets_the_defaults_not_the_demos_budgets(tmp_path):
     assert parse_args([]).preset == "tiny" and parse_args([]).data.max_prompt_tokens == 32
     tiny = parse_args(["--preset", "tiny", "--model", "/models/x"])
     assert tiny.preset == "tiny" and tiny.data.max_prompt_tokens == 32 and tiny.model.path == "/models/x"
+    # a preset's warm start belongs to the preset's model: --model drops it unless asked for
+    assert tiny.run.warm_start_steps == 0 and parse_args(["--preset", "smollm2", "--model", "/m"]).run.warm_start_steps == 0
+    assert parse_args(["--preset", "tiny", "--model", "/m", "--run.warm_start_steps", "5"]).run.warm_start_steps == 5
 
 
 def test_readme_lists_what_each_preset_changes():
