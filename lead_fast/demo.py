@@ -126,20 +126,37 @@ def prepare_model_dir(output_dir: str, *, steps: int, seed: int, rank: int, sour
 MARKER = "lead_fast_warmstart.json"
 
 
-def build_embedded_model(out_dir: str, *, steps: int, seed: int, log=print) -> str:
-    """Build (or reuse) ``out_dir``: tokenizer + tiny Qwen2-style model after ``steps`` SFT steps."""
-    spec = dict(steps=steps, seed=seed, version=1)
-    marker = os.path.join(out_dir, MARKER)
-    if os.path.exists(marker):
-        with open(marker) as f:
+def _built_once(out_dir: str, marker: str, spec: dict, label: str, build, log) -> str:
+    """``out_dir`` as ``build(tmp)`` writes it, unless a marker there already holds ``spec``: built beside it
+    and renamed, so an interrupted build (Ctrl-C or an error) leaves no half-built directory behind."""
+    path = os.path.join(out_dir, marker)
+    if os.path.exists(path):
+        with open(path) as f:
             if json.load(f) == spec:
-                log(f"[warm start] reusing {out_dir}")
+                log(f"[{label}] reusing {out_dir}")
                 return out_dir
     t0 = time.time()
     tmp = out_dir + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         os.makedirs(tmp)
+        build(tmp)
+        with open(os.path.join(tmp, marker), "w") as f:
+            json.dump(spec, f)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if os.path.exists(out_dir):
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    log(f"[{label}] built {out_dir} in {time.time() - t0:.1f}s")
+    return out_dir
+
+
+def build_embedded_model(out_dir: str, *, steps: int, seed: int, log=print) -> str:
+    """Build (or reuse) ``out_dir``: tokenizer + tiny Qwen2-style model after ``steps`` SFT steps."""
+
+    def build(tmp):
         corpus = synthetic_corpus(20000, seed)
         texts = [f"{p.problem} {TASK_INSTRUCTION}\n{s}" for p, s in corpus]
         tok = train_tokenizer(texts + [p.problem for p in synthetic_problems()], tmp, vocab_size=400)
@@ -150,16 +167,8 @@ def build_embedded_model(out_dir: str, *, steps: int, seed: int, log=print) -> s
             _sft(model, examples, pad_id=tok.pad_token_id, steps=steps, seed=seed, batch=64, lr=3e-3,
                  schedule=lambda s: min(1.0, (s + 1) / 20) * max(0.1, 1 - s / steps), log=log)
         model.save_pretrained(tmp)
-        with open(os.path.join(tmp, MARKER), "w") as f:
-            json.dump(spec, f)
-    except BaseException:  # Ctrl-C or an error: no half-built directory is left behind
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if os.path.exists(out_dir):
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
-    log(f"[warm start] built {out_dir} ({steps} SFT steps) in {time.time() - t0:.1f}s")
-    return out_dir
+
+    return _built_once(out_dir, MARKER, dict(steps=steps, seed=seed, version=1), "warm start", build, log)
 
 
 def _sft(model, examples: list[tuple[list[int], list[int]]], *, pad_id: int, steps: int, seed: int, batch: int,
@@ -227,17 +236,7 @@ def format_warm_up(source: str, out_dir: str, *, steps: int, seed: int, batch: i
     the format that README's smollm2 preset states (measured: benchmarks/smollm2_format_warmup.py)."""
     from lead_fast.model import load_model, load_tokenizer
 
-    spec = dict(source=os.path.abspath(source), steps=steps, seed=seed, batch=batch, lr=lr, version=1)
-    marker = os.path.join(out_dir, FORMAT_MARKER)
-    if os.path.exists(marker):
-        with open(marker) as f:
-            if json.load(f) == spec:
-                log(f"[format warm-up] reusing {out_dir}")
-                return out_dir
-    t0 = time.time()
-    tmp = out_dir + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    def build(tmp):
         tok = load_tokenizer(source)
         model = load_model(source, torch.float32, torch.device("cpu"))
         rng = random.Random(seed)
@@ -255,13 +254,6 @@ def format_warm_up(source: str, out_dir: str, *, steps: int, seed: int, batch: i
         tok.save_pretrained(tmp)
         if os.path.exists(os.path.join(source, "generation_config.json")):
             shutil.copy(os.path.join(source, "generation_config.json"), tmp)   # every EOS id of the model
-        with open(os.path.join(tmp, FORMAT_MARKER), "w") as f:
-            json.dump(spec, f)
-    except BaseException:  # Ctrl-C or an error: no half-built directory is left behind
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if os.path.exists(out_dir):
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
-    log(f"[format warm-up] built {out_dir} in {time.time() - t0:.1f}s")
-    return out_dir
+
+    spec = dict(source=os.path.abspath(source), steps=steps, seed=seed, batch=batch, lr=lr, version=1)
+    return _built_once(out_dir, FORMAT_MARKER, spec, "format warm-up", build, log)
