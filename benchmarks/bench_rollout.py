@@ -52,6 +52,7 @@ def _peak_bytes(device: torch.device) -> int:
 
 def run_engine(name: str, model_dir: str, prompts: list[list[int]], settings, device, dtype,
                gpu_memory_utilization: float) -> dict:
+    from lead_fast.config import RolloutConfig
     from lead_fast.model import load_tokenizer
     from lead_fast.rollout import EngineMemory, make_engine
 
@@ -69,9 +70,10 @@ def run_engine(name: str, model_dir: str, prompts: list[list[int]], settings, de
     longest = max(map(len, prompts)) + settings.max_new_tokens
     memory = EngineMemory(gpu_memory_utilization=gpu_memory_utilization if device.type == "cuda" else 0.0,
                           batch_tokens=len(prompts) * settings.n * longest)
-    engine = make_engine("vllm" if name == "vllm" else "hf", model_dir, device=device, dtype=dtype, tokenizer=tok,
-                         seed=0, max_model_len=longest, memory=memory, colocated=False,
-                         hf_batching="continuous" if name == "hf-continuous" else "generate")
+    rollout = RolloutConfig(engine="vllm" if name == "vllm" else "hf",
+                            hf_batching="continuous" if name == "hf-continuous" else "generate")
+    engine = make_engine(rollout, model_dir, device=device, dtype=dtype, tokenizer=tok, seed=0, max_model_len=longest,
+                         memory=memory, colocated=False)
     try:
         import dataclasses
 

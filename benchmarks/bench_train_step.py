@@ -71,13 +71,14 @@ def usual_step(lm, opt, samples, budget, device, temperature=1.0):
     total, loss = sum(len(s.response) for s in samples), 0.0
     for batch in plan_micro_batches(samples, budget):
         mb = collate(batch, 0, device, 1.0 / total)
-        logits = lm(input_ids=mb.input_ids, attention_mask=mb.attention_mask, use_cache=False).logits  # (B, T, V)
-        z = logits.reshape(-1, logits.shape[-1]).index_select(0, mb.positions).float() / temperature
-        logp = torch.log_softmax(z, -1).gather(1, mb.targets[:, None]).squeeze(1)
+        rows, tok = mb.rows, mb.tokens
+        logits = lm(input_ids=rows.input_ids, attention_mask=rows.attention_mask, use_cache=False).logits  # (B, T, V)
+        z = logits.reshape(-1, logits.shape[-1]).index_select(0, rows.hidden_rows).float() / temperature
+        logp = torch.log_softmax(z, -1).gather(1, tok.targets[:, None]).squeeze(1)
         ratio = torch.exp(logp - logp.detach())
-        adv = mb.advantages
+        adv = tok.advantages
         pg = torch.maximum(-adv * ratio, -adv * ratio.clamp(0.8, 1.2))
-        mb_loss = (pg * mb.token_weights).sum()
+        mb_loss = (pg * tok.token_weights).sum()
         mb_loss.backward()
         loss += float(mb_loss)
     torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
@@ -88,9 +89,9 @@ def usual_step(lm, opt, samples, budget, device, temperature=1.0):
 
 def run_row(name, model_dir, samples, device, dtype, budget, steps, *, usual=False, packing=True, liger="off",
             checkpointing=False):
-    from lead_fast.config import TrainConfig
     from lead_fast.model import PolicyWithHead, apply_liger_kernels, load_model, shard
-    from lead_fast.update import Updater
+    from lead_fast.ops import LossParams
+    from lead_fast.update import Updater, UpdateSettings
 
     row = dict(method=name)
     if liger == "on" and device.type != "cuda":
@@ -112,15 +113,12 @@ def run_row(name, model_dir, samples, device, dtype, budget, steps, *, usual=Fal
         step = lambda i: usual_step(lm, opt, samples, budget, device)  # noqa: E731
     else:
         apply_liger_kernels(lm, liger, device)
-        policy = shard(PolicyWithHead(lm), device, dtype, checkpointing)
-        cfg = TrainConfig()
-        cfg.optim.packing = "on" if packing else "off"
-        cfg.optim.micro_batch_tokens, cfg.optim.loss_backend = budget, "auto"
-        cfg.rollout.temperature = 1.0
-        cfg.algo.reweight = False   # the plain clipped GRPO loss, as row (a) computes it
+        policy = shard(PolicyWithHead(lm, backend="auto"), device, dtype, checkpointing)
+        # the plain clipped GRPO loss (no difficulty weights), as row (a) computes it, at temperature 1
+        settings = UpdateSettings(micro_batch_tokens=budget, packed=packing, reweight=False)
         opt = torch.optim.AdamW(policy.parameters(), lr=1e-6)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda n: 1.0)
-        upd = Updater(cfg, policy=policy, ref=None, optimizer=opt, scheduler=sched, pad_id=0, device=device,
+        upd = Updater(policy, None, opt, sched, settings, LossParams(temperature=1.0), pad_id=0, device=device,
                       rank=0, world=1, log=lambda m: None)
         step = lambda i: upd.update([type(s)(s.prompt, s.response, s.advantage, s.correct_ratio)  # noqa: E731
                                      for s in samples], i)

@@ -87,7 +87,7 @@ def problems():
 
 
 def child_lead_fast(a) -> dict:
-    from lead_fast.config import parse_args
+    from lead_fast.cli import parse_args
     from lead_fast.trainer import Trainer
 
     rss = RSS()

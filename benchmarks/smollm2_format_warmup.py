@@ -35,6 +35,7 @@ def main(argv=None) -> list[dict]:
     from lead_fast.algo import grade_batch
     from lead_fast.data import build_prompt
     from lead_fast.demo import TASK_INSTRUCTION, format_warm_up
+    from lead_fast.config import RolloutConfig
     from lead_fast.model import load_tokenizer
     from lead_fast.pretrained import model_dir
     from lead_fast.rollout import SamplingSettings, make_engine
@@ -55,8 +56,8 @@ def main(argv=None) -> list[dict]:
                           log=lambda m: print(m, file=sys.stderr)) if args.steps else src
     warm_s = time.time() - t0
     rows, n = [], args.n
-    engine = make_engine("hf", warm, device=torch.device("cpu"), dtype=torch.float32, tokenizer=tok, seed=0,
-                         max_model_len=256)
+    engine = make_engine(RolloutConfig(engine="hf"), warm, device=torch.device("cpu"), dtype=torch.float32,
+                         tokenizer=tok, seed=0, max_model_len=256)
     for lo, hi in RANGES:
         r = random.Random(5)
         problems = [(r.randrange(lo, hi), r.randrange(lo, hi)) for _ in range(16)]

@@ -23,12 +23,11 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
+from lead_fast.distributed import from_rank0
+from lead_fast.errors import CheckpointError, describe_os_error
+
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 STATE_FILE = "trainer_state.json"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint could not be written or no intact one could be read; the message says why."""
 
 
 def checkpoint_root(output_dir: str) -> str:
@@ -104,18 +103,8 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def _from_rank0(value):
-    """Rank 0's ``value`` on every rank (a collective; also a barrier)."""
-    if not dist.is_initialized():
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def _cause(e: BaseException) -> str:
     """The root cause of a failed write, in words (DCP wraps each rank's error in its own exception)."""
-    from lead_fast.run_dir import describe_os_error
 
     seen = e
     while seen is not None:
@@ -166,7 +155,7 @@ def save_checkpoint(output_dir: str, step: int, model, optimizer, trainer_state:
             os.makedirs(tmp)
         except OSError as e:
             error = e
-    if (error := _from_rank0(error)) is not None:
+    if (error := from_rank0(error)) is not None:
         raise fail(error)
     # Before the first optimizer step AdamW has no state, and get_state_dict creates it by a zero-lr step
     # (torch's _init_optim_state) that sets its step counter to 1: the first real update would then use
@@ -218,7 +207,7 @@ def save_checkpoint(output_dir: str, step: int, model, optimizer, trainer_state:
             error = e
         if error is None:
             _prune(output_dir, keep_last, trainer_state.get("run_id"), final)
-    if (error := _from_rank0(error)) is not None:
+    if (error := from_rank0(error)) is not None:
         raise fail(error)
     return final
 
@@ -270,7 +259,7 @@ class Checkpointer:
                  state: Callable[[], dict], log=print):
         self.output_dir, self.save_every, self.keep_last = output_dir, save_every, keep_last
         self.model, self.optimizer, self.state, self.log = model, optimizer, state, log
-        self.run_id = _from_rank0(uuid.uuid4().hex)
+        self.run_id = from_rank0(uuid.uuid4().hex)
 
     def maybe_save(self, step: int, *, last: bool, force: bool = False) -> str | None:
         """Collective. Saves after ``step`` when due; returns the checkpoint path, or None."""
@@ -287,7 +276,7 @@ class Checkpointer:
         trainer state (with ``path``), or None when there is none. Damaged ones are skipped, warned about."""
         candidates = [p for _, p in reversed(list_checkpoints(self.output_dir))]
         for path in candidates:
-            broken = _from_rank0(damage(path) if _rank() == 0 else None)
+            broken = from_rank0(damage(path) if _rank() == 0 else None)
             if broken:
                 self.log(f"WARNING: skipping damaged checkpoint {path}: {broken}")
                 continue

@@ -11,12 +11,10 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from lead_fast.errors import DataError
+
 SHIPPED_DATA = Path(__file__).resolve().parents[1] / "data" / "grpo_lead"
 """The GRPO-LEAD data shipped with the repository (Apache-2.0; see its README)."""
-
-
-class DataError(ValueError):
-    """Bad training data; the message names the file and, where it can, the row."""
 
 
 @dataclass
@@ -149,23 +147,6 @@ def split_eval(problems: list[Problem], eval_size: int, seed: int) -> tuple[list
     random.Random(seed + 7919).shuffle(idx)
     ev = set(idx[:eval_size])
     return [p for i, p in enumerate(problems) if i not in ev], [problems[i] for i in sorted(ev)]
-
-
-def load_task(cfg) -> tuple[list[Problem], list[Problem], str]:
-    """``(train problems, eval problems, instruction)`` for a ``TrainConfig``; no data path: the generated
-    task (sums with operands in ``data.operands``)."""
-    d = cfg.data
-    if d.path is None:
-        from lead_fast.demo import TASK_INSTRUCTION, synthetic_problems
-
-        train, ev = split_eval(synthetic_problems(tuple(d.operands)), d.eval_size, cfg.run.seed)
-        return train, ev, TASK_INSTRUCTION
-    train = load_problems(d.path, d.problem_field, d.answer_field, split=d.split, subset=d.subset)
-    if d.eval_path:
-        ev = load_problems(d.eval_path, d.problem_field, d.answer_field, split=d.split, subset=d.subset)[: d.eval_size]
-    else:
-        train, ev = split_eval(train, d.eval_size, cfg.run.seed)
-    return train, ev, d.instruction
 
 
 def tokenize_prompts(problems: list[Problem], tokenizer, *, instruction: str, template: str, max_tokens: int,

@@ -19,6 +19,8 @@ import time
 import torch
 
 from lead_fast.data import Problem, build_prompt
+from lead_fast.distributed import on_rank0
+from lead_fast.model import load_model, load_tokenizer
 
 TASK_INSTRUCTION = "Put the final answer within \\boxed{}."
 TASK_MAX = 20  # operands in [0, TASK_MAX)
@@ -98,14 +100,10 @@ def build_tiny_model(tokenizer, out_dir: str, *, hidden: int = 128, layers: int 
     return model
 
 
-def prepare_model_dir(output_dir: str, *, steps: int, seed: int, rank: int, source: str | None = None,
-                      log=print) -> str:
+def prepare_model_dir(output_dir: str, *, steps: int, seed: int, source: str | None = None, log=print) -> str:
     """Collective: rank 0 builds (or reuses) ``OUTPUT_DIR/base_model``; every rank returns its path.
     ``source`` None: the embedded tiny model after ``steps`` warm-start steps; a model directory: that
     model after ``steps`` steps of the answer-format warm-up (``format_warm_up``)."""
-    from lead_fast import run_dir
-    from lead_fast.model import ModelError
-
     path = os.path.join(output_dir, "base_model")
 
     def build():
@@ -119,7 +117,7 @@ def prepare_model_dir(output_dir: str, *, steps: int, seed: int, rank: int, sour
         finally:
             torch.set_num_threads(threads)
 
-    run_dir.on_rank0(rank, build, errors=(ModelError,))      # a bad source stops every rank with its message
+    on_rank0(build)      # a bad source stops every rank with its message
     return path
 
 
@@ -234,7 +232,6 @@ def format_warm_up(source: str, out_dir: str, *, steps: int, seed: int, batch: i
     template when the tokenizer has one, and the loss covers the response and the EOS that ends it). A
     pretrained chat model answers sums right but chattily and never boxes: this is the short warm-up on
     the format that README's smollm2 preset states (measured: benchmarks/smollm2_format_warmup.py)."""
-    from lead_fast.model import load_model, load_tokenizer
 
     def build(tmp):
         tok = load_tokenizer(source)

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import os
+from typing import Callable, TypeVar
 
 import torch
 import torch.distributed as dist
+
+from lead_fast.errors import LeadFastError
+
+T = TypeVar("T")
 
 
 def setup_distributed() -> tuple[int, int, torch.device]:
@@ -45,3 +50,37 @@ def all_max(value: int | float, device: torch.device) -> int | float:
 def step_seed(seed: int, step: int, rank: int, salt: int = 0) -> int:
     """The seed of one step's sampling on one rank (``salt`` separates uses within a step)."""
     return (seed * 1_000_003 + step * 10_007 + rank * 101 + salt) % (2**62)
+
+
+def from_rank0(value):
+    """Rank 0's ``value`` on every rank (a collective, and so a barrier); the value itself without a
+    process group."""
+    if not dist.is_initialized():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def on_rank0(fn: Callable[[], T]) -> T:
+    """Collective: run ``fn`` on rank 0 only (shared files: the output directory, a cache) and return its
+    result on every rank. A ``LeadFastError`` it raises is raised on every rank, so all ranks stop together
+    with the same message; any other exception keeps its traceback on rank 0 and stops the others too."""
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    outcome, crash = None, None
+    if rank == 0:
+        try:
+            outcome = ("ok", fn())
+        except LeadFastError as e:
+            outcome = ("error", (type(e), str(e)))
+        except BaseException as e:  # a bug, or Ctrl-C: rank 0 keeps its traceback, the others must not wait
+            outcome, crash = ("crash", f"{type(e).__name__}: {e}"), e
+    kind, value = from_rank0(outcome)
+    if kind == "error":
+        cls, message = value
+        raise cls(message)
+    if kind == "crash":
+        if crash is not None:
+            raise crash
+        raise RuntimeError(f"rank 0 failed ({value}); see its traceback")
+    return value

@@ -22,6 +22,20 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
+import torch.distributed as dist
+
+from lead_fast.algo import CORRECT, GradingRules, answers_equal, grade
+from lead_fast.choices import Engine, Switch, options
+from lead_fast.config import DataConfig, RolloutConfig
+from lead_fast.data import build_prompt, load_problems
+from lead_fast.distributed import on_rank0, setup_distributed, step_seed
+from lead_fast.errors import EvalError, LeadFastError, describe_os_error
+from lead_fast.model import check_context, load_tokenizer, resolve_dtype
+from lead_fast.rollout import EngineMemory, SamplingSettings, make_engine
+from lead_fast.rollout.graded import rollout_and_grade
+from lead_fast.rollout.vllm_check import vllm_import_problem
+from lead_fast.task import instruction_for
+
 
 # --------------------------------------------------------------------------------------------------
 # Metrics
@@ -46,8 +60,6 @@ def majority_vote(answers: list[str | None], *, timeout_s: float = 5.0) -> str |
     """The most frequent answer, where answers math-verify finds equal are one vote (``1/2``, ``0.5`` and
     ``\\frac{1}{2}`` count together); ``None`` answers are ignored (all ``None``: ``None``). Ties go to the
     class whose first member came first. Returns that first member."""
-    from lead_fast.algo import answers_equal
-
     classes: list[list[int]] = []          # indices of answers, per equivalence class, in order of first member
     for i, a in enumerate(answers):
         if a is None:
@@ -88,8 +100,6 @@ class ProblemResult:
 def score_problem(outcomes: list[int], answers: list[str | None], lengths: list[int], finish: list[str],
                   gold: str, *, timeout_s: float = 5.0) -> ProblemResult:
     """Counts for one problem: correct samples, whether the majority answer is right, lengths."""
-    from lead_fast.algo import CORRECT, grade
-
     vote = majority_vote(answers, timeout_s=timeout_s)
     vote_ok = vote is not None and grade(f"\\boxed{{{vote}}}", gold, timeout_s=timeout_s) == CORRECT
     return ProblemResult(correct=sum(o == CORRECT for o in outcomes), n=len(outcomes), vote_correct=vote_ok,
@@ -121,21 +131,17 @@ def summarize(results: list[ProblemResult], ks: list[int]) -> dict:
 # Generation and grading for a list of problems (the trainer's periodic eval uses this too)
 
 
-def generate_and_score(engine, tokenizer, prompts: list[list[int]], golds: list[str], settings, *, grade_kw: dict,
-                       timeout_s: float, num_workers: int | None = None,
+def generate_and_score(engine, tokenizer, prompts: list[list[int]], golds: list[str], settings, rules: GradingRules,
+                       *, num_workers: int | None = None,
                        score: bool = True) -> tuple[list[ProblemResult] | None, list[list[dict]]]:
     """Sample ``settings.n`` responses per prompt, grade them, score each problem (unless ``score`` is
     False: the eval command scores everything once, at the end, resumed problems included).
 
     Returns ``(results, samples)``; ``samples[i]`` lists problem ``i``'s samples as dicts (text, answer,
     outcome, length, finish reason)."""
-    from lead_fast.algo import extract_answer
-    from lead_fast.rollout.graded import rollout_and_grade
-
-    graded = rollout_and_grade(engine, tokenizer, prompts, golds, settings, grade_kw=grade_kw, timeout_s=timeout_s,
-                               num_workers=num_workers, progress=True)
-    span_kw = {k: grade_kw[k] for k in ("answer_from", "require_think") if k in grade_kw}
-    answers = [extract_answer(t, **span_kw) for t in graded.texts]
+    graded = rollout_and_grade(engine, tokenizer, prompts, golds, settings, rules, num_workers=num_workers,
+                               progress=True)
+    answers = [rules.answer(t) for t in graded.texts]
     samples = [dict(text=t, answer=a, outcome=o, length=len(c.token_ids), finish_reason=c.finish_reason)
                for t, a, o, c in zip(graded.texts, answers, graded.outcomes, graded.completions)]
     by_problem: list[list[dict]] = [[] for _ in prompts]
@@ -144,17 +150,13 @@ def generate_and_score(engine, tokenizer, prompts: list[list[int]], golds: list[
     if not score:
         return None, by_problem
     results = [score_problem([x["outcome"] for x in rows], [x["answer"] for x in rows], [x["length"] for x in rows],
-                             [x["finish_reason"] for x in rows], golds[p], timeout_s=timeout_s)
+                             [x["finish_reason"] for x in rows], golds[p], timeout_s=rules.timeout_s)
                for p, rows in enumerate(by_problem)]
     return results, by_problem
 
 
 # --------------------------------------------------------------------------------------------------
 # The command
-
-
-class EvalError(ValueError):
-    """Bad input to the evaluation; the message names it."""
 
 
 @dataclass
@@ -176,10 +178,13 @@ class EvalSettings:
     unboxed_is_wrong: bool
     stop: list[str] = field(default_factory=list)
 
+    def rules(self, timeout_s: float) -> GradingRules:
+        """The grading rules these samples are graded by, with a per-response deadline of ``timeout_s``."""
+        return GradingRules(require_think=self.require_think, answer_from=self.answer_from,
+                            unboxed_is_wrong=self.unboxed_is_wrong, timeout_s=timeout_s)
+
 
 def _parse(argv) -> tuple[argparse.Namespace, EvalSettings, list[int]]:
-    from lead_fast.config import AlgoConfig, DataConfig
-
     ap = argparse.ArgumentParser(prog="python -m lead_fast.eval", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="a Hugging Face model directory (an export, say)")
@@ -195,14 +200,14 @@ def _parse(argv) -> tuple[argparse.Namespace, EvalSettings, list[int]]:
     ap.add_argument("--min-p", type=float, default=0.0, help="min-p sampling (GRPO-LEAD's own evaluation: 0.01)")
     ap.add_argument("--max-new-tokens", type=int, default=1024)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--engine", choices=("hf", "vllm"), default="hf")
+    ap.add_argument("--engine", choices=options(Engine), default="hf")
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.0,
                     help="vLLM: fraction of the device's memory for the engine, as vLLM reads it (of the GPU on CUDA; "
                          "of host RAM on CPU, counting this whole process). 0 (default): 0.9 on CUDA; on CPU the KV "
                          "cache is sized for one batch instead")
     ap.add_argument("--kv-cache-gib", type=float, default=0.0,
                     help="vLLM: > 0 fixes the KV cache at this many GiB (the fraction is then unused)")
-    ap.add_argument("--enforce-eager", choices=("auto", "on", "off"), default="auto",
+    ap.add_argument("--enforce-eager", choices=options(Switch), default="auto",
                     help="vLLM: no torch.compile / CUDA graphs (auto: on for CPU, where compiling costs minutes)")
     ap.add_argument("--run-dir", help="a training run's output directory: use its prompt and grading settings")
     ap.add_argument("--problem-field", default="problem")
@@ -211,7 +216,7 @@ def _parse(argv) -> tuple[argparse.Namespace, EvalSettings, list[int]]:
     ap.add_argument("--batch-problems", type=int, default=8, help="problems per generate call, per rank")
     ap.add_argument("--grade-timeout-s", type=float, default=5.0)
     args = ap.parse_args(argv)
-    data_cfg, algo_cfg, stop = DataConfig(), AlgoConfig(), []
+    data_cfg, rules, stop = DataConfig(), GradingRules(), []
     if args.run_dir:
         import yaml
 
@@ -222,14 +227,10 @@ def _parse(argv) -> tuple[argparse.Namespace, EvalSettings, list[int]]:
         except (OSError, ValueError) as e:
             raise EvalError(f"cannot read the run's config {path}: {e}") from None
         d, a = run.get("data", {}), run.get("algo", {})
-        data_cfg.instruction, data_cfg.template = d.get("instruction", data_cfg.instruction), d.get("template", "auto")
-        for key in ("answer_from", "require_think", "unboxed_is_wrong"):
-            setattr(algo_cfg, key, a.get(key, getattr(algo_cfg, key)))
+        data_cfg = DataConfig(path=d.get("path"), instruction=d.get("instruction", data_cfg.instruction),
+                              template=d.get("template", "auto"))
+        rules = GradingRules(**{k: a[k] for k in ("answer_from", "require_think", "unboxed_is_wrong") if k in a})
         stop = list(run.get("rollout", {}).get("stop", []))
-        if d.get("path") is None:  # the generated task has its own instruction (the template stays the run's)
-            from lead_fast.demo import TASK_INSTRUCTION
-
-            data_cfg.instruction = TASK_INSTRUCTION
     if args.n < 1:
         raise EvalError(f"--n must be >= 1, got {args.n}")
     ks = args.k or default_ks(args.n)
@@ -245,12 +246,14 @@ def _parse(argv) -> tuple[argparse.Namespace, EvalSettings, list[int]]:
                         "and > 0")
     if args.temperature == 0 and args.n > 1:
         raise EvalError("--temperature 0 (greedy) gives n identical samples; use --n 1 or a temperature > 0")
+    if args.engine == "vllm" and (problem := vllm_import_problem()):
+        raise EvalError(problem)
     settings = EvalSettings(model=os.path.abspath(args.model), data=os.path.abspath(args.data), n=args.n,
                             temperature=args.temperature, top_p=args.top_p, min_p=args.min_p,
                             max_new_tokens=args.max_new_tokens,
-                            seed=args.seed, instruction=data_cfg.instruction, template=data_cfg.template,
-                            answer_from=algo_cfg.answer_from, require_think=algo_cfg.require_think,
-                            unboxed_is_wrong=algo_cfg.unboxed_is_wrong, stop=stop)
+                            seed=args.seed, instruction=instruction_for(data_cfg), template=data_cfg.template,
+                            answer_from=rules.answer_from, require_think=rules.require_think,
+                            unboxed_is_wrong=rules.unboxed_is_wrong, stop=stop)
     return args, settings, ks
 
 
@@ -274,6 +277,18 @@ def _done_so_far(out_dir: str, settings: EvalSettings) -> dict[int, list[dict]]:
     return {pid: rows for pid, rows in done.items() if len(rows) == settings.n}
 
 
+def _start_output(out_dir: str, settings: EvalSettings) -> dict[int, list[dict]]:
+    """Rank 0: the samples an earlier run with these settings left in ``out_dir``; records the settings."""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        done = _done_so_far(out_dir, settings)
+        with open(os.path.join(out_dir, "eval_config.json"), "w") as f:
+            json.dump(asdict(settings), f, indent=1)
+    except OSError as e:
+        raise EvalError(f"cannot write to {out_dir}: {describe_os_error(e)}; pass another --output-dir") from None
+    return done
+
+
 def _progress(total: int, enabled: bool):
     """A tqdm bar with ETA on a terminal (None elsewhere: the caller prints plain lines for logs and CI)."""
     if not (enabled and sys.stderr.isatty()):
@@ -284,14 +299,6 @@ def _progress(total: int, enabled: bool):
 
 
 def run(argv=None) -> int:
-    import torch
-    import torch.distributed as dist
-
-    from lead_fast.data import build_prompt, load_problems
-    from lead_fast.distributed import setup_distributed
-    from lead_fast.model import check_context, load_tokenizer
-    from lead_fast.rollout import EngineMemory, SamplingSettings, make_engine
-
     args, settings, ks = _parse(argv)
     problems = load_problems(settings.data, args.problem_field, args.answer_field)
     if args.limit:
@@ -300,19 +307,7 @@ def run(argv=None) -> int:
     rank, world, device = setup_distributed()
     log = (lambda m: print(m, flush=True)) if rank == 0 else (lambda m: None)
     # rank 0 reads what an earlier run left and records the settings; every rank gets its answer
-    state: list = [None]
-    if rank == 0:
-        try:
-            os.makedirs(args.output_dir, exist_ok=True)
-            state = [("ok", _done_so_far(args.output_dir, settings))]
-            with open(os.path.join(args.output_dir, "eval_config.json"), "w") as f:
-                json.dump(asdict(settings), f, indent=1)
-        except (EvalError, OSError) as e:
-            state = [("error", str(e))]
-    dist.broadcast_object_list(state, src=0)
-    if state[0][0] == "error":
-        raise EvalError(state[0][1])
-    done = state[0][1]
+    done = on_rank0(lambda: _start_output(args.output_dir, settings))
     todo = [i for i in range(len(problems)) if i not in done]
     if done:
         log(f"skipping {len(done)} problems already in {args.output_dir}/samples.jsonl")
@@ -323,15 +318,14 @@ def run(argv=None) -> int:
                   flags="--max-new-tokens (or leave out the longest problems)")
     prompts = {i: all_prompts[i] for i in mine}
     longest = max((len(p) for p in prompts.values()), default=1)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = resolve_dtype("auto", device)
     memory = EngineMemory(gpu_memory_utilization=args.gpu_memory_utilization, kv_cache_gib=args.kv_cache_gib,
                           batch_tokens=args.batch_problems * settings.n * (longest + settings.max_new_tokens),
                           default_fraction=0.9, flags=("--gpu-memory-utilization", "--kv-cache-gib"))
-    engine = make_engine(args.engine, settings.model, device=device, dtype=dtype, tokenizer=tok, seed=settings.seed,
-                         max_model_len=longest + settings.max_new_tokens, memory=memory, colocated=False,
-                         enforce_eager=args.enforce_eager)
-    grade_kw = dict(answer_from=settings.answer_from, require_think=settings.require_think,
-                    unboxed_is_wrong=settings.unboxed_is_wrong)
+    engine = make_engine(RolloutConfig(engine=args.engine, enforce_eager=args.enforce_eager), settings.model,
+                         device=device, dtype=dtype, tokenizer=tok, seed=settings.seed,
+                         max_model_len=longest + settings.max_new_tokens, memory=memory, colocated=False)
+    rules = settings.rules(args.grade_timeout_s)
     rounds = -(-len(todo) // (world * args.batch_problems)) if todo else 0
     bar, t0, finished = _progress(len(todo), rank == 0), time.time(), 0
     for r in range(rounds):
@@ -339,10 +333,10 @@ def run(argv=None) -> int:
         sampling = SamplingSettings(n=settings.n, temperature=settings.temperature,
                                     top_p=settings.top_p if settings.temperature > 0 else 1.0, min_p=settings.min_p,
                                     max_new_tokens=settings.max_new_tokens,
-                                    seed=settings.seed * 1_000_003 + r * 101 + rank,
+                                    seed=step_seed(settings.seed, r, rank),
                                     stop=tuple(settings.stop))
         _, samples = generate_and_score(engine, tok, [prompts[i] for i in batch], [problems[i].answer for i in batch],
-                                        sampling, grade_kw=grade_kw, timeout_s=args.grade_timeout_s, score=False)
+                                        sampling, rules, score=False)
         rows = [dict(problem_id=i, sample=s, **x) for i, group in zip(batch, samples) for s, x in enumerate(group)]
         gathered = [None] * world
         dist.all_gather_object(gathered, rows)
@@ -398,16 +392,12 @@ def markdown_table(summary: dict) -> str:
 
 
 def main(argv=None) -> int:
-    from lead_fast.config import ConfigError
-    from lead_fast.data import DataError
-    from lead_fast.model import ModelError
-
     try:
         return run(argv)
-    except (EvalError, DataError, ModelError, ConfigError) as e:
+    except LeadFastError as e:
         if os.environ.get("RANK", "0") == "0":
             print(f"lead_fast.eval: {e}", file=sys.stderr, flush=True)
-        return 2
+        return e.exit_code
     except KeyboardInterrupt:
         print("lead_fast.eval: interrupted; finished problems are in samples.jsonl and a re-run resumes",
               file=sys.stderr)

@@ -20,11 +20,9 @@ import sys
 import torch
 
 from lead_fast import checkpoint as ckpt
+from lead_fast.errors import ExportError, LeadFastError, describe_os_error
 from lead_fast.model import PolicyWithHead
-
-
-class ExportError(ValueError):
-    """The export cannot be made; the message says why."""
+from lead_fast.pretrained import cached_dir
 
 
 def base_model_for(checkpoint_dir: str, state: dict) -> str:
@@ -35,8 +33,6 @@ def base_model_for(checkpoint_dir: str, state: dict) -> str:
     path = config.get("model", {}).get("path")
     if path is None or config.get("run", {}).get("warm_start_steps", 0):
         return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(checkpoint_dir))), "base_model")
-    from lead_fast.pretrained import cached_dir
-
     return cached_dir(path)
 
 
@@ -74,8 +70,6 @@ def export_checkpoint(checkpoint_dir: str, out_dir: str, base_model_dir: str | N
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
     except OSError as e:
-        from lead_fast.run_dir import describe_os_error
-
         shutil.rmtree(tmp, ignore_errors=True)
         raise ExportError(f"could not write the export to {out_dir}: {describe_os_error(e)}") from None
     except BaseException:
@@ -106,9 +100,9 @@ def main(argv=None) -> int:
     out = args.out or os.path.join(os.path.dirname(os.path.dirname(path)), "export", os.path.basename(path))
     try:
         export_checkpoint(path, out, args.base_model, overwrite=args.overwrite)
-    except (ExportError, ckpt.CheckpointError) as e:
+    except LeadFastError as e:
         print(f"lead_fast.export: {e}", file=sys.stderr)
-        return 2
+        return e.exit_code
     except KeyboardInterrupt:
         print("lead_fast.export: interrupted; nothing was written", file=sys.stderr)
         return 130

@@ -9,8 +9,72 @@ import os
 import sys
 import time
 
-TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb"}
-"""``run.report_to`` names and the package each needs (both come with ``pip install 'lead_fast[tracking]'``)."""
+import torch
+
+from lead_fast.algo import CORRECT, DEGENERATE, NO_ANSWER, GroupFilter
+from lead_fast.rollout.graded import GradedRollouts
+
+
+
+# --------------------------------------------------------------------------------------------------
+# A step's metrics: this rank's counts (summed over ranks by name), then the row. Plain functions of the
+# step's parts, so a test can build them in-process.
+
+
+def step_counts(rollouts: GradedRollouts, rewards: torch.Tensor, groups: GroupFilter, num_prompts: int) -> dict:
+    """This rank's sums for one step's metrics (``all_sum`` them, then ``step_metrics``)."""
+    outcomes = torch.tensor(rollouts.outcomes, dtype=torch.long)
+    gid, dropped = rollouts.group_ids, ~groups.keep
+
+    def groups_where(mask: torch.Tensor) -> int:
+        return len(set(gid[mask].tolist()))
+
+    return {"responses": len(rollouts.outcomes), "correct": int((outcomes == CORRECT).sum()),
+            "no_answer": int((outcomes == NO_ANSWER).sum()), "degenerate": int((outcomes == DEGENERATE).sum()),
+            "reward": float(rewards.sum()), "tokens": float(rollouts.lengths.sum()), "groups": num_prompts,
+            "groups_dropped": num_prompts - groups_where(groups.keep),
+            "dropped_all_equal": groups_where(groups.all_equal & dropped),
+            "dropped_no_correct": groups_where(groups.no_correct & dropped),
+            "grade_timeouts": rollouts.grade_timeouts,
+            "truncated": sum(c.finish_reason == "length" for c in rollouts.completions)}
+
+
+def step_metrics(tot: dict, update: dict, seconds: dict, lr: float) -> dict:
+    """One step's row of ``metrics.jsonl`` from the counts summed over ranks (``step_counts``), the
+    updater's result and the step's ``seconds``: ``rollout``, ``grade``, ``update``, ``sync``, ``step`` (this
+    rank's) and ``slowest_rollout`` (the slowest rank's)."""
+    n = max(tot["responses"], 1.0)
+    return {
+        "loss": update["loss"], "reward/mean": tot["reward"] / n, "accuracy": tot["correct"] / n,
+        "response_length/mean": tot["tokens"] / n, "no_answer_frac": tot["no_answer"] / n,
+        "degenerate_frac": tot["degenerate"] / n, "clip_frac": update["clip_frac"], "kl": update["kl"],
+        "entropy": update["entropy"], "grad_norm": update["grad_norm"], "lr": lr,
+        "groups_dropped": int(tot["groups_dropped"]), "groups": int(tot["groups"]),
+        "groups_dropped/all_equal": int(tot["dropped_all_equal"]),
+        "groups_dropped/no_correct": int(tot["dropped_no_correct"]),
+        "grade_timeouts": int(tot["grade_timeouts"]), "nonfinite_skipped": update["nonfinite_skipped"],
+        "time/rollout_s": seconds["rollout"], "time/grade_s": seconds["grade"], "time/update_s": seconds["update"],
+        "time/sync_s": seconds["sync"], "time/step_s": seconds["step"],
+        "tokens_per_s": tot["tokens"] / max(seconds["step"], 1e-9),
+        "rollout/tokens_per_s": tot["tokens"] / max(seconds["slowest_rollout"], 1e-9),
+        "rollout/truncated_frac": tot["truncated"] / n, "rollout/logprob_gap": update["logprob_gap"],
+    }
+
+
+def eval_counts(results) -> dict:
+    """This rank's sums over its eval problems (``ProblemResult``s of ``lead_fast.eval``)."""
+    return {"problems": len(results), "pass1": sum(r.correct / r.n for r in results),
+            "cons": sum(r.vote_correct for r in results), "responses": sum(r.n for r in results),
+            "tokens": sum(sum(r.lengths) for r in results)}
+
+
+def eval_metrics(tot: dict, seconds: float) -> dict:
+    """The trainer's eval columns from ``eval_counts`` summed over ranks; ``eval/accuracy`` is pass@1 and
+    ``eval/cons@n`` the majority vote over ``rollout.eval_n`` samples."""
+    problems = max(tot["problems"], 1.0)
+    return {"eval/accuracy": tot["pass1"] / problems, "eval/pass@1": tot["pass1"] / problems,
+            "eval/cons@n": tot["cons"] / problems,
+            "eval/response_length": tot["tokens"] / max(tot["responses"], 1.0), "time/eval_s": seconds}
 
 
 def _fmt(v) -> str:

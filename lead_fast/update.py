@@ -19,13 +19,17 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.distributed as dist
 
 from lead_fast.algo.rewards import loss_token_weights
+from lead_fast.choices import LossAgg, LossNorm
 from lead_fast.distributed import all_max, all_sum, step_seed
+from lead_fast.errors import NonFiniteError
+from lead_fast.model import RowInputs
+from lead_fast.ops import LossParams, TokenInputs
 
 
 @dataclass
@@ -43,31 +47,49 @@ class Sample:
 
 @dataclass
 class MicroBatch:
-    """Rows (packed: one) and the per-token inputs of their response tokens, flattened in sequence order."""
+    """One forward/backward: the backbone's rows (packed: one), the loss head's per-token inputs (the
+    response tokens, flattened in sequence order), and the engine's log-probs of those tokens, if any."""
 
-    input_ids: torch.Tensor        # (B, T); packed: (1, T)
-    attention_mask: torch.Tensor | None   # (B, T); packed: None (a 2-D mask would undo the isolation)
-    positions: torch.Tensor        # (n,) flat indices into B*T of the hidden states predicting `targets`
-    targets: torch.Tensor          # (n,)
-    advantages: torch.Tensor       # (n,)
-    correct_ratio: torch.Tensor    # (n,)
-    token_weights: torch.Tensor    # (n,)
-    old_logprobs: torch.Tensor | None   # (n,)
-    ref_logprobs: torch.Tensor | None   # (n,)
-    rollout_logprobs: torch.Tensor | None   # (n,)
-    position_ids: torch.Tensor | None = None   # packed: (1, T), restarting at 0 for each sequence
-    seq_lens: list[int] | None = None          # packed: the length of each sequence in the row
+    rows: RowInputs
+    tokens: TokenInputs
+    rollout_logprobs: torch.Tensor | None = None   # (n,)
 
 
-def seq_cost(length: int, width: int = 4096) -> int:
-    """Relative compute of one sequence: the linear layers (length x width) plus attention (length^2)."""
+@dataclass(frozen=True)
+class UpdateSettings:
+    """How one rollout batch becomes optimizer steps; the trainer builds it once from its config."""
+
+    updates_per_batch: int = 1
+    """Optimizer steps per rollout batch (1: on-policy, no old-policy pass)."""
+    micro_batch_tokens: int = 1024
+    """Token budget of one micro-batch (prompt + response; real tokens when packed)."""
+    packed: bool = False
+    """Micro-batches are packed rows (else right-padded rows)."""
+    grad_clip: float = 1.0
+    """Global gradient-norm clip (0: none)."""
+    loss_agg: LossAgg = "token_mean"
+    """``loss_token_weights``' aggregation over a mini-batch."""
+    loss_norm: LossNorm = "kept"
+    """``seq_mean_token_mean`` divides by the sequences kept (kept) or sampled (sampled)."""
+    reweight: bool = True
+    """Difficulty weights in the loss head (each token's group correct ratio is passed)."""
+    seed: int = 0
+    """The run's seed (mini-batch shuffling)."""
+    max_nonfinite_steps: int = 3
+    """Stop after this many non-finite steps in a row."""
+
+
+def seq_cost(length: int, width: int) -> int:
+    """Relative compute of one sequence in a model of hidden size ``width``: the linear layers
+    (length x width) plus attention (length^2)."""
     return length * width + length * length
 
 
-def balanced_partition(samples: list[Sample], n_bins: int, budget: int) -> list[list[Sample]]:
+def balanced_partition(samples: list[Sample], n_bins: int, budget: int, width: int) -> list[list[Sample]]:
     """Spread ``samples`` over at least ``n_bins`` micro-batches of at most ``budget`` real tokens (a longer
-    sequence gets one of its own): largest cost first, each onto the lightest bin it fits in, a new bin when
-    none fits. Empty bins are dropped (the caller pads with filler micro-batches)."""
+    sequence gets one of its own): largest cost (``seq_cost`` at hidden size ``width``) first, each onto the
+    lightest bin it fits in, a new bin when none fits. Empty bins are dropped (the caller pads with filler
+    micro-batches)."""
     bins: list[list[Sample]] = [[] for _ in range(n_bins)]
     tokens, cost = [0] * n_bins, [0] * n_bins
     for s in sorted(samples, key=lambda s: len(s.prompt) + len(s.response), reverse=True):
@@ -81,7 +103,7 @@ def balanced_partition(samples: list[Sample], n_bins: int, budget: int) -> list[
         b = min(fits, key=lambda i: (cost[i], i))
         bins[b].append(s)
         tokens[b] += length
-        cost[b] += seq_cost(length)
+        cost[b] += seq_cost(length, width)
     return [b for b in bins if b]
 
 
@@ -101,9 +123,11 @@ def plan_micro_batches(samples: list[Sample], budget: int) -> list[list[Sample]]
     return batches
 
 
-def _response_inputs(batch: list[Sample], token_weight: float | list[float], device) -> dict:
-    """The per-token inputs of ``batch``'s response tokens, in sequence order; sample ``i``'s tokens get
-    ``token_weight[i]`` (or all the same one). Old / reference log-probs only when every sample has them."""
+def _response_inputs(batch: list[Sample], token_weight: float | list[float],
+                     device) -> tuple[TokenInputs, torch.Tensor | None]:
+    """The per-token inputs of ``batch``'s response tokens, in sequence order, and the engine's log-probs of
+    them; sample ``i``'s tokens get ``token_weight[i]`` (or all the same one). Old / reference / engine
+    log-probs only when every sample has them."""
     weights = token_weight if isinstance(token_weight, (list, tuple)) else [token_weight] * len(batch)
 
     def per_token(value):
@@ -113,10 +137,12 @@ def _response_inputs(batch: list[Sample], token_weight: float | list[float], dev
         parts = [getattr(s, attr) for s in batch]
         return torch.cat(parts).to(device) if all(p is not None for p in parts) else None
 
-    return dict(targets=torch.cat([torch.tensor(s.response) for s in batch]).to(device),
-                advantages=per_token(lambda i, s: s.advantage), correct_ratio=per_token(lambda i, s: s.correct_ratio),
-                token_weights=per_token(lambda i, s: weights[i]), old_logprobs=given("old_logprobs"),
-                ref_logprobs=given("ref_logprobs"), rollout_logprobs=given("rollout_logprobs"))
+    tokens = TokenInputs(targets=torch.cat([torch.tensor(s.response) for s in batch]).to(device),
+                         advantages=per_token(lambda i, s: s.advantage),
+                         correct_ratio=per_token(lambda i, s: s.correct_ratio),
+                         token_weights=per_token(lambda i, s: weights[i]), old_logprobs=given("old_logprobs"),
+                         ref_logprobs=given("ref_logprobs"))
+    return tokens, given("rollout_logprobs")
 
 
 def collate(batch: list[Sample], pad_id: int, device, token_weight: float | list[float]) -> MicroBatch:
@@ -125,48 +151,48 @@ def collate(batch: list[Sample], pad_id: int, device, token_weight: float | list
     T = max(len(s.prompt) + len(s.response) for s in batch)
     ids = torch.full((len(batch), T), pad_id, dtype=torch.long)
     mask = torch.zeros((len(batch), T), dtype=torch.long)
-    pos = []
+    hidden_rows = []
     for b, s in enumerate(batch):
         seq = s.prompt + s.response
         ids[b, : len(seq)] = torch.tensor(seq)
         mask[b, : len(seq)] = 1
         P, R = len(s.prompt), len(s.response)
-        pos.append(torch.arange(b * T + P - 1, b * T + P - 1 + R))  # hidden at t predicts token t + 1
-    return MicroBatch(input_ids=ids.to(device), attention_mask=mask.to(device), positions=torch.cat(pos).to(device),
-                      **_response_inputs(batch, token_weight, device))
+        hidden_rows.append(torch.arange(b * T + P - 1, b * T + P - 1 + R))  # hidden at t predicts token t + 1
+    rows = RowInputs(input_ids=ids.to(device), attention_mask=mask.to(device),
+                     hidden_rows=torch.cat(hidden_rows).to(device))
+    return MicroBatch(rows, *_response_inputs(batch, token_weight, device))
 
 
 def collate_packed(batch: list[Sample], device, token_weight: float | list[float]) -> MicroBatch:
     """Concatenate ``batch`` into one ``(1, T)`` row with ``position_ids`` restarting at 0 for each
     sequence and no attention mask (transformers derives the block-diagonal causal mask from the
     position ids); weights as in ``collate``."""
-    ids, position_ids, pos, lens = [], [], [], []
+    ids, position_ids, hidden_rows, lens = [], [], [], []
     for s in batch:
         P, R = len(s.prompt), len(s.response)
-        pos.append(torch.arange(len(ids) + P - 1, len(ids) + P - 1 + R))   # hidden at t predicts token t + 1
+        hidden_rows.append(torch.arange(len(ids) + P - 1, len(ids) + P - 1 + R))   # hidden at t predicts token t + 1
         ids += s.prompt + s.response
         position_ids.append(torch.arange(P + R))
         lens.append(P + R)
-    return MicroBatch(input_ids=torch.tensor([ids], device=device), attention_mask=None,
-                      positions=torch.cat(pos).to(device), position_ids=torch.cat(position_ids)[None].to(device),
-                      seq_lens=lens, **_response_inputs(batch, token_weight, device))
-
-
-class NonFiniteError(RuntimeError):
-    """Too many optimizer steps in a row had a non-finite loss or gradient."""
+    rows = RowInputs(input_ids=torch.tensor([ids], device=device), attention_mask=None,
+                     hidden_rows=torch.cat(hidden_rows).to(device),
+                     position_ids=torch.cat(position_ids)[None].to(device), seq_lens=tuple(lens))
+    return MicroBatch(rows, *_response_inputs(batch, token_weight, device))
 
 
 class Updater:
-    """Runs the update for one rollout batch on this rank (a collective: every rank calls ``update``)."""
+    """Runs the update for one rollout batch on this rank (a collective: every rank calls ``update``).
 
-    def __init__(self, cfg, *, policy, ref, optimizer, scheduler, pad_id: int, device, rank: int, world: int,
-                 log=print):
-        self.cfg, self.policy, self.ref = cfg, policy, ref
-        self.opt, self.sched = optimizer, scheduler
+    ``loss``: the loss head's hyper-parameters, built once by the trainer and passed whole to every forward.
+    ``ref``: the frozen reference policy when the loss has a KL term, else None."""
+
+    def __init__(self, policy, ref, optimizer, scheduler, settings: UpdateSettings, loss: LossParams, *,
+                 pad_id: int, device, rank: int, world: int, log=print):
+        self.policy, self.ref, self.opt, self.sched = policy, ref, optimizer, scheduler
+        self.settings, self.loss = settings, loss
         self.pad_id, self.device, self.rank, self.world, self.log = pad_id, device, rank, world, log
+        self.width = policy.lm.config.hidden_size       # weighs sequences when packed micro-batches are balanced
         self.nonfinite_in_a_row = 0
-        self.packed = cfg.optim.packed(cfg.model.attn_implementation)
-        self.budget = cfg.optim.micro_batch_budget(torch.device(device).type)
         # Stands in on a rank with fewer micro-batches than another: FSDP2 gathers in every forward, so
         # all ranks run the same number; its tokens weigh 0.
         self.filler = Sample([pad_id], [pad_id], 0.0, 0.0)
@@ -174,51 +200,48 @@ class Updater:
     def _plan(self, samples: list[Sample]) -> list[tuple[list[Sample], bool]]:
         """Collective. Micro-batches, padded with filler ones to the largest count on any rank;
         ``(batch, real)``. Packed: as many as the rank with the most tokens needs, balanced by cost."""
-        budget = self.budget
-        if self.packed:
+        budget = self.settings.micro_batch_tokens
+        if self.settings.packed:
             tokens = sum(len(s.prompt) + len(s.response) for s in samples)
-            plan = balanced_partition(samples, all_max(-(-tokens // budget), self.device), budget)
+            plan = balanced_partition(samples, all_max(-(-tokens // budget), self.device), budget, self.width)
         else:
             plan = plan_micro_batches(samples, budget)
         n = all_max(len(plan), self.device)
         return [(b, True) for b in plan] + [([self.filler], False)] * (n - len(plan))
 
     def _collate(self, batch: list[Sample], token_weight) -> MicroBatch:
-        if self.packed:
-            return collate_packed(batch, self.device, token_weight)
-        return collate(batch, self.pad_id, self.device, token_weight)
-
-    def _loss_kwargs(self) -> dict:
-        optim = self.cfg.optim
-        return dict(temperature=self.cfg.rollout.temperature, backend=optim.loss_backend,
-                    chunk_size=optim.loss_chunk_size or None)
+        if self.settings.packed:
+            mb = collate_packed(batch, self.device, token_weight)
+        else:
+            mb = collate(batch, self.pad_id, self.device, token_weight)
+        if not self.settings.reweight:      # no correct ratio: the head applies no difficulty weight
+            mb.tokens = replace(mb.tokens, correct_ratio=None)
+        return mb
 
     @torch.no_grad()
     def _fill_logprobs(self, model, samples: list[Sample], attr: str) -> None:
         """Set ``attr`` (``old_logprobs`` / ``ref_logprobs``) of every sample from ``model``, no graph."""
         for batch, real in self._plan(samples):
             mb = self._collate(batch, 0.0)
-            lp = model(mb.input_ids, mb.attention_mask, mb.positions, mb.targets, mode="logprobs",
-                       position_ids=mb.position_ids, seq_lens=mb.seq_lens, **self._loss_kwargs()).cpu()
+            lp = model(mb.rows, mb.tokens, self.loss, mode="logprobs").cpu()
             if real:
                 offset = 0  # collate flattens rows in batch order, each row's response contiguous
                 for s in batch:
                     setattr(s, attr, lp[offset: offset + len(s.response)])
                     offset += len(s.response)
 
-    def update(self, samples: list[Sample], step: int, sampled: int | None = None) -> dict:
-        """``sampled``: responses sampled for this rollout batch on all ranks, before groups were dropped
+    def update(self, samples: list[Sample], step: int, num_sampled: int | None = None) -> dict:
+        """``num_sampled``: responses sampled for this rollout batch on all ranks, before groups were dropped
         (what ``algo.loss_norm=sampled`` divides by). Returns ``loss``, ``clip_frac``, ``kl``, ``entropy``,
         ``grad_norm`` (NaN when nothing was updated), ``updated``, ``nonfinite_skipped`` and
         ``logprob_gap`` (mean |rollout - trainer| log-prob per token at the weights that generated, over
         every rank's samples that carry ``rollout_logprobs``; NaN when none do)."""
-        cfg = self.cfg
+        n_updates = self.settings.updates_per_batch
         result = dict(loss=math.nan, clip_frac=math.nan, kl=math.nan, entropy=math.nan, grad_norm=math.nan,
                       updated=False, nonfinite_skipped=0, logprob_gap=math.nan)
         self._gap = torch.zeros(2, dtype=torch.float64)     # sum |difference|, tokens
         if all_sum({"tokens": sum(len(s.response) for s in samples)}, self.device)["tokens"] == 0:
             return result  # every group on every rank was dropped
-        n_updates = cfg.optim.updates_per_batch
         if self.ref is not None:
             self._fill_logprobs(self.ref, samples, "ref_logprobs")
         if n_updates > 1:
@@ -228,10 +251,10 @@ class Updater:
                     diff = (s.old_logprobs.double() - s.rollout_logprobs.double()).abs()
                     self._gap += torch.tensor([diff.sum().item(), diff.numel()], dtype=torch.float64)
         order = samples[:]
-        random.Random(step_seed(cfg.run.seed, step, self.rank, salt=2)).shuffle(order)
+        random.Random(step_seed(self.settings.seed, step, self.rank, salt=2)).shuffle(order)
         totals = {"loss": 0.0, "clipped": 0.0, "kl": 0.0, "entropy": 0.0, "weight": 0.0}
         done = 0
-        per_mini = None if sampled is None else sampled / n_updates
+        per_mini = None if num_sampled is None else num_sampled / n_updates
         for mini in (order[i::n_updates] for i in range(n_updates)):
             sums = self._accumulate(mini, per_mini)
             if sums is None:
@@ -257,51 +280,42 @@ class Updater:
                           entropy=totals["entropy"] / w, updated=True)
         return result
 
-    def _weights(self, mini: list[Sample], sampled: float | None) -> dict[int, float] | None:
+    def _weights(self, mini: list[Sample], num_sampled: float | None) -> dict[int, float] | None:
         """Collective. Each of this rank's samples' per-token weight, keyed by ``id``; None if the
         mini-batch is empty on every rank."""
-        algo = self.cfg.algo
         lengths = [len(s.response) for s in mini]
         every = [None] * self.world
         dist.all_gather_object(every, lengths)
         flat = [n for rank_lengths in every for n in rank_lengths]
         if not flat:
             return None
-        num = round(sampled) if (algo.loss_norm == "sampled" and sampled is not None) else None
-        w = loss_token_weights(flat, agg=algo.loss_agg, num_sequences=num)
+        sampled = self.settings.loss_norm == "sampled" and num_sampled is not None
+        w = loss_token_weights(flat, agg=self.settings.loss_agg, num_sequences=round(num_sampled) if sampled else None)
         start = sum(len(x) for x in every[: self.rank])
         return {id(s): self.world * float(w[start + i]) for i, s in enumerate(mini)}
 
-    def _accumulate(self, mini: list[Sample], sampled: float | None) -> dict[str, float] | None:
+    def _accumulate(self, mini: list[Sample], num_sampled: float | None) -> dict[str, float] | None:
         """Forward + backward over one mini-batch's micro-batches, gradients synced once at the end.
         Returns the mini-batch's loss and token-weighted sums over all ranks, or None if it is empty."""
-        algo = self.cfg.algo
-        weights = self._weights(mini, sampled)
+        weights = self._weights(mini, num_sampled)
         if weights is None:
             return None
         plan = self._plan(mini)
         # kept on the device until the end: no host sync between micro-batches
         sums = {k: torch.zeros((), dtype=torch.float64, device=self.device)
                 for k in ("loss", "clipped", "kl", "entropy", "weight")}
+        on_policy = self.settings.updates_per_batch == 1
         for k, (batch, real) in enumerate(plan):
             self.policy.set_requires_gradient_sync(k == len(plan) - 1)
             mb = self._collate(batch, [weights[id(s)] for s in batch] if real else 0.0)
-            out = self.policy(
-                mb.input_ids, mb.attention_mask, mb.positions, mb.targets, mode="loss",
-                position_ids=mb.position_ids, seq_lens=mb.seq_lens,
-                advantages=mb.advantages, token_weights=mb.token_weights,
-                old_logprobs=mb.old_logprobs if self.cfg.optim.updates_per_batch > 1 else None,
-                ref_logprobs=mb.ref_logprobs if self.ref is not None else None,
-                clip_low=algo.clip_low, clip_high=algo.clip_high, kl_coef=algo.kl_coef, entropy_coef=algo.entropy_coef,
-                correct_ratio=mb.correct_ratio if algo.reweight else None, w_min=algo.w_min, w_max=algo.w_max,
-                midpoint=algo.midpoint, steepness=algo.steepness, **self._loss_kwargs())
+            out = self.policy(mb.rows, mb.tokens, self.loss)
             out.loss.backward()
-            if real and mb.rollout_logprobs is not None and self.cfg.optim.updates_per_batch == 1:
+            if real and mb.rollout_logprobs is not None and on_policy:
                 # one mini-batch, before its optimizer step: these log-probs are the generating weights'
                 diff = (out.logprobs.detach().double().cpu() - mb.rollout_logprobs.double().cpu()).abs()
                 self._gap += torch.tensor([diff.sum().item(), diff.numel()], dtype=torch.float64)
             if real:
-                w = mb.token_weights.double() / self.world     # each token's share of the global aggregate
+                w = mb.tokens.token_weights.double() / self.world     # each token's share of the global aggregate
                 sums["loss"] += out.loss.detach().double() / self.world
                 sums["clipped"] += (out.clipped.double() * w).sum()
                 sums["kl"] += (out.kl.double() * w).sum()
@@ -312,14 +326,14 @@ class Updater:
 
     def _clip(self) -> float:
         """Clip the global gradient norm (0: no clipping) and return it."""
-        max_norm = self.cfg.optim.grad_clip or math.inf
+        max_norm = self.settings.grad_clip or math.inf
         norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), max_norm)
         return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
     def _skip(self, step: int, loss: float, grad_norm: float) -> None:
         self.opt.zero_grad(set_to_none=True)
         self.nonfinite_in_a_row += 1
-        limit = self.cfg.run.max_nonfinite_steps
+        limit = self.settings.max_nonfinite_steps
         self.log(f"WARNING: step {step + 1}: non-finite loss or gradient (loss={loss}, grad_norm={grad_norm}); "
                  f"skipped ({self.nonfinite_in_a_row} in a row)")
         if self.nonfinite_in_a_row >= limit:

@@ -41,8 +41,17 @@ def test_resume_is_exact(embedded_model, tmp_path):
 
 
 def test_resume_with_other_world_size(embedded_model, tmp_path):
+    """A 2-rank checkpoint resumed on 1 rank: the policy holds exactly the checkpoint's weights (compared
+    with an export of it, and unlike the base model's), then the run goes on from its step."""
     out = tmp_path / "ws"
     check(torchrun(2, _args(embedded_model, out, "--max-steps", "2", "--save-every", "2")))
+    check(python(["-m", "lead_fast.export", "--output-dir", str(out), "--out", str(tmp_path / "hf")]))
+    res = tmp_path / "resumed.json"
+    check(torchrun(1, [str(HELPERS / "resumed_weights.py"), str(res), str(tmp_path / "hf"), embedded_model,
+                       *_args(embedded_model, out, "--max-steps", "3", "--resume")[2:]]))
+    r = json.loads(res.read_text())
+    assert r["world"] == 1 and r["start_step"] == 2 and r["tensors"] > 0
+    assert r["export"] == 0.0 and r["base"] > 1e-4, r      # the trained weights, loaded exactly
     p = torchrun(1, _args(embedded_model, out, "--max-steps", "3", "--resume"))
     check(p)
     assert "resumed from" in p.stdout and [r["step"] for r in _rows(out)] == [0, 1, 2, 3]
@@ -151,7 +160,7 @@ def test_sigterm_saves_and_resumes(embedded_model, tmp_path):
 
 
 def test_help_lists_every_field():
-    from lead_fast.config import all_keys
+    from lead_fast.cli import all_keys
 
     p = check(python(["-m", "lead_fast.train", "--help"]))
     for key in all_keys():

@@ -8,7 +8,9 @@ import json
 import pytest
 import torch
 
-from lead_fast.model import PolicyWithHead, load_model, load_tokenizer
+from lead_fast.config import RolloutConfig
+from lead_fast.model import PolicyWithHead, RowInputs, load_model, load_tokenizer
+from lead_fast.ops import LossParams, TokenInputs
 from lead_fast.rollout import SamplingSettings, make_engine
 from tests.launch import HELPERS, TRAIN_DATA, check, python, torchrun
 
@@ -24,8 +26,8 @@ def test_sync_sends_the_shared_weight_once_and_the_engine_ties_it(tied_model_dir
     names = [n for n, _ in PolicyWithHead(lm).hf_named_tensors()]
     assert "model.embed_tokens.weight" in names and "lm_head.weight" not in names
     tok = load_tokenizer(tied_model_dir)
-    eng = make_engine("hf", tied_model_dir, device=torch.device("cpu"), dtype=torch.float32, tokenizer=tok, seed=0,
-                      max_model_len=128)
+    eng = make_engine(RolloutConfig(engine="hf"), tied_model_dir, device=torch.device("cpu"), dtype=torch.float32,
+                      tokenizer=tok, seed=0, max_model_len=128)
     with torch.no_grad():
         lm.model.embed_tokens.weight.add_(0.5)
     eng.update_weights(PolicyWithHead(lm).hf_named_tensors())
@@ -43,11 +45,11 @@ def test_loss_head_gradient_reaches_the_shared_weight_once(tied_model_dir):
     g = torch.Generator().manual_seed(0)
     V = tied.config.vocab_size
     ids = torch.randint(2, V, (1, 12), generator=g)
-    positions, targets = torch.arange(4, 11), ids[0, 5:12]
-    adv = torch.randn(7, generator=g, dtype=torch.float64)
+    rows = RowInputs(input_ids=ids, attention_mask=torch.ones_like(ids), hidden_rows=torch.arange(4, 11))
+    tokens = TokenInputs(targets=ids[0, 5:12], advantages=torch.randn(7, generator=g, dtype=torch.float64),
+                         token_weights=torch.full((7,), 1 / 7, dtype=torch.float64))
     for lm in (tied, untied):
-        out = PolicyWithHead(lm)(ids, torch.ones_like(ids), positions, targets, advantages=adv,
-                                 token_weights=torch.full((7,), 1 / 7, dtype=torch.float64), backend="torch")
+        out = PolicyWithHead(lm, backend="torch")(rows, tokens, LossParams())
         out.loss.backward()
     want = untied.model.embed_tokens.weight.grad + untied.lm_head.weight.grad
     torch.testing.assert_close(tied.model.embed_tokens.weight.grad, want, rtol=1e-10, atol=1e-12)

@@ -1,9 +1,11 @@
 """Micro-batch planning and collation (the update's bookkeeping), in-process."""
 
 import random
+from dataclasses import replace
 
 import torch
 
+from lead_fast.ops import LossParams
 from lead_fast.update import Sample, collate, plan_micro_batches
 
 
@@ -37,18 +39,20 @@ def test_collate_positions_predict_the_response_tokens():
     samples = _samples([(3, 2), (1, 4), (5, 1)])
     samples[0].old_logprobs = torch.tensor([-1.0, -2.0])
     mb = collate(samples, pad_id=0, device="cpu", token_weight=0.25)
-    B, T = mb.input_ids.shape
+    rows, tok = mb.rows, mb.tokens
+    B, T = rows.input_ids.shape
     assert (B, T) == (3, 6)
-    assert mb.attention_mask.sum(1).tolist() == [5, 5, 6]
-    flat = mb.input_ids.reshape(-1)
-    # the token after each position is the target: hidden state at t predicts token t + 1
-    assert torch.equal(flat[mb.positions + 1], mb.targets)
-    assert mb.targets.tolist() == [t for s in samples for t in s.response]
-    assert torch.equal(mb.advantages, torch.tensor([s.advantage for s in samples for _ in s.response]))
-    assert torch.equal(mb.correct_ratio, torch.tensor([s.correct_ratio for s in samples for _ in s.response]))
-    assert mb.token_weights.tolist() == [0.25] * 7
-    assert mb.old_logprobs is None and mb.ref_logprobs is None   # present for only some rows: not used
-    assert (mb.input_ids[1, 5:] == 0).all() and (mb.attention_mask[1, 5:] == 0).all()   # right padding
+    assert rows.attention_mask.sum(1).tolist() == [5, 5, 6]
+    flat = rows.input_ids.reshape(-1)
+    # the token after each hidden row is the target: hidden state at t predicts token t + 1
+    assert torch.equal(flat[rows.hidden_rows + 1], tok.targets)
+    assert tok.targets.tolist() == [t for s in samples for t in s.response]
+    assert torch.equal(tok.advantages, torch.tensor([s.advantage for s in samples for _ in s.response]))
+    assert torch.equal(tok.correct_ratio, torch.tensor([s.correct_ratio for s in samples for _ in s.response]))
+    assert tok.token_weights.tolist() == [0.25] * 7
+    assert tok.old_logprobs is None and tok.ref_logprobs is None   # present for only some rows: not used
+    assert mb.rollout_logprobs is None
+    assert (rows.input_ids[1, 5:] == 0).all() and (rows.attention_mask[1, 5:] == 0).all()   # right padding
 
 
 def test_balanced_partition_keeps_everything_within_budget():
@@ -58,14 +62,14 @@ def test_balanced_partition_keeps_everything_within_budget():
     samples = _samples([(rng.randrange(1, 30), rng.randrange(1, 200)) for _ in range(40)])
     budget = 600
     total = sum(len(s.prompt) + len(s.response) for s in samples)
-    bins = balanced_partition(samples, -(-total // budget), budget)
+    bins = balanced_partition(samples, -(-total // budget), budget, width=64)
     assert sorted(id(s) for b in bins for s in b) == sorted(id(s) for s in samples)
     assert all(sum(len(s.prompt) + len(s.response) for s in b) <= budget for b in bins)
-    costs = [sum(seq_cost(len(s.prompt) + len(s.response)) for s in b) for b in bins]
+    costs = [sum(seq_cost(len(s.prompt) + len(s.response), 64) for s in b) for b in bins]
     assert max(costs) <= 2 * min(costs)                      # largest-first onto the lightest bin: balanced
     big = _samples([(10, 900)])
-    assert [len(b) for b in balanced_partition(big + samples[:3], 2, budget)][0] >= 1   # over budget: alone
-    assert balanced_partition([], 3, budget) == []
+    assert [len(b) for b in balanced_partition(big + samples[:3], 2, budget, 64)][0] >= 1   # over budget: alone
+    assert balanced_partition([], 3, budget, 64) == []
 
 
 def test_collate_packed_restarts_positions_and_has_no_mask():
@@ -73,16 +77,17 @@ def test_collate_packed_restarts_positions_and_has_no_mask():
 
     samples = _samples([(3, 2), (1, 4), (5, 1)])
     mb = collate_packed(samples, "cpu", [0.5, 0.25, 1.0])
-    assert mb.input_ids.shape == (1, 16) and mb.attention_mask is None
-    assert mb.position_ids[0].tolist() == [0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 5]
-    assert torch.equal(mb.input_ids[0][mb.positions + 1], mb.targets)
-    assert mb.token_weights.tolist() == [0.5, 0.5, 0.25, 0.25, 0.25, 0.25, 1.0] and mb.seq_lens == [5, 5, 6]
+    rows = mb.rows
+    assert rows.input_ids.shape == (1, 16) and rows.attention_mask is None
+    assert rows.position_ids[0].tolist() == [0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 5]
+    assert torch.equal(rows.input_ids[0][rows.hidden_rows + 1], mb.tokens.targets)
+    assert mb.tokens.token_weights.tolist() == [0.5, 0.5, 0.25, 0.25, 0.25, 0.25, 1.0] and rows.seq_lens == (5, 5, 6)
 
 
 def _policy(model_dir):
     from lead_fast.model import PolicyWithHead, load_model
 
-    return PolicyWithHead(load_model(model_dir, torch.float32, torch.device("cpu")))
+    return PolicyWithHead(load_model(model_dir, torch.float32, torch.device("cpu")), backend="torch")
 
 
 def test_packed_and_padded_give_the_same_logprobs_and_gradients(tiny_model_dir):
@@ -96,10 +101,8 @@ def test_packed_and_padded_give_the_same_logprobs_and_gradients(tiny_model_dir):
     results = []
     for mb in (collate(samples, 0, "cpu", 0.1), collate_packed(samples, "cpu", 0.1)):
         policy.zero_grad()
-        lp = policy(mb.input_ids, mb.attention_mask, mb.positions, mb.targets, mode="logprobs",
-                    position_ids=mb.position_ids, backend="torch")
-        out = policy(mb.input_ids, mb.attention_mask, mb.positions, mb.targets, mode="loss", advantages=mb.advantages,
-                     token_weights=mb.token_weights, position_ids=mb.position_ids, backend="torch")
+        lp = policy(mb.rows, mb.tokens, LossParams(), mode="logprobs")
+        out = policy(mb.rows, replace(mb.tokens, correct_ratio=None), LossParams())
         out.loss.backward()
         results.append((lp, out.loss.detach(), [p.grad.clone() for p in policy.parameters()]))
     (lp1, l1, g1), (lp2, l2, g2) = results
@@ -112,8 +115,7 @@ def test_packed_and_padded_give_the_same_logprobs_and_gradients(tiny_model_dir):
     changed[1].prompt = [t + 1 for t in changed[1].prompt]
     mb = collate_packed(changed, "cpu", 0.1)
     with torch.no_grad():
-        lp3 = policy(mb.input_ids, None, mb.positions, mb.targets, mode="logprobs", position_ids=mb.position_ids,
-                     backend="torch")
+        lp3 = policy(mb.rows, mb.tokens, LossParams(), mode="logprobs")
     ends = [0, 5, 14, 15, 19]
     for i in (0, 2, 3):
         assert torch.equal(lp3[ends[i]:ends[i + 1]], lp2[ends[i]:ends[i + 1]]), i

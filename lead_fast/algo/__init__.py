@@ -5,14 +5,14 @@ process-global state is ``grade_batch``'s worker pool (``grading_pool``). The te
 imported on first use, so a grading worker never imports torch.
 """
 
-from lead_fast.algo.grading import (CORRECT, DEGENERATE, NO_ANSWER, WRONG, answers_equal, extract_answer, grade,
-                                    is_degenerate_text)
+from lead_fast.algo.grading import (CORRECT, DEGENERATE, NO_ANSWER, WRONG, GradingRules, answers_equal, extract_answer,
+                                    grade, is_degenerate_text)
 from lead_fast.algo.grading_pool import grade_batch
 
-_REWARDS = ("lead_rewards", "lead_advantages", "difficulty_weight", "groups_without_signal", "group_drop_reasons",
-            "loss_token_weights")
+_REWARDS = ("lead_rewards", "lead_advantages", "difficulty_weight", "select_groups", "GroupFilter",
+            "groups_without_signal", "group_drop_reasons", "loss_token_weights", "LOSS_AGGS")
 
-__all__ = ["CORRECT", "WRONG", "NO_ANSWER", "DEGENERATE", "grade", "grade_batch", "is_degenerate_text",
+__all__ = ["CORRECT", "WRONG", "NO_ANSWER", "DEGENERATE", "GradingRules", "grade", "grade_batch", "is_degenerate_text",
            "extract_answer", "answers_equal",
            *_REWARDS]
 

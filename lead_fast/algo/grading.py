@@ -9,7 +9,11 @@ processes with a hard deadline per item.
 
 from __future__ import annotations
 
+import math
 import re
+from dataclasses import dataclass
+
+from lead_fast.choices import AnswerFrom, options
 
 CORRECT, WRONG, NO_ANSWER, DEGENERATE = 1, 0, -1, -2
 
@@ -93,7 +97,7 @@ def _math_verify_timeouts(timeout_s: float) -> int | None:
     return max(1, int(round(timeout_s)))
 
 
-ANSWER_FROM = ("after_think", "before_think")
+ANSWER_FROM = options(AnswerFrom)
 
 
 def answer_span(response: str, *, answer_from: str = "after_think", require_think: bool = False) -> str | None:
@@ -193,3 +197,30 @@ def _is_timeout(e: BaseException) -> bool:
     from math_verify.errors import TimeoutException
 
     return isinstance(e, TimeoutException)
+
+
+@dataclass(frozen=True)
+class GradingRules:
+    """How every response is graded, the same in training, the trainer's eval and the eval command: where
+    the final answer is read (``answer_from``, ``require_think``), whether a finished response without a box
+    is wrong (``unboxed_is_wrong``), and the per-response deadline (``timeout_s``). See ``grade``."""
+
+    require_think: bool = False
+    answer_from: AnswerFrom = "after_think"
+    unboxed_is_wrong: bool = False
+    timeout_s: float = 5.0
+
+    def __post_init__(self):
+        if self.answer_from not in ANSWER_FROM:
+            raise ValueError(f"answer_from must be one of {', '.join(ANSWER_FROM)}, got {self.answer_from!r}")
+        if not (isinstance(self.timeout_s, (int, float)) and math.isfinite(self.timeout_s) and self.timeout_s > 0):
+            raise ValueError(f"timeout_s must be a finite number > 0, got {self.timeout_s!r}")
+
+    def grade(self, response: str, answer: str) -> int:
+        """``grade`` under these rules."""
+        return grade(response, answer, require_think=self.require_think, timeout_s=self.timeout_s,
+                     answer_from=self.answer_from, unboxed_is_wrong=self.unboxed_is_wrong)
+
+    def answer(self, response: str) -> str | None:
+        """The final answer these rules read from ``response`` (``extract_answer``), or None."""
+        return extract_answer(response, answer_from=self.answer_from, require_think=self.require_think)

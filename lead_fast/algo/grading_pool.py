@@ -23,13 +23,14 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_for
 
-from lead_fast.algo.grading import WRONG, grade
+from lead_fast.algo.grading import WRONG, GradingRules
+from lead_fast.errors import GradingStartError
 
 _READY = "ready"
 
 
 def worker_main(read_fd: int, write_fd: int) -> None:
-    """A worker's loop: receives ``(index, response, answer, grade keyword arguments)``, sends
+    """A worker's loop: receives ``(index, response, answer, GradingRules)``, sends
     ``(index, outcome)``; ``None`` or a closed pipe ends it. Start-up errors are sent, not just printed."""
     import signal
     import traceback
@@ -54,16 +55,12 @@ def worker_main(read_fd: int, write_fd: int) -> None:
             return
         if msg is None:
             return
-        idx, resp, ans, kwargs = msg
+        idx, resp, ans, rules = msg
         try:
-            out = grade(resp, ans, **kwargs)
+            out = rules.grade(resp, ans)
         except Exception:  # a non-string item, say: wrong, and the batch goes on
             out = WRONG
         conn_out.send((idx, out))
-
-
-class GradingStartError(RuntimeError):
-    """Grading workers cannot start; the message holds the worker's own error."""
 
 
 class _Worker:
@@ -127,8 +124,7 @@ class GradingPool:
         w.kill()
         self._workers[self._workers.index(w)] = _Worker()
 
-    def grade(self, responses: list[str], answers: list[str], *, timeout_s: float, progress=None,
-              **grade_kw) -> BatchResult:
+    def grade(self, responses: list[str], answers: list[str], rules: GradingRules, progress=None) -> BatchResult:
         n = len(responses)
         results: list[int] = [WRONG] * n
         todo = iter(range(n))
@@ -139,8 +135,8 @@ class GradingPool:
             i = next(todo, None)
             w.item = i
             if i is not None:
-                w.deadline = time.monotonic() + timeout_s
-                w.send_conn.send((i, responses[i], answers[i], dict(grade_kw, timeout_s=timeout_s)))
+                w.deadline = time.monotonic() + rules.timeout_s
+                w.send_conn.send((i, responses[i], answers[i], rules))
 
         for w in self._workers:
             if w.ready:
@@ -213,23 +209,24 @@ def _close_pool() -> None:
 
 def grade_batch(responses: list[str], answers: list[str], *, timeout_s: float = 5.0,
                 num_workers: int | None = None, require_think: bool = False, answer_from: str = "after_think",
-                unboxed_is_wrong: bool = False, return_timeouts: bool = False,
+                unboxed_is_wrong: bool = False, rules: GradingRules | None = None, return_timeouts: bool = False,
                 progress: bool = False) -> list[int] | tuple[list[int], int]:
     """Grade many responses in parallel worker processes; each item costs at most ``timeout_s``.
 
-    ``require_think``, ``answer_from`` and ``unboxed_is_wrong`` are ``grade``'s. An item that runs past
+    ``require_think``, ``answer_from`` and ``unboxed_is_wrong`` are ``grade``'s; ``rules`` (a
+    ``GradingRules``), when given, replaces them and ``timeout_s``. An item that runs past
     its deadline has its worker killed and replaced, and is graded ``0``. With ``return_timeouts=True``
     returns ``(outcomes, number of items that timed out)``. ``progress``: a bar with ETA for a batch of
     256 or more, when stderr is a terminal.
     """
-    from lead_fast.algo.grading import ANSWER_FROM
-
-    if answer_from not in ANSWER_FROM:
-        raise ValueError(f"grade_batch: answer_from must be one of {', '.join(ANSWER_FROM)}, got {answer_from!r}")
+    if rules is None:
+        try:
+            rules = GradingRules(require_think=require_think, answer_from=answer_from,
+                                 unboxed_is_wrong=unboxed_is_wrong, timeout_s=timeout_s)
+        except ValueError as e:
+            raise ValueError(f"grade_batch: {e}") from None
     if len(responses) != len(answers):
         raise ValueError(f"grade_batch: {len(responses)} responses but {len(answers)} answers")
-    if not (isinstance(timeout_s, (int, float)) and math.isfinite(timeout_s) and timeout_s > 0):
-        raise ValueError(f"grade_batch: timeout_s must be a finite number > 0, got {timeout_s!r}")
     if num_workers is not None and num_workers < 1:
         raise ValueError(f"grade_batch: num_workers must be >= 1 (or None), got {num_workers}")
     if not responses:
@@ -241,9 +238,7 @@ def grade_batch(responses: list[str], answers: list[str], *, timeout_s: float = 
 
             bar = tqdm(total=len(responses), desc="grading", unit="response", leave=False)
         try:
-            res = get_pool(num_workers).grade(list(responses), list(answers), timeout_s=timeout_s, progress=bar,
-                                              require_think=require_think, answer_from=answer_from,
-                                              unboxed_is_wrong=unboxed_is_wrong)
+            res = get_pool(num_workers).grade(list(responses), list(answers), rules, progress=bar)
         finally:
             if bar is not None:
                 bar.close()

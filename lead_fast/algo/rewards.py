@@ -7,9 +7,12 @@ need not be adjacent). Groups are mapped to ``0..G-1`` with ``torch.unique`` and
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from lead_fast.algo.grading import CORRECT, DEGENERATE, NO_ANSWER, WRONG
+from lead_fast.choices import LossAgg, options
 
 
 def _as_1d(name: str, x, dtype=None) -> torch.Tensor:
@@ -125,21 +128,36 @@ def lead_advantages(rewards, group_ids, *, reweight: bool = True, w_min: float =
     return adv.float(), rho.float()
 
 
-def groups_without_signal(rewards, group_ids, *, drop_no_correct: bool = True, atol: float = 1e-6) -> torch.Tensor:
-    """``(R,)`` bool: True for responses whose group is dropped from the update.
+@dataclass(frozen=True)
+class GroupFilter:
+    """Which responses the update keeps, and why the others were dropped; each ``(R,)`` bool, per response's
+    group. A dropped group is counted under one reason: ``all_equal`` first, then ``no_correct``."""
+
+    keep: torch.Tensor
+    all_equal: torch.Tensor      # dropped: every reward of the group is equal (zero advantage)
+    no_correct: torch.Tensor     # dropped: no reward > 0 (and not all equal)
+
+
+def select_groups(rewards, group_ids, *, drop_no_signal: bool = True, drop_no_correct: bool = True,
+                  atol: float = 1e-6) -> GroupFilter:
+    """The group filter: what the update keeps and why the rest is dropped.
 
     A group is dropped when all its rewards are equal (zero advantage), or, with ``drop_no_correct``
     (GRPO-LEAD's official run), when none of its rewards is > 0: on a problem the model never solves, the
     only signal left would favour the least-penalized failure (an unanswered response over a wrong one).
+    ``drop_no_signal=False`` keeps every group (nothing is dropped, for either reason).
     """
-    r = _as_1d("rewards", rewards, torch.float64)
-    gid = _as_1d("group_ids", group_ids)
-    if r.numel() != gid.numel():
-        raise ValueError(f"rewards and group_ids must have the same length, got {r.numel()} and {gid.numel()}")
-    if r.numel() == 0:
-        return torch.zeros(0, dtype=torch.bool)
-    all_equal, no_correct = group_drop_reasons(r, gid, atol=atol)
-    return all_equal | (no_correct if drop_no_correct else torch.zeros_like(no_correct))
+    all_equal, no_correct = group_drop_reasons(rewards, group_ids, atol=atol)
+    no_correct = no_correct & ~all_equal & drop_no_correct
+    if not drop_no_signal:
+        nothing = torch.zeros_like(all_equal)
+        return GroupFilter(keep=~nothing, all_equal=nothing, no_correct=nothing)
+    return GroupFilter(keep=~(all_equal | no_correct), all_equal=all_equal, no_correct=no_correct)
+
+
+def groups_without_signal(rewards, group_ids, *, drop_no_correct: bool = True, atol: float = 1e-6) -> torch.Tensor:
+    """``(R,)`` bool: True for responses whose group is dropped from the update (``select_groups``)."""
+    return ~select_groups(rewards, group_ids, drop_no_correct=drop_no_correct, atol=atol).keep
 
 
 def group_drop_reasons(rewards, group_ids, *, atol: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
@@ -158,7 +176,7 @@ def group_drop_reasons(rewards, group_ids, *, atol: float = 1e-6) -> tuple[torch
     return ((hi - lo) <= atol)[seg], (hi <= 0)[seg]
 
 
-LOSS_AGGS = ("token_mean", "seq_mean_token_mean")
+LOSS_AGGS = options(LossAgg)
 
 
 def loss_token_weights(lengths, *, agg: str = "token_mean", num_sequences: int | None = None) -> torch.Tensor:

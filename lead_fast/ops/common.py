@@ -13,9 +13,10 @@ def triton_interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LossParams:
-    """Scalar hyper-parameters of the loss (see ``grpo_loss``)."""
+    """Scalar hyper-parameters of the loss (see ``grpo_loss``), built once per run and passed whole from the
+    updater through the model wrapper into the head. Keyword-only: a reordered field cannot swap knobs."""
 
     clip_low: float = 0.2
     clip_high: float = 0.2
@@ -28,7 +29,7 @@ class LossParams:
     steepness: float = 10.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TokenInputs:
     """Per-token inputs of the loss, each ``(N,)`` (float32, or int64 ``targets``); None where absent.
 

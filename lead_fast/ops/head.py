@@ -15,14 +15,15 @@ temporaries), never ``(N, V)``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
+from lead_fast.choices import LossBackend, options
 from lead_fast.ops import rows_torch
 from lead_fast.ops.common import LossParams, TokenInputs, triton_interpret
 
-BACKENDS = ("auto", "torch", "triton")
+BACKENDS = options(LossBackend)
 
 
 @dataclass
@@ -57,7 +58,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 def _row_op(backend: str):
     if backend == "torch":
         return rows_torch.grpo_rows
-    from lead_fast.ops import rows_triton
+    from lead_fast.ops import rows_triton   # imports Triton: only when its backend is asked for
     return rows_triton.grpo_rows
 
 
@@ -150,9 +151,8 @@ def _run(hidden, weight, bias, tok: TokenInputs, p: LossParams, backend: str, ch
     write_grad = compute_loss and any(want_grad)
     gh = torch.empty((N, H), dtype=cdtype, device=dev) if write_grad and want_grad[0] else None
     # The weight gradient accumulates in the compute dtype (bf16 on GPU): each chunk's GEMM sums in fp32
-    # and rounds once into gw. DESIGN.md measured fp32 accumulation with addmm_ 2-18% slower on an H100;
-    # the rounding it saves is small next to bf16 inputs: relative error vs float64 of 4.0e-3 / 4.4e-3 /
-    # 5.1e-3 with 1 / 4 / 16 chunks (N=256, H=128, V=2053, Triton interpreter on CPU, 2026-11-26).
+    # and rounds once into gw. Why not fp32 accumulation: docs/design.md ("Accumulating the weight
+    # gradient"), with the measurements and their source.
     gw = torch.empty((V, H), dtype=cdtype, device=dev) if write_grad and want_grad[1] else None
     acc = torch.promote_types(cdtype, torch.float32)
     gb = torch.zeros((V,), dtype=acc, device=dev) if write_grad and want_grad[2] else None
@@ -228,21 +228,29 @@ def grpo_loss(hidden, weight, targets, advantages, token_weights, *, old_logprob
     hidden ``(N, H)``, weight ``(V, H)``, bias ``(V,)`` or None, targets ``(N,)`` token ids; every other
     per-token argument is ``(N,)``. ``token_weights`` carry the aggregation (e.g. ``1 / total tokens`` for
     a token mean), so the loss is a plain weighted sum and does not depend on chunking. See docs/design.md.
+    The keyword arguments become one ``TokenInputs`` and one ``LossParams``, by name (``fused_grpo_loss``).
     """
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    if ref_logprobs is None and kl_coef != 0.0:
+    tokens = TokenInputs(targets=targets, advantages=advantages, token_weights=token_weights,
+                         old_logprobs=old_logprobs, ref_logprobs=ref_logprobs, correct_ratio=correct_ratio)
+    params = LossParams(clip_low=float(clip_low), clip_high=float(clip_high), kl_coef=float(kl_coef),
+                        entropy_coef=float(entropy_coef), temperature=float(temperature), w_min=float(w_min),
+                        w_max=float(w_max), midpoint=float(midpoint), steepness=float(steepness))
+    return fused_grpo_loss(hidden, weight, tokens, params, bias=bias, backend=backend, chunk_size=chunk_size)
+
+
+def fused_grpo_loss(hidden, weight, tokens: TokenInputs, params: LossParams, *, bias=None, backend="auto",
+                    chunk_size=None) -> GRPOLossOutput:
+    """``grpo_loss`` on its typed inputs: the trainer builds ``params`` once and ``tokens`` per micro-batch."""
+    if params.temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {params.temperature}")
+    if tokens.ref_logprobs is None and params.kl_coef != 0.0:
         raise ValueError("kl_coef != 0 needs ref_logprobs")
-    per_token = dict(advantages=advantages, token_weights=token_weights, old_logprobs=old_logprobs,
-                     ref_logprobs=ref_logprobs, correct_ratio=correct_ratio)
-    _check_inputs(hidden, weight, targets, per_token, bias)
+    per_token = {f.name: getattr(tokens, f.name) for f in fields(tokens) if f.name != "targets"}
+    _check_inputs(hidden, weight, tokens.targets, per_token, bias)
     backend = resolve_backend(backend, hidden.device)
-    p = LossParams(float(clip_low), float(clip_high), float(kl_coef), float(entropy_coef), float(temperature),
-                   float(w_min), float(w_max), float(midpoint), float(steepness))
     dev = hidden.device
-    tok = TokenInputs(_targets(targets, dev), *(_f32(t, dev) for t in (advantages, token_weights, old_logprobs,
-                                                                       ref_logprobs, correct_ratio)))
-    loss, logp, ent, kl, clipped = _GRPOLossFn.apply(hidden, weight, bias, tok, p, backend, chunk_size)
+    tok = TokenInputs(targets=_targets(tokens.targets, dev), **{k: _f32(t, dev) for k, t in per_token.items()})
+    loss, logp, ent, kl, clipped = _GRPOLossFn.apply(hidden, weight, bias, tok, params, backend, chunk_size)
     return GRPOLossOutput(loss=loss, logprobs=logp, entropy=ent, kl=kl, clipped=clipped.bool())
 
 
@@ -258,7 +266,7 @@ def token_logprobs(hidden, weight, targets, *, bias=None, temperature=1.0, backe
     _check_inputs(hidden, weight, targets, {}, bias)
     backend = resolve_backend(backend, hidden.device)
     p = LossParams(temperature=float(temperature))
-    tok = TokenInputs(_targets(targets, hidden.device))
+    tok = TokenInputs(targets=_targets(targets, hidden.device))
     res, _ = _run(hidden, weight, bias, tok, p, backend, chunk_size, (False, False, False), compute_loss=False)
     logp = res["logp"].float()
     return (logp, res["entropy"].float()) if return_entropy else logp

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lead_fast.algo import GradingRules, grade_batch
 from lead_fast.rollout.base import Completion, SamplingSettings
 
 
@@ -17,7 +18,7 @@ class GradedRollouts:
     completions: list[Completion]
     texts: list[str]               # decoded, special tokens dropped
     group_ids: torch.Tensor        # (R,)
-    outcomes: list[int]            # (R,) 1 / 0 / -1 / -2
+    outcomes: list[int]            # (R,) CORRECT / WRONG / NO_ANSWER / DEGENERATE (lead_fast.algo)
     grade_timeouts: int
     rollout_s: float
     grade_s: float
@@ -33,12 +34,8 @@ class GradedRollouts:
 
 
 def rollout_and_grade(engine, tokenizer, prompts: list[list[int]], answers: list[str], settings: SamplingSettings,
-                      *, grade_kw: dict, timeout_s: float, num_workers: int | None = None,
-                      progress: bool = False) -> GradedRollouts:
-    """``settings.n`` responses per prompt from ``engine``, each graded against its prompt's answer
-    (``grade_kw``: ``grade_batch``'s ``require_think`` / ``answer_from`` / ``unboxed_is_wrong``)."""
-    from lead_fast.algo import grade_batch
-
+                      rules: GradingRules, *, num_workers: int | None = None, progress: bool = False) -> GradedRollouts:
+    """``settings.n`` responses per prompt from ``engine``, each graded against its prompt's answer."""
     t0 = time.time()
     groups = engine.generate(prompts, settings) if prompts else []
     rollout_s = time.time() - t0
@@ -47,7 +44,7 @@ def rollout_and_grade(engine, tokenizer, prompts: list[list[int]], answers: list
     t0 = time.time()
     # no completions (a rank with no problems left): transformers < 5.20 decodes [] as one empty text
     texts = tokenizer.batch_decode([c.token_ids for c in completions], skip_special_tokens=True) if completions else []
-    outcomes, timeouts = grade_batch(texts, [answers[i] for i in group_ids], timeout_s=timeout_s,
-                                     num_workers=num_workers, return_timeouts=True, progress=progress, **grade_kw)
+    outcomes, timeouts = grade_batch(texts, [answers[i] for i in group_ids], rules=rules, num_workers=num_workers,
+                                     return_timeouts=True, progress=progress)
     return GradedRollouts(completions, texts, torch.tensor(group_ids, dtype=torch.long), outcomes, timeouts,
                           rollout_s, time.time() - t0)

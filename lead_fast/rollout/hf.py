@@ -14,6 +14,7 @@ from typing import Iterable
 
 import torch
 
+from lead_fast.choices import HFBatching, options
 from lead_fast.rollout.base import Completion, SamplingSettings
 
 
@@ -24,8 +25,8 @@ class HFEngine:
                  stop_token_ids: tuple[int, ...] | None = None, batching: str = "generate"):
         from transformers import AutoModelForCausalLM
 
-        if batching not in ("generate", "continuous"):
-            raise ValueError(f"batching must be generate or continuous, got {batching!r}")
+        if batching not in options(HFBatching):
+            raise ValueError(f"batching must be one of {', '.join(options(HFBatching))}, got {batching!r}")
 
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device).eval()
         self.model.requires_grad_(False)
@@ -129,9 +130,6 @@ class HFEngine:
             if p.shape != t.shape:
                 raise ValueError(f"{name}: engine shape {tuple(p.shape)} != trainer shape {tuple(t.shape)}")
             p.copy_(t)
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return self.model.state_dict()
 
     def close(self) -> None:
         self.model = None

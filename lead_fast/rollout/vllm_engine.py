@@ -45,6 +45,7 @@ from typing import Iterable
 
 import torch
 
+from lead_fast.errors import EngineMemoryError
 from lead_fast.rollout.base import Completion, EngineMemory, SamplingSettings
 
 WRITTEN_FOR = "0.32.0 and 0.33.0"
@@ -55,10 +56,6 @@ GiB = 1 << 30
 
 class WeightsDiscardedError(RuntimeError):
     """``generate`` was called while the engine's weights are discarded (after a level-2 sleep)."""
-
-
-class EngineMemoryError(ValueError):
-    """The engine's memory setting leaves no room for its KV cache (one paragraph, with a setting that fits)."""
 
 
 def check_version(version: str) -> str | None:

@@ -13,7 +13,7 @@ import torch.distributed as dist
 
 def main():
     model_dir, data, out, extra = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
-    from lead_fast.config import parse_args
+    from lead_fast.cli import parse_args
     from lead_fast.trainer import Trainer
     from lead_fast.update import Sample
 
@@ -34,9 +34,9 @@ def main():
                               torch.randint(2, V, (R,), generator=g).tolist(),
                               float(torch.randn(1, generator=g)), float(torch.rand(1, generator=g))))
     mine = samples[rank::world]
-    res = tr.updater.update(mine, step=0, sampled=12)   # 12 sampled, 8 kept (for algo.loss_norm=sampled)
+    res = tr.updater.update(mine, step=0, num_sampled=12)   # 12 sampled, 8 kept (for algo.loss_norm=sampled)
     tr.engine.update_weights(tr.policy.hf_named_tensors())
-    eng = tr.engine.state_dict()
+    eng = tr.engine.model.state_dict()
     exact, n = True, 0
     for name, full in tr.policy.hf_named_tensors():
         exact &= torch.equal(full.cpu(), eng[name].cpu())

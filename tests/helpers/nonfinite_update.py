@@ -11,7 +11,7 @@ import torch.distributed as dist
 
 def main():
     model_dir, out = sys.argv[1:3]
-    from lead_fast.config import parse_args
+    from lead_fast.cli import parse_args
     from lead_fast.trainer import Trainer
     from lead_fast.update import NonFiniteError, Sample
 

@@ -9,7 +9,7 @@ import torch.distributed as dist
 
 def main():
     out, args = sys.argv[1], sys.argv[2:]
-    from lead_fast.config import parse_args
+    from lead_fast.cli import parse_args
     from lead_fast.rollout import SamplingSettings
     from lead_fast.trainer import Trainer
 

@@ -12,6 +12,7 @@ import shutil
 import pytest
 import torch
 
+from lead_fast.config import RolloutConfig
 from lead_fast.distributed import step_seed
 from lead_fast.model import load_tokenizer
 from lead_fast.rollout import EngineMemory, SamplingSettings
@@ -34,15 +35,16 @@ pytestmark = [pytest.mark.real_vllm,
 LOGPROB_ATOL = 1e-4     # engine vs trainer log-prob of the same token, fp32 on CPU (seen: 1e-6 to 2e-5)
 
 
-def _engine(model_dir, **kw):
+def _engine(model_dir, logprobs=False, **kw):
     tok = load_tokenizer(model_dir)
-    return make_engine("vllm", model_dir, device=torch.device("cpu"), dtype=torch.float32, tokenizer=tok, seed=3,
-                       max_model_len=256, memory=EngineMemory(batch_tokens=64 * 256), **kw), tok
+    return make_engine(RolloutConfig(engine="vllm", logprobs=logprobs), model_dir, device=torch.device("cpu"),
+                       dtype=torch.float32, tokenizer=tok, seed=3, max_model_len=256,
+                       memory=EngineMemory(batch_tokens=64 * 256), **kw), tok
 
 
 def _hf(model_dir, tok):
-    return make_engine("hf", model_dir, device=torch.device("cpu"), dtype=torch.float32, tokenizer=tok, seed=3,
-                       max_model_len=256)
+    return make_engine(RolloutConfig(engine="hf"), model_dir, device=torch.device("cpu"), dtype=torch.float32,
+                       tokenizer=tok, seed=3, max_model_len=256)
 
 
 def _tensors(model_dir):

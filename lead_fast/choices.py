@@ -1,0 +1,25 @@
+"""Every closed set of values a setting may take, written once. The config's checks and ``--help`` read
+these, and so do the modules that act on them (grading, the loss head, the engines), so a choice cannot be
+spelled one way in the config and another where it is used. No imports: every module may use it."""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+Dtype = Literal["auto", "float32", "bfloat16"]
+"""Compute dtype: auto is bfloat16 on CUDA, float32 on CPU."""
+Switch = Literal["auto", "on", "off"]
+"""A feature that is on, off, or decided by the device (auto)."""
+Template = Literal["auto", "chat", "plain"]
+Engine = Literal["hf", "vllm"]
+HFBatching = Literal["generate", "continuous"]
+AnswerFrom = Literal["after_think", "before_think"]
+LossAgg = Literal["token_mean", "seq_mean_token_mean"]
+LossNorm = Literal["kept", "sampled"]
+LossBackend = Literal["auto", "torch", "triton"]
+Tracker = Literal["tensorboard", "wandb"]
+
+
+def options(choice) -> tuple[str, ...]:
+    """The values of a ``Literal`` choice, in order."""
+    return get_args(choice)

@@ -1,0 +1,66 @@
+"""A step's parts in-process, without torchrun: the group filter, then the step's counts and its metrics
+row, checked against values worked out by hand."""
+
+import math
+
+import torch
+
+from lead_fast.algo import CORRECT, DEGENERATE, NO_ANSWER, WRONG, lead_rewards, select_groups
+from lead_fast.metrics import eval_counts, eval_metrics, step_counts, step_metrics
+from lead_fast.rollout.base import Completion
+from lead_fast.rollout.graded import GradedRollouts
+
+
+def _rollouts():
+    # three prompts, two responses each: group 0 one right one wrong (signal), group 1 both wrong (all
+    # equal), group 2 no answer and degenerate (no correct answer, rewards differ)
+    outcomes = [CORRECT, WRONG, WRONG, WRONG, NO_ANSWER, DEGENERATE]
+    lengths = [4, 6, 5, 5, 8, 10]
+    finish = ["stop", "stop", "stop", "length", "length", "stop"]
+    completions = [Completion(list(range(n)), f) for n, f in zip(lengths, finish)]
+    return GradedRollouts(completions, [""] * 6, torch.tensor([0, 0, 1, 1, 2, 2]), outcomes, grade_timeouts=1,
+                          rollout_s=2.0, grade_s=0.5)
+
+
+def test_the_filter_keeps_signal_and_says_why_it_drops():
+    r = _rollouts()
+    rewards = lead_rewards(r.outcomes, r.lengths, r.group_ids)          # 1, -1 | -1, -1 | 0, -2
+    groups = select_groups(rewards, r.group_ids)
+    assert groups.keep.tolist() == [True, True, False, False, False, False]
+    assert groups.all_equal.tolist() == [False, False, True, True, False, False]
+    assert groups.no_correct.tolist() == [False, False, False, False, True, True]   # all-equal counted once
+    lenient = select_groups(rewards, r.group_ids, drop_no_correct=False)
+    assert lenient.keep.tolist() == [True, True, False, False, True, True] and not lenient.no_correct.any()
+    assert select_groups(rewards, r.group_ids, drop_no_signal=False).keep.all()
+
+
+def test_step_counts_and_metrics_are_the_hand_computed_values():
+    r = _rollouts()
+    rewards = lead_rewards(r.outcomes, r.lengths, r.group_ids)
+    groups = select_groups(rewards, r.group_ids)
+    tot = step_counts(r, rewards, groups, num_prompts=3)
+    assert tot == {"responses": 6, "correct": 1, "no_answer": 1, "degenerate": 1, "reward": -4.0, "tokens": 38.0,
+                   "groups": 3, "groups_dropped": 2, "dropped_all_equal": 1, "dropped_no_correct": 1,
+                   "grade_timeouts": 1, "truncated": 2}
+    update = dict(loss=0.25, clip_frac=0.0, kl=0.0, entropy=1.5, grad_norm=0.75, nonfinite_skipped=0,
+                  logprob_gap=math.nan)
+    seconds = dict(rollout=2.0, grade=0.5, update=1.0, sync=0.1, slowest_rollout=4.0, step=3.8)
+    row = step_metrics(tot, update, seconds, lr=1e-5)
+    assert row["reward/mean"] == -4 / 6 and row["accuracy"] == 1 / 6 and row["response_length/mean"] == 38 / 6
+    assert row["no_answer_frac"] == row["degenerate_frac"] == 1 / 6 and row["rollout/truncated_frac"] == 2 / 6
+    assert (row["groups"], row["groups_dropped"], row["groups_dropped/all_equal"],
+            row["groups_dropped/no_correct"]) == (3, 2, 1, 1)
+    assert row["tokens_per_s"] == 38 / 3.8 and row["rollout/tokens_per_s"] == 38 / 4.0   # the slowest rank's
+    assert (row["loss"], row["grad_norm"], row["entropy"], row["lr"], row["grade_timeouts"]) == (0.25, 0.75, 1.5,
+                                                                                                 1e-5, 1)
+    assert row["time/step_s"] == 3.8 and row["time/update_s"] == 1.0 and math.isnan(row["rollout/logprob_gap"])
+
+
+def test_eval_metrics_are_pass_at_1_and_majority_vote():
+    from lead_fast.eval import ProblemResult
+
+    results = [ProblemResult(correct=1, n=2, vote_correct=True, lengths=[3, 5], correct_lengths=[3], truncated=0),
+               ProblemResult(correct=0, n=2, vote_correct=False, lengths=[7, 9], correct_lengths=[], truncated=1)]
+    m = eval_metrics(eval_counts(results), seconds=2.5)
+    assert m == {"eval/accuracy": 0.25, "eval/pass@1": 0.25, "eval/cons@n": 0.5, "eval/response_length": 6.0,
+                 "time/eval_s": 2.5}
