@@ -57,7 +57,7 @@ def test_one_full_step_on_real_data(tiny_model_dir, tmp_path):
     assert last["lr"] == 1e-4 and last["kl"] == 0.0 and last["nonfinite_skipped"] == 0   # no reference model
     assert 1 <= last["response_length/mean"] <= 12 and 0 <= last["rollout/truncated_frac"] <= 1
     assert 0 <= last["accuracy"] <= 1 and 0 <= last["clip_frac"] <= 1 and last["entropy"] > 0
-    assert last["reward/mean"] >= -2 and math.isfinite(last["loss"]) and last["grad_norm"] > 0
+    assert last["reward/mean"] >= -2 and math.isfinite(last["loss"]) and last["grad_norm"] >= 0   # 0: no correct answer
     assert last["time/step_s"] >= last["time/rollout_s"] + last["time/update_s"] > 0
     assert last["tokens_per_s"] == pytest.approx(16 * last["response_length/mean"] / last["time/step_s"])
     assert last["eval/accuracy"] == last["eval/pass@1"] and 0 <= last["eval/cons@n"] <= 1
