@@ -18,6 +18,10 @@ LossAgg = Literal["token_mean", "seq_mean_token_mean"]
 LossNorm = Literal["kept", "sampled"]
 LossBackend = Literal["auto", "torch", "triton"]
 Tracker = Literal["tensorboard", "wandb"]
+Correction = Literal["none", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask"]
+"""Rollout-trainer mismatch correction (importance sampling against the engine's log-probs; docs/design.md)."""
+CorrectionSetting = Literal["auto", "none", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask"]
+"""``algo.rollout_correction``: a ``Correction``, or auto (token_truncate when the engine returns log-probs)."""
 
 
 def options(choice) -> tuple[str, ...]:

@@ -14,8 +14,8 @@ import os
 import typing
 from dataclasses import dataclass, field
 
-from lead_fast.choices import (AnswerFrom, Dtype, Engine, HFBatching, LossAgg, LossBackend, LossNorm, Switch,
-                               Template, Tracker, options)
+from lead_fast.choices import (AnswerFrom, CorrectionSetting, Dtype, Engine, HFBatching, LossAgg, LossBackend,
+                               LossNorm, Switch, Template, Tracker, options)
 from lead_fast.errors import ConfigError
 
 PACKING_ATTENTION = ("sdpa", "eager", "flash_attention_2")
@@ -105,15 +105,15 @@ class RolloutConfig:
     """vLLM only: on (no torch.compile, no CUDA graphs), off, or auto (on for CPU, where compiling costs
     minutes at every start; off for CUDA, where compiled graphs generate faster)."""
     logprobs: bool = False
-    """vLLM only: ask the engine for each sampled token's log-prob and log rollout/logprob_gap, the mean
-    |engine - trainer| log-prob per token (near 0 when the weight sync works)."""
+    """Ask the engine for each sampled token's log-prob (vLLM's processed ones; transformers' from generate's
+    processed scores, at the same temperature). Logs the mismatch with the trainer (rollout/logprob_gap,
+    rollout/mismatch_kl, rollout/is_weight_mean, the truncated or masked fraction) and turns on
+    algo.rollout_correction's default."""
     hf_batching: HFBatching = "generate"
     """hf only: generate (padded batches) or continuous (transformers' paged continuous batching, CUDA;
     benchmarks/bench_rollout.py compares them)."""
 
     def __post_init__(self):
-        if self.logprobs and self.engine != "vllm":
-            raise ConfigError("rollout.logprobs needs --rollout.engine vllm (the hf engine does not report log-probs)")
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         if any(not isinstance(x, str) or not x for x in self.stop):
@@ -170,6 +170,23 @@ class AlgoConfig:
     """Per-response grading deadline; a timeout counts as wrong."""
     grade_workers: int = 0
     """Grading processes per rank (0: as many as this rank's share of the CPU cores)."""
+    rollout_correction: CorrectionSetting = "auto"
+    """Correct the policy-gradient term for the mismatch between the engine's log-probs and the trainer's
+    (importance sampling; docs/design.md): token_truncate (w = min(ratio, cap)), token_mask (drop tokens whose
+    ratio leaves [low, cap]), sequence_truncate (the response's product of ratios, truncated),
+    sequence_mask (drop responses whose geometric-mean ratio leaves [low, cap]), none, or auto: token_truncate
+    when rollout.logprobs is on, else none. Any mode but none needs rollout.logprobs."""
+    rollout_correction_cap: float = 2.0
+    """The importance weight's upper bound: the truncation cap, and a mask's upper bound."""
+    rollout_correction_low: float = 0.5
+    """A mask's lower bound on the importance weight (token_mask, sequence_mask)."""
+
+    def correction(self, logprobs: bool) -> str:
+        """The correction in force: ``rollout_correction``, with auto resolved by whether the engine returns
+        log-probs."""
+        if self.rollout_correction == "auto":
+            return "token_truncate" if logprobs else "none"
+        return self.rollout_correction
 
 
 
@@ -307,6 +324,8 @@ RANGES: dict[str, tuple] = {
     "algo.entropy_coef": (lambda v: v >= 0, ">= 0"),
     "algo.grade_timeout_s": (lambda v: v > 0, "> 0"),
     "algo.grade_workers": (lambda v: v >= 0, ">= 0 (0: one per CPU core of this rank)"),
+    "algo.rollout_correction_cap": (lambda v: v >= 1, ">= 1 (a weight of 1, no mismatch, is never truncated)"),
+    "algo.rollout_correction_low": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "optim.lr": (lambda v: v > 0, "> 0"),
     "optim.weight_decay": (lambda v: v >= 0, ">= 0"),
     "optim.betas": (lambda v: all(0 <= b < 1 for b in v), "two numbers in [0, 1)"),
@@ -377,6 +396,22 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _check_ranges(cfg)
     if cfg.algo.w_min > cfg.algo.w_max:
         raise ConfigError(f"algo.w_min ({cfg.algo.w_min}) must not exceed algo.w_max ({cfg.algo.w_max})")
+    correction = cfg.algo.correction(cfg.rollout.logprobs)
+    if cfg.rollout.logprobs and cfg.rollout.engine == "hf" and cfg.rollout.hf_batching != "generate":
+        raise ConfigError("rollout.logprobs with the hf engine needs rollout.hf_batching generate (the log-probs come "
+                          "from generate's processed scores; continuous batching does not return them)")
+    if correction != "none" and not cfg.rollout.logprobs:
+        raise ConfigError(f"algo.rollout_correction={correction} weighs each token by the engine's log-prob, which "
+                          "the engine returns only when asked: add --rollout.logprobs true (or use "
+                          "--algo.rollout_correction none)")
+    if correction != "none" and cfg.rollout.top_p < 1:
+        raise ConfigError(f"algo.rollout_correction={correction} with rollout.top_p={cfg.rollout.top_p}: the engine "
+                          "samples from the top-p truncated distribution and reports log-probs renormalized over it, "
+                          "while the trainer's log-probs are over the whole vocabulary, so their ratio is not the "
+                          "importance weight. Use rollout.top_p 1, or --algo.rollout_correction none")
+    if cfg.algo.rollout_correction_low >= cfg.algo.rollout_correction_cap:
+        raise ConfigError(f"algo.rollout_correction_low ({cfg.algo.rollout_correction_low}) must be below "
+                          f"algo.rollout_correction_cap ({cfg.algo.rollout_correction_cap})")
     if cfg.run.resume and cfg.run.overwrite:
         raise ConfigError("--resume and --run.overwrite contradict each other: continue the run, or delete it")
     if cfg.optim.packing == "on" and cfg.model.attn_implementation not in PACKING_ATTENTION:

@@ -57,7 +57,10 @@ def step_metrics(tot: dict, update: dict, seconds: dict, lr: float) -> dict:
         "time/sync_s": seconds["sync"], "time/step_s": seconds["step"],
         "tokens_per_s": tot["tokens"] / max(seconds["step"], 1e-9),
         "rollout/tokens_per_s": tot["tokens"] / max(seconds["slowest_rollout"], 1e-9),
-        "rollout/truncated_frac": tot["truncated"] / n, "rollout/logprob_gap": update["logprob_gap"],
+        "rollout/truncated_frac": tot["truncated"] / n,
+        # engine vs trainer (NaN when the engine gives no log-probs); the flag is the correction's own
+        **{f"rollout/{k}": update[k] for k in ("logprob_gap", "mismatch_kl", "is_weight_mean", "is_truncated_frac",
+                                               "is_masked_frac") if k in update},
     }
 
 

@@ -58,6 +58,7 @@ def grpo_lead_14b() -> TrainConfig:
     c.algo.unboxed_is_wrong = True
     c.algo.loss_agg = "seq_mean_token_mean"
     c.algo.loss_norm = "sampled"
+    c.algo.rollout_correction = "none"       # the official code has no rollout correction
     c.model.activation_checkpointing = True
     c.optim.weight_decay = 0.01
     c.optim.lr = 1e-6

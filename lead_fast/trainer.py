@@ -105,7 +105,9 @@ class Trainer:
         algo, optim = cfg.algo, cfg.optim
         loss = LossParams(clip_low=algo.clip_low, clip_high=algo.clip_high, kl_coef=algo.kl_coef,
                           entropy_coef=algo.entropy_coef, temperature=cfg.rollout.temperature, w_min=algo.w_min,
-                          w_max=algo.w_max, midpoint=algo.midpoint, steepness=algo.steepness)
+                          w_max=algo.w_max, midpoint=algo.midpoint, steepness=algo.steepness,
+                          correction=algo.correction(cfg.rollout.logprobs), correction_cap=algo.rollout_correction_cap,
+                          correction_low=algo.rollout_correction_low)
         settings = UpdateSettings(updates_per_batch=optim.updates_per_batch,
                                   micro_batch_tokens=optim.micro_batch_budget(self.device.type),
                                   packed=optim.packed(cfg.model.attn_implementation), grad_clip=optim.grad_clip,

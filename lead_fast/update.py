@@ -47,12 +47,11 @@ class Sample:
 
 @dataclass
 class MicroBatch:
-    """One forward/backward: the backbone's rows (packed: one), the loss head's per-token inputs (the
-    response tokens, flattened in sequence order), and the engine's log-probs of those tokens, if any."""
+    """One forward/backward: the backbone's rows (packed: one) and the loss head's per-token inputs (the
+    response tokens, flattened in sequence order; the engine's log-probs among them when it gave them)."""
 
     rows: RowInputs
     tokens: TokenInputs
-    rollout_logprobs: torch.Tensor | None = None   # (n,)
 
 
 @dataclass(frozen=True)
@@ -123,11 +122,10 @@ def plan_micro_batches(samples: list[Sample], budget: int) -> list[list[Sample]]
     return batches
 
 
-def _response_inputs(batch: list[Sample], token_weight: float | list[float],
-                     device) -> tuple[TokenInputs, torch.Tensor | None]:
-    """The per-token inputs of ``batch``'s response tokens, in sequence order, and the engine's log-probs of
-    them; sample ``i``'s tokens get ``token_weight[i]`` (or all the same one). Old / reference / engine
-    log-probs only when every sample has them."""
+def _response_inputs(batch: list[Sample], token_weight: float | list[float], device) -> TokenInputs:
+    """The per-token inputs of ``batch``'s response tokens, in sequence order; sample ``i``'s tokens get
+    ``token_weight[i]`` (or all the same one) and ``seq_ids`` ``i``. Old / reference / engine log-probs only
+    when every sample has them."""
     weights = token_weight if isinstance(token_weight, (list, tuple)) else [token_weight] * len(batch)
 
     def per_token(value):
@@ -141,8 +139,9 @@ def _response_inputs(batch: list[Sample], token_weight: float | list[float],
                          advantages=per_token(lambda i, s: s.advantage),
                          correct_ratio=per_token(lambda i, s: s.correct_ratio),
                          token_weights=per_token(lambda i, s: weights[i]), old_logprobs=given("old_logprobs"),
-                         ref_logprobs=given("ref_logprobs"))
-    return tokens, given("rollout_logprobs")
+                         ref_logprobs=given("ref_logprobs"), rollout_logprobs=given("rollout_logprobs"),
+                         seq_ids=torch.cat([torch.full((len(s.response),), i) for i, s in enumerate(batch)]).to(device))
+    return tokens
 
 
 def collate(batch: list[Sample], pad_id: int, device, token_weight: float | list[float]) -> MicroBatch:
@@ -160,7 +159,7 @@ def collate(batch: list[Sample], pad_id: int, device, token_weight: float | list
         hidden_rows.append(torch.arange(b * T + P - 1, b * T + P - 1 + R))  # hidden at t predicts token t + 1
     rows = RowInputs(input_ids=ids.to(device), attention_mask=mask.to(device),
                      hidden_rows=torch.cat(hidden_rows).to(device))
-    return MicroBatch(rows, *_response_inputs(batch, token_weight, device))
+    return MicroBatch(rows, _response_inputs(batch, token_weight, device))
 
 
 def collate_packed(batch: list[Sample], device, token_weight: float | list[float]) -> MicroBatch:
@@ -177,7 +176,7 @@ def collate_packed(batch: list[Sample], device, token_weight: float | list[float
     rows = RowInputs(input_ids=torch.tensor([ids], device=device), attention_mask=None,
                      hidden_rows=torch.cat(hidden_rows).to(device),
                      position_ids=torch.cat(position_ids)[None].to(device), seq_lens=tuple(lens))
-    return MicroBatch(rows, *_response_inputs(batch, token_weight, device))
+    return MicroBatch(rows, _response_inputs(batch, token_weight, device))
 
 
 class Updater:
@@ -195,7 +194,7 @@ class Updater:
         self.nonfinite_in_a_row = 0
         # Stands in on a rank with fewer micro-batches than another: FSDP2 gathers in every forward, so
         # all ranks run the same number; its tokens weigh 0.
-        self.filler = Sample([pad_id], [pad_id], 0.0, 0.0)
+        self.filler = Sample([pad_id], [pad_id], 0.0, 0.0, rollout_logprobs=torch.zeros(1))
 
     def _plan(self, samples: list[Sample]) -> list[tuple[list[Sample], bool]]:
         """Collective. Micro-batches, padded with filler ones to the largest count on any rank;
@@ -233,23 +232,25 @@ class Updater:
     def update(self, samples: list[Sample], step: int, num_sampled: int | None = None) -> dict:
         """``num_sampled``: responses sampled for this rollout batch on all ranks, before groups were dropped
         (what ``algo.loss_norm=sampled`` divides by). Returns ``loss``, ``clip_frac``, ``kl``, ``entropy``,
-        ``grad_norm`` (NaN when nothing was updated), ``updated``, ``nonfinite_skipped`` and
-        ``logprob_gap`` (mean |rollout - trainer| log-prob per token at the weights that generated, over
-        every rank's samples that carry ``rollout_logprobs``; NaN when none do)."""
+        ``grad_norm`` (NaN when nothing was updated), ``updated``, ``nonfinite_skipped``, and the mismatch
+        between the engine's log-probs and the trainer's at the weights that generated, per token over every
+        rank's samples that carry ``rollout_logprobs`` (NaN when none do): ``logprob_gap`` (mean |difference|),
+        ``mismatch_kl`` (k3 estimate of KL(rollout || trainer)), ``is_weight_mean`` (the correction's weight;
+        the raw ratio without one) and ``is_masked_frac`` (mask modes) or ``is_truncated_frac`` (the others:
+        tokens truncated; without a correction, those whose ratio exceeds the cap)."""
         n_updates = self.settings.updates_per_batch
         result = dict(loss=math.nan, clip_frac=math.nan, kl=math.nan, entropy=math.nan, grad_norm=math.nan,
-                      updated=False, nonfinite_skipped=0, logprob_gap=math.nan)
-        self._gap = torch.zeros(2, dtype=torch.float64)     # sum |difference|, tokens
+                      updated=False, nonfinite_skipped=0, logprob_gap=math.nan, mismatch_kl=math.nan,
+                      is_weight_mean=math.nan)
+        flag_key = "is_masked_frac" if self.loss.correction.endswith("mask") else "is_truncated_frac"
+        result[flag_key] = math.nan
+        self._mismatch = torch.zeros(5, dtype=torch.float64)     # sums: |gap|, k3, weight, flagged; tokens
         if all_sum({"tokens": sum(len(s.response) for s in samples)}, self.device)["tokens"] == 0:
             return result  # every group on every rank was dropped
         if self.ref is not None:
             self._fill_logprobs(self.ref, samples, "ref_logprobs")
         if n_updates > 1:
             self._fill_logprobs(self.policy, samples, "old_logprobs")
-            for s in samples:           # the old pass ran at the weights that generated
-                if s.rollout_logprobs is not None:
-                    diff = (s.old_logprobs.double() - s.rollout_logprobs.double()).abs()
-                    self._gap += torch.tensor([diff.sum().item(), diff.numel()], dtype=torch.float64)
         order = samples[:]
         random.Random(step_seed(self.settings.seed, step, self.rank, salt=2)).shuffle(order)
         totals = {"loss": 0.0, "clipped": 0.0, "kl": 0.0, "entropy": 0.0, "weight": 0.0}
@@ -271,9 +272,10 @@ class Updater:
             totals = {k: totals[k] + sums[k] for k in totals}
             result["grad_norm"] = grad_norm
             done += 1
-        gap = all_sum({"sum": self._gap[0], "tokens": self._gap[1]}, self.device)
-        if gap["tokens"]:
-            result["logprob_gap"] = gap["sum"] / gap["tokens"]
+        m = all_sum(dict(zip(("gap", "k3", "weight", "flagged", "tokens"), self._mismatch)), self.device)
+        if m["tokens"]:
+            result.update(logprob_gap=m["gap"] / m["tokens"], mismatch_kl=m["k3"] / m["tokens"],
+                          is_weight_mean=m["weight"] / m["tokens"], **{flag_key: m["flagged"] / m["tokens"]})
         if done:
             w = totals["weight"]
             result.update(loss=totals["loss"] / done, clip_frac=totals["clipped"] / w, kl=totals["kl"] / w,
@@ -310,10 +312,11 @@ class Updater:
             mb = self._collate(batch, [weights[id(s)] for s in batch] if real else 0.0)
             out = self.policy(mb.rows, mb.tokens, self.loss)
             out.loss.backward()
-            if real and mb.rollout_logprobs is not None and on_policy:
-                # one mini-batch, before its optimizer step: these log-probs are the generating weights'
-                diff = (out.logprobs.detach().double().cpu() - mb.rollout_logprobs.double().cpu()).abs()
-                self._gap += torch.tensor([diff.sum().item(), diff.numel()], dtype=torch.float64)
+            if real and mb.tokens.rollout_logprobs is not None:
+                # the generating weights' log-probs: this pass's own on-policy (one mini-batch, before its
+                # optimizer step), else the old-policy pass's
+                self._add_mismatch(out.logprobs if on_policy else mb.tokens.old_logprobs, mb.tokens.rollout_logprobs,
+                                   out)
             if real:
                 w = mb.tokens.token_weights.double() / self.world     # each token's share of the global aggregate
                 sums["loss"] += out.loss.detach().double() / self.world
@@ -323,6 +326,18 @@ class Updater:
                 sums["weight"] += w.sum()
         self.policy.set_requires_gradient_sync(True)
         return all_sum(sums, self.device)
+
+    def _add_mismatch(self, lp_old: torch.Tensor, rollout: torch.Tensor, out) -> None:
+        """Add one micro-batch's engine-vs-trainer sums (see ``update``)."""
+        d = lp_old.detach().double().cpu() - rollout.double().cpu()      # log ratio, trainer over engine
+        ratio = torch.exp(d)
+        if out.is_weight is not None:
+            weight, flagged = out.is_weight.double().cpu(), out.is_flag.cpu()
+        else:      # no correction: what token_truncate would do, so the mismatch shows before it is turned on
+            weight, flagged = ratio, ratio > self.loss.correction_cap
+        k3 = ratio - 1 - d                    # KL(rollout || trainer) per token, sampled from the rollout
+        self._mismatch += torch.stack([d.abs().sum(), k3.sum(), weight.sum(), flagged.double().sum(),
+                                       torch.tensor(float(d.numel()), dtype=torch.float64)])
 
     def _clip(self) -> float:
         """Clip the global gradient norm (0: no clipping) and return it."""

@@ -7,8 +7,11 @@ import torch
 
 def naive_grpo_loss(hidden, weight, targets, advantages, token_weights, *, old_logprobs=None, ref_logprobs=None,
                     bias=None, clip_low=0.2, clip_high=0.2, kl_coef=0.0, entropy_coef=0.0, temperature=1.0,
-                    correct_ratio=None, w_min=0.4, w_max=1.5, midpoint=0.75, steepness=10.0):
-    """Full-logits float64 autograd version of the loss. Returns (loss, logp, entropy, kl, clipped)."""
+                    correct_ratio=None, w_min=0.4, w_max=1.5, midpoint=0.75, steepness=10.0,
+                    rollout_logprobs=None, seq_ids=None, rollout_correction="none", correction_cap=2.0,
+                    correction_low=0.5):
+    """Full-logits float64 autograd version of the loss. Returns (loss, logp, entropy, kl, clipped) and,
+    with a rollout correction, (..., weight, flag) as well."""
     f = torch.float64
     z = hidden.to(f) @ weight.to(f).T
     if bias is not None:
@@ -27,6 +30,10 @@ def naive_grpo_loss(hidden, weight, targets, advantages, token_weights, *, old_l
     pg1 = -a * ratio
     pg2 = -a * torch.clamp(ratio, 1 - clip_low, 1 + clip_high)
     pg = torch.max(pg1, pg2)
+    corr = rollout_correction_weights(old, rollout_logprobs, seq_ids, rollout_correction, correction_cap,
+                                      correction_low)
+    if corr is not None:
+        pg = corr[0] * pg
     if ref_logprobs is not None:
         d = ref_logprobs.to(f) - logp
         kl = torch.clamp(torch.exp(d) - d - 1, -10, 10)
@@ -34,7 +41,37 @@ def naive_grpo_loss(hidden, weight, targets, advantages, token_weights, *, old_l
         kl = torch.zeros_like(logp)
     ent = -(logsm.exp() * logsm).sum(-1)
     loss = (token_weights.to(f) * (pg + kl_coef * kl - entropy_coef * ent)).sum()
-    return loss, logp.detach(), ent.detach(), kl.detach(), (pg2 > pg1).detach()
+    out = (loss, logp.detach(), ent.detach(), kl.detach(), (pg2 > pg1).detach())
+    return out if corr is None else out + corr
+
+
+def rollout_correction_weights(lp_old, rollout, seq_ids, mode, cap, low):
+    """(weight, flag) per token from the definitions in docs/design.md ("Rollout correction"), in float64 and
+    with a plain loop over sequences; None for mode none."""
+    if mode == "none":
+        return None
+    d = (lp_old.detach() - rollout.to(torch.float64)).tolist()
+    w, flag = [0.0] * len(d), [False] * len(d)
+    if mode.startswith("token"):
+        for i, x in enumerate(d):
+            r = math.exp(x)
+            if mode == "token_truncate":
+                w[i], flag[i] = min(r, cap), r > cap
+            else:
+                w[i], flag[i] = (1.0, False) if low <= r <= cap else (0.0, True)
+    else:
+        ids = seq_ids.tolist()
+        for s in set(ids):
+            members = [i for i in range(len(d)) if ids[i] == s]
+            total = sum(d[i] for i in members)
+            if mode == "sequence_truncate":
+                ws, fs = min(math.exp(total), cap), total > math.log(cap)
+            else:
+                g = math.exp(total / len(members))
+                ws, fs = (1.0, False) if low <= g <= cap else (0.0, True)
+            for i in members:
+                w[i], flag[i] = ws, fs
+    return torch.tensor(w, dtype=torch.float64), torch.tensor(flag)
 
 
 def loop_rewards(outcomes, lengths, group_ids, *, alpha=0.05, correct_reward=1.0, incorrect_reward=-1.0,

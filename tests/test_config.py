@@ -87,6 +87,7 @@ BAD = {
     "algo.min_short_len": "-1", "algo.w_min": "-0.5", "algo.w_max": "-1", "algo.midpoint": "1.5",
     "algo.steepness": "-2", "algo.clip_low": "-0.5", "algo.clip_high": "-0.1", "algo.kl_coef": "-1",
     "algo.entropy_coef": "-0.001", "algo.grade_timeout_s": "0", "algo.grade_workers": "-1", "optim.lr": "-1",
+    "algo.rollout_correction_cap": "0.5", "algo.rollout_correction_low": "1.5",
     "optim.weight_decay": "-0.01", "optim.betas": "0.9,1.0", "optim.warmup_steps": "-1", "optim.grad_clip": "-1",
     "optim.prompts_per_step": "0", "optim.updates_per_batch": "0", "optim.micro_batch_tokens": "-1",
     "optim.loss_chunk_size": "-1", "run.max_steps": "-1", "run.epochs": "-1", "run.save_every": "-1",
@@ -134,7 +135,7 @@ def test_report_to_names_a_known_tracker():
 
 @pytest.mark.parametrize("args,message", [
     (["--rollout.tensor_parallel_size", "2"], "unknown config key 'rollout.tensor_parallel_size'"),
-    (["--rollout.logprobs", "true"], "rollout.logprobs needs --rollout.engine vllm"),
+    (["--rollout.logprobs", "true", "--rollout.hf_batching", "continuous"], "needs rollout.hf_batching generate"),
     (["--rollout.hf_batching", "paged"], "rollout.hf_batching must be one of generate, continuous, got 'paged'"),
 ])
 def test_rollout_settings_the_engines_cannot_honour_are_refused(args, message):
@@ -223,3 +224,25 @@ def test_generated_task_operands():
     big = synthetic_problems((10, 100))
     assert len(big) == 2000 and big == synthetic_problems((10, 100))
     assert all(10 <= int(x) < 100 for p in big for x in p.problem[len("What is "):-1].split(" + "))
+
+
+def test_rollout_correction_defaults_and_refusals():
+    """auto is token_truncate exactly when the engine returns log-probs; the official preset keeps none; a mode
+    without the engine's log-probs, with top-p, or with bounds the wrong way round is refused."""
+    assert parse_args([]).algo.correction(logprobs=False) == "none"
+    cfg = parse_args(["--rollout.logprobs", "true"])
+    assert cfg.algo.correction(cfg.rollout.logprobs) == "token_truncate" and cfg.algo.rollout_correction_cap == 2.0
+    official = parse_args(["--preset", "grpo_lead_14b", "--model", "/m", "--rollout.logprobs", "true",
+                           "--rollout.engine", "hf"])
+    assert official.algo.correction(True) == "none"
+    with pytest.raises(ConfigError, match="sequence_mask weighs each token by the engine's log-prob.*logprobs true"):
+        parse_args(["--algo.rollout_correction", "sequence_mask"])
+    with pytest.raises(ConfigError, match="rollout.top_p=0.9.*renormalized"):
+        parse_args(["--rollout.logprobs", "true", "--rollout.top_p", "0.9"])
+    assert parse_args(["--rollout.logprobs", "true", "--rollout.top_p", "0.9", "--algo.rollout_correction",
+                       "none"]).rollout.top_p == 0.9          # the mismatch logged, nothing corrected: allowed
+    with pytest.raises(ConfigError, match=r"rollout_correction_low \(1.0\) must be below algo.rollout_correction_cap \(1.0\)"):
+        parse_args(["--rollout.logprobs", "true", "--algo.rollout_correction", "token_mask",
+                    "--algo.rollout_correction_cap", "1", "--algo.rollout_correction_low", "1"])
+    with pytest.raises(ConfigError, match="algo.rollout_correction must be one of auto, none, token_truncate"):
+        parse_args(["--algo.rollout_correction", "tis"])

@@ -3,6 +3,7 @@
 import random
 from dataclasses import replace
 
+import pytest
 import torch
 
 from lead_fast.ops import LossParams
@@ -51,7 +52,7 @@ def test_collate_positions_predict_the_response_tokens():
     assert torch.equal(tok.correct_ratio, torch.tensor([s.correct_ratio for s in samples for _ in s.response]))
     assert tok.token_weights.tolist() == [0.25] * 7
     assert tok.old_logprobs is None and tok.ref_logprobs is None   # present for only some rows: not used
-    assert mb.rollout_logprobs is None
+    assert tok.rollout_logprobs is None and tok.seq_ids.tolist() == [0, 0, 1, 1, 1, 1, 2]
     assert (rows.input_ids[1, 5:] == 0).all() and (rows.attention_mask[1, 5:] == 0).all()   # right padding
 
 
@@ -133,3 +134,56 @@ def test_liger_kernels_are_patched_in_only_where_asked(tiny_model_dir):
     assert lm.model.norm.forward.__qualname__.startswith("LigerRMSNorm")
     assert lm.model.layers[0].mlp.forward.__qualname__.startswith("LigerSwiGLUMLP")
     assert lm.lm_head.forward.__qualname__.startswith("Linear")              # the head is ours, not Liger's
+
+
+def _expected_mismatch(lengths, mode, cap=2.0, low=0.5):
+    """The mismatch metrics worked out by hand from the helper's per-token offsets (ratio exp(-delta))."""
+    import math
+
+    from tests.helpers.correction_update import DELTAS
+
+    weights, flags, k3s, gaps = [], [], [], []
+    for R in lengths:
+        logr = [-DELTAS[t % len(DELTAS)] for t in range(R)]
+        ratios = [math.exp(x) for x in logr]
+        k3s += [r - 1 - x for r, x in zip(ratios, logr)]
+        gaps += [abs(x) for x in logr]
+        if mode in ("none", "token_truncate"):
+            weights += [min(r, cap) if mode != "none" else r for r in ratios]
+            flags += [r > cap for r in ratios]
+        elif mode == "token_mask":
+            weights += [float(low <= r <= cap) for r in ratios]
+            flags += [not low <= r <= cap for r in ratios]
+        elif mode == "sequence_truncate":
+            w = min(math.exp(sum(logr)), cap)
+            weights += [w] * R
+            flags += [sum(logr) > math.log(cap)] * R
+        else:
+            gm = math.exp(sum(logr) / R)
+            weights += [float(low <= gm <= cap)] * R
+            flags += [not low <= gm <= cap] * R
+    n = len(weights)
+    return dict(is_weight_mean=sum(weights) / n, flag=sum(flags) / n, mismatch_kl=sum(k3s) / n, gap=sum(gaps) / n)
+
+
+@pytest.mark.parametrize("world,packing", [(1, "off"), (2, "off"), (2, "on")])
+def test_a_synthetic_mismatch_gives_the_hand_computed_weights_and_masks(tiny_model_dir, tmp_path, world, packing):
+    """Engine log-probs = the trainer's + known offsets: every mode's weights, truncated or masked fractions
+    and the k3 mismatch equal the hand-computed ones, padded and packed, on 1 and 2 ranks."""
+    import json
+
+    from tests.launch import HELPERS, TRAIN_DATA, check, torchrun
+
+    out = tmp_path / "res.json"
+    check(torchrun(world, [str(HELPERS / "correction_update.py"), tiny_model_dir, str(TRAIN_DATA), str(out),
+                           "--optim.packing", packing]))
+    r = json.loads(out.read_text())
+    assert r["world"] == world
+    for mode, res in r["results"].items():
+        want = _expected_mismatch(r["lengths"], mode)
+        flag = res["is_masked_frac"] if mode.endswith("mask") else res["is_truncated_frac"]
+        assert res["updated"], mode
+        assert res["is_weight_mean"] == pytest.approx(want["is_weight_mean"], rel=1e-5), mode
+        assert flag == pytest.approx(want["flag"], abs=1e-12), mode
+        assert res["mismatch_kl"] == pytest.approx(want["mismatch_kl"], rel=1e-5), mode
+        assert res["logprob_gap"] == pytest.approx(want["gap"], rel=1e-5), mode

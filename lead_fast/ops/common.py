@@ -7,6 +7,8 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from lead_fast.choices import Correction
+
 
 def triton_interpret() -> bool:
     """True when Triton kernels run under the interpreter (``TRITON_INTERPRET=1``, set before import)."""
@@ -27,13 +29,30 @@ class LossParams:
     w_max: float = 1.5
     midpoint: float = 0.75
     steepness: float = 10.0
+    correction: Correction = "none"
+    """Rollout-trainer mismatch correction of the policy-gradient term (docs/design.md, "Rollout correction")."""
+    correction_cap: float = 2.0
+    """The importance weight's upper bound C: truncated to it, or a mask's upper bound."""
+    correction_low: float = 0.5
+    """A mask's lower bound on the importance weight (token ratio, or a sequence's geometric mean)."""
+
+    @property
+    def token_correction(self) -> bool:
+        return self.correction in ("token_truncate", "token_mask")
+
+    @property
+    def sequence_correction(self) -> bool:
+        return self.correction in ("sequence_truncate", "sequence_mask")
 
 
 @dataclass(frozen=True, kw_only=True)
 class TokenInputs:
     """Per-token inputs of the loss, each ``(N,)`` (float32, or int64 ``targets``); None where absent.
 
-    ``advantages`` and ``token_weights`` are None for a forward-only (log-prob) pass.
+    ``advantages`` and ``token_weights`` are None for a forward-only (log-prob) pass. ``rollout_logprobs``
+    (the engine's log-prob of each sampled token) and ``seq_ids`` (which response each token belongs to, for
+    the sequence-level corrections) feed the rollout correction; ``is_weights`` are sequence-level weights
+    the head computes itself from them before the loss.
     """
 
     targets: torch.Tensor
@@ -42,6 +61,9 @@ class TokenInputs:
     old_logprobs: torch.Tensor | None = None
     ref_logprobs: torch.Tensor | None = None
     correct_ratio: torch.Tensor | None = None
+    rollout_logprobs: torch.Tensor | None = None
+    seq_ids: torch.Tensor | None = None
+    is_weights: torch.Tensor | None = None
 
     def slice(self, start: int, end: int) -> "TokenInputs":
         """Rows ``start:end`` of every input (views, no copies)."""

@@ -15,15 +15,17 @@ temporaries), never ``(N, V)``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import math
+from dataclasses import dataclass, fields, replace
 
 import torch
 
-from lead_fast.choices import LossBackend, options
+from lead_fast.choices import Correction, LossBackend, options
 from lead_fast.ops import rows_torch
 from lead_fast.ops.common import LossParams, TokenInputs, triton_interpret
 
 BACKENDS = options(LossBackend)
+CORRECTIONS = options(Correction)
 
 
 @dataclass
@@ -35,6 +37,8 @@ class GRPOLossOutput:
     entropy: torch.Tensor
     kl: torch.Tensor
     clipped: torch.Tensor
+    is_weight: torch.Tensor | None = None   # the rollout correction's weight on each token (None: no correction)
+    is_flag: torch.Tensor | None = None     # True where the correction truncated or masked (None: no correction)
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
@@ -184,7 +188,8 @@ def _run(hidden, weight, bias, tok: TokenInputs, p: LossParams, backend: str, ch
     if N == 0:
         res = dict(logp=torch.empty(0, device=dev), entropy=torch.empty(0, device=dev),
                    kl=torch.empty(0, device=dev), clipped=torch.empty(0, dtype=torch.bool, device=dev),
-                   loss=torch.empty(0, device=dev))
+                   loss=torch.empty(0, device=dev), is_weight=torch.empty(0, device=dev),
+                   is_flag=torch.empty(0, dtype=torch.bool, device=dev))
         if gw is not None:
             gw.zero_()
         if gh is not None:
@@ -205,8 +210,10 @@ class _GRPOLossFn(torch.autograd.Function):
         ctx.save_for_backward(*[g if g is not None else torch.empty(0) for g in grads])
         ctx.has = tuple(g is not None for g in grads)
         loss = res["loss"].sum()
-        ctx.mark_non_differentiable(res["logp"], res["entropy"], res["kl"], res["clipped"])
-        return loss, res["logp"], res["entropy"], res["kl"], res["clipped"]
+        none = torch.empty(0, device=hidden.device)       # autograd outputs are tensors: empty for "absent"
+        isw, flag = res.get("is_weight", none), res.get("is_flag", none)
+        ctx.mark_non_differentiable(res["logp"], res["entropy"], res["kl"], res["clipped"], isw, flag)
+        return loss, res["logp"], res["entropy"], res["kl"], res["clipped"], isw, flag
 
     @staticmethod
     def backward(ctx, grad_loss, *_):
@@ -222,20 +229,51 @@ class _GRPOLossFn(torch.autograd.Function):
 def grpo_loss(hidden, weight, targets, advantages, token_weights, *, old_logprobs=None, ref_logprobs=None,
               bias=None, clip_low=0.2, clip_high=0.2, kl_coef=0.0, entropy_coef=0.0, temperature=1.0,
               correct_ratio=None, w_min=0.4, w_max=1.5, midpoint=0.75, steepness=10.0, backend="auto",
-              chunk_size=None) -> GRPOLossOutput:
+              chunk_size=None, rollout_logprobs=None, seq_ids=None, rollout_correction="none",
+              correction_cap=2.0, correction_low=0.5) -> GRPOLossOutput:
     """Clipped GRPO loss with KL, entropy and difficulty weights, fused with the LM head.
 
     hidden ``(N, H)``, weight ``(V, H)``, bias ``(V,)`` or None, targets ``(N,)`` token ids; every other
     per-token argument is ``(N,)``. ``token_weights`` carry the aggregation (e.g. ``1 / total tokens`` for
     a token mean), so the loss is a plain weighted sum and does not depend on chunking. See docs/design.md.
+    ``rollout_correction`` (``token_truncate``, ``token_mask``, ``sequence_truncate``, ``sequence_mask``)
+    weighs the policy-gradient term by the importance ratio of the generating weights to the engine's
+    ``rollout_logprobs`` (sequence modes: per response, ``seq_ids`` saying which response each token is in).
     The keyword arguments become one ``TokenInputs`` and one ``LossParams``, by name (``fused_grpo_loss``).
     """
     tokens = TokenInputs(targets=targets, advantages=advantages, token_weights=token_weights,
-                         old_logprobs=old_logprobs, ref_logprobs=ref_logprobs, correct_ratio=correct_ratio)
+                         old_logprobs=old_logprobs, ref_logprobs=ref_logprobs, correct_ratio=correct_ratio,
+                         rollout_logprobs=rollout_logprobs, seq_ids=seq_ids)
     params = LossParams(clip_low=float(clip_low), clip_high=float(clip_high), kl_coef=float(kl_coef),
                         entropy_coef=float(entropy_coef), temperature=float(temperature), w_min=float(w_min),
-                        w_max=float(w_max), midpoint=float(midpoint), steepness=float(steepness))
+                        w_max=float(w_max), midpoint=float(midpoint), steepness=float(steepness),
+                        correction=rollout_correction, correction_cap=float(correction_cap),
+                        correction_low=float(correction_low))
     return fused_grpo_loss(hidden, weight, tokens, params, bias=bias, backend=backend, chunk_size=chunk_size)
+
+
+def sequence_weights(lp_old: torch.Tensor, rollout: torch.Tensor, seq_ids: torch.Tensor,
+                     p: LossParams) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sequence-level corrections' per-token weights and flags (every token carries its response's).
+
+    ``sequence_truncate``: ``min(prod_t exp(lp_old - lp_rollout), C)``, the product over the response (in log
+    space, so no overflow). ``sequence_mask``: 1 where the response's geometric-mean ratio
+    ``exp(mean_t (lp_old - lp_rollout))`` lies in ``[low, C]``, else 0. The geometric mean, not the product:
+    a product over thousands of tokens leaves any fixed bounds for a per-token gap of 1e-3, so it would mask
+    long responses for their length; the mean is the per-token mismatch, comparable across lengths."""
+    d = (lp_old.double() - rollout.double())
+    ids = seq_ids.long()
+    n = int(ids.max()) + 1 if ids.numel() else 0
+    total = torch.zeros(n, dtype=torch.float64, device=d.device).index_add_(0, ids, d)
+    if p.correction == "sequence_truncate":
+        log_cap = math.log(p.correction_cap)
+        w_seq, flag_seq = torch.exp(total.clamp(max=log_cap)), total > log_cap
+    else:
+        count = torch.zeros(n, dtype=torch.float64, device=d.device).index_add_(0, ids, torch.ones_like(d))
+        g = torch.exp(total / count.clamp(min=1))
+        inside = (g >= p.correction_low) & (g <= p.correction_cap)
+        w_seq, flag_seq = inside.double(), ~inside
+    return w_seq[ids], flag_seq[ids]
 
 
 def fused_grpo_loss(hidden, weight, tokens: TokenInputs, params: LossParams, *, bias=None, backend="auto",
@@ -245,13 +283,35 @@ def fused_grpo_loss(hidden, weight, tokens: TokenInputs, params: LossParams, *, 
         raise ValueError(f"temperature must be > 0, got {params.temperature}")
     if tokens.ref_logprobs is None and params.kl_coef != 0.0:
         raise ValueError("kl_coef != 0 needs ref_logprobs")
+    if params.correction not in CORRECTIONS:
+        raise ValueError(f"rollout_correction must be one of {', '.join(CORRECTIONS)}, got {params.correction!r}")
+    if params.correction != "none" and tokens.rollout_logprobs is None:
+        raise ValueError(f"rollout_correction={params.correction!r} needs rollout_logprobs (the engine's)")
+    if params.sequence_correction and tokens.seq_ids is None:
+        raise ValueError(f"rollout_correction={params.correction!r} needs seq_ids (each token's response)")
     per_token = {f.name: getattr(tokens, f.name) for f in fields(tokens) if f.name != "targets"}
     _check_inputs(hidden, weight, tokens.targets, per_token, bias)
     backend = resolve_backend(backend, hidden.device)
     dev = hidden.device
-    tok = TokenInputs(targets=_targets(tokens.targets, dev), **{k: _f32(t, dev) for k, t in per_token.items()})
-    loss, logp, ent, kl, clipped = _GRPOLossFn.apply(hidden, weight, bias, tok, params, backend, chunk_size)
-    return GRPOLossOutput(loss=loss, logprobs=logp, entropy=ent, kl=kl, clipped=clipped.bool())
+    tok = TokenInputs(targets=_targets(tokens.targets, dev), seq_ids=None,
+                      **{k: _f32(t, dev) for k, t in per_token.items() if k != "seq_ids"})
+    seq_flag = None
+    if params.sequence_correction:
+        # each response's sum before its loss: a forward-only pass of the head over these hidden states (not
+        # a second model forward), or the old-policy log-probs when that pass already ran
+        lp_old = tok.old_logprobs
+        if lp_old is None:       # in the compute dtype (float64 for float64 inputs), like the loss's own
+            lp_old = _run(hidden, weight, bias, TokenInputs(targets=tok.targets),
+                          LossParams(temperature=params.temperature), backend, chunk_size, (False, False, False),
+                          compute_loss=False)[0]["logp"]
+        isw, seq_flag = sequence_weights(lp_old, tok.rollout_logprobs, tokens.seq_ids.to(dev), params)
+        tok = replace(tok, is_weights=isw.to(torch.promote_types(hidden.dtype, torch.float32)))
+    loss, logp, ent, kl, clipped, isw, flag = _GRPOLossFn.apply(hidden, weight, bias, tok, params, backend,
+                                                                 chunk_size)
+    corrected = params.correction != "none"
+    return GRPOLossOutput(loss=loss, logprobs=logp, entropy=ent, kl=kl, clipped=clipped.bool(),
+                          is_weight=isw if corrected else None,
+                          is_flag=(seq_flag if seq_flag is not None else flag.bool()) if corrected else None)
 
 
 @torch.no_grad()

@@ -19,8 +19,27 @@ def difficulty_scale(adv: torch.Tensor, rho: torch.Tensor, p) -> torch.Tensor:
                              midpoint=p.midpoint, steepness=p.steepness)
 
 
-def policy_terms(logp, adv, tw, old, ref, rho, p):
-    """Per-token scalars shared by both backends, all ``(C,)`` float32.
+def correction_weights(logp, old, rollout, given, p):
+    """The rollout correction's per-token weight on the policy-gradient term, and which tokens it truncated
+    or masked: ``(weight, flag)``, or ``(None, None)`` without a correction (docs/design.md, "Rollout
+    correction"). Token modes: the ratio ``exp(lp_old - lp_rollout)``, with ``lp_old`` the old-policy
+    log-prob when there is one, else the head's own (on-policy), truncated at ``correction_cap`` or masked
+    outside ``[correction_low, correction_cap]``. Sequence modes: ``given`` (the head computed them per
+    sequence before the loss); their flags are the head's too."""
+    if p.token_correction:
+        ratio = torch.exp((logp if old is None else old) - rollout)
+        if p.correction == "token_truncate":
+            return ratio.clamp(max=p.correction_cap), ratio > p.correction_cap
+        inside = (ratio >= p.correction_low) & (ratio <= p.correction_cap)
+        return inside.to(logp.dtype), ~inside
+    if p.sequence_correction:
+        return given, None
+    return None, None
+
+
+def policy_terms(logp, adv, tw, old, ref, rho, p, isw=None):
+    """Per-token scalars shared by both backends, all ``(C,)`` float32. ``isw``: the rollout correction's
+    weight on the policy-gradient term (None: 1).
 
     Returns ``(loss_tok, coef, kl, clipped)`` with ``coef = d loss_tok / d logp`` (before the entropy term).
     """
@@ -31,6 +50,8 @@ def policy_terms(logp, adv, tw, old, ref, rho, p):
     clipped = pg2 > pg1  # the clamped branch is active: its gradient is zero
     pg = torch.maximum(pg1, pg2)
     d_pg = torch.where(clipped, torch.zeros_like(a), -a * ratio)
+    if isw is not None:      # a constant per token: it scales the term and its gradient alike
+        pg, d_pg = isw * pg, isw * d_pg
     if ref is not None:
         d = ref - logp
         kl_raw = torch.exp(d) - d - 1.0
@@ -54,8 +75,9 @@ def grpo_rows(buf, tok, p, *, write_grad: bool, compute_loss: bool):
     ftype = torch.promote_types(buf.dtype, torch.float32)    # float32, or float64 for float64 inputs
     z = buf.to(ftype) * inv_t                                 # (C, V)
     z = z - z.max(-1, keepdim=True).values                    # shift: no cancellation in lse - E[z]
-    adv, tw, old, ref, rho = (None if x is None else x.to(ftype) for x in (
-        tok.advantages, tok.token_weights, tok.old_logprobs, tok.ref_logprobs, tok.correct_ratio))
+    adv, tw, old, ref, rho, rollout, given = (None if x is None else x.to(ftype) for x in (
+        tok.advantages, tok.token_weights, tok.old_logprobs, tok.ref_logprobs, tok.correct_ratio,
+        tok.rollout_logprobs, tok.is_weights))
     targets = tok.targets
     lse = torch.logsumexp(z, dim=-1)                          # (C,)
     prob = torch.exp(z - lse[:, None])                        # (C, V)
@@ -65,9 +87,14 @@ def grpo_rows(buf, tok, p, *, write_grad: bool, compute_loss: bool):
     out = dict(logp=logp, entropy=entropy)
     if not compute_loss:
         return out
-    loss_tok, coef, kl, clipped = policy_terms(logp, adv, tw, old, ref, rho, p)
+    isw, flag = correction_weights(logp, old, rollout, given, p)
+    loss_tok, coef, kl, clipped = policy_terms(logp, adv, tw, old, ref, rho, p, isw)
     loss_tok = loss_tok - tw * p.entropy_coef * entropy
     out.update(kl=kl, clipped=clipped, loss=loss_tok)
+    if isw is not None:
+        out["is_weight"] = isw
+    if flag is not None:
+        out["is_flag"] = flag
     if write_grad:
         # d/dz [coef * logp - ent_w * H] = coef * (onehot - p) + ent_w * p * (z - E_p[z])
         g = prob * (-coef[:, None])

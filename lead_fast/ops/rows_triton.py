@@ -48,12 +48,16 @@ def _grpo_rows_kernel(
     old_ptr,        # (C,) float32 old-policy log-probs             (read if HAS_OLD)
     ref_ptr,        # (C,) float32 reference log-probs              (read if HAS_REF)
     rho_ptr,        # (C,) float32 group correct ratio              (read if HAS_RHO)
+    roll_ptr,       # (C,) float32 the engine's log-probs           (read if IS_MODE is 1 or 2)
+    isw_ptr,        # (C,) float32 given correction weights         (read if IS_MODE == 3)
+    isw_out_ptr,    # (C,) float32 out: the correction weight applied (written if IS_MODE > 0)
+    flag_out_ptr,   # (C,) int8 out: 1 where the correction truncated or masked (written if IS_MODE is 1 or 2)
     logp_ptr,       # (C,) float32 out: log-prob of the target
     ent_ptr,        # (C,) float32 out: entropy of softmax(z)
     kl_ptr,         # (C,) float32 out: clamped k3 KL               (written if COMPUTE_LOSS)
     clip_ptr,       # (C,) int8 out: 1 where the clamped branch is active (written if COMPUTE_LOSS)
     loss_ptr,       # (C,) float32 out: token_weight * per-token loss (written if COMPUTE_LOSS)
-    inv_temp, clip_low, clip_high, kl_coef, ent_coef, w_min, w_max, midpoint, steepness,
+    inv_temp, clip_low, clip_high, kl_coef, ent_coef, w_min, w_max, midpoint, steepness, is_cap, is_low,
     V: tl.constexpr,
     BLOCK: tl.constexpr,
     HAS_OLD: tl.constexpr,
@@ -61,6 +65,7 @@ def _grpo_rows_kernel(
     HAS_RHO: tl.constexpr,
     COMPUTE_LOSS: tl.constexpr,
     WRITE_GRAD: tl.constexpr,
+    IS_MODE: tl.constexpr,      # rollout correction: 0 none, 1 token truncate, 2 token mask, 3 given weights
 ):
     # Streaming a row at HBM speed leaves an H100 ~20 issued instructions per bf16 element, so the loops
     # below keep per-element work to a handful: blocks are (BLOCK // 8, 8) tiles whose 8-wide rows sit in
@@ -120,6 +125,28 @@ def _grpo_rows_kernel(
         is_clipped = pg2 > pg1
         pg = tl.maximum(pg1, pg2)
         d_pg = tl.where(is_clipped, 0.0, -a * ratio)
+        if IS_MODE == 1 or IS_MODE == 2:
+            # the ratio of the weights that generated (old, or this pass's own log-prob) to the engine's
+            if HAS_OLD:
+                r_is = tl.exp(tl.load(old_ptr + row) - tl.load(roll_ptr + row))
+            else:
+                r_is = tl.exp(logp - tl.load(roll_ptr + row))
+            if IS_MODE == 1:
+                isw = tl.minimum(r_is, is_cap)
+                flag = r_is > is_cap
+            else:
+                inside = (r_is >= is_low) & (r_is <= is_cap)
+                isw = tl.where(inside, 1.0, 0.0)
+                flag = inside == 0
+            tl.store(flag_out_ptr + row, flag.to(tl.int8))
+            tl.store(isw_out_ptr + row, isw)
+            pg = isw * pg
+            d_pg = isw * d_pg
+        if IS_MODE == 3:
+            isw = tl.load(isw_ptr + row)
+            tl.store(isw_out_ptr + row, isw)
+            pg = isw * pg
+            d_pg = isw * d_pg
         if HAS_REF:
             dr = tl.load(ref_ptr + row) - logp
             kl_raw = tl.exp(dr) - dr - 1.0
@@ -159,6 +186,10 @@ def _grpo_rows_kernel(
             tl.store(row_ptr + tgt, g_t.to(buf_ptr.dtype.element_ty))
 
 
+IS_MODES = {"none": 0, "token_truncate": 1, "token_mask": 2, "sequence_truncate": 3, "sequence_mask": 3}
+"""The kernel's ``IS_MODE`` per rollout correction (sequence modes arrive as given weights)."""
+
+
 def pick_block(V: int, gpu: bool | None = None) -> tuple[int, int]:
     """(BLOCK, num_warps) for a vocabulary of ``V``; ``gpu`` defaults to "not under the interpreter".
 
@@ -190,6 +221,8 @@ def grpo_rows(buf, tok, p, *, write_grad: bool, compute_loss: bool):
         raise ValueError("the logits buffer must be contiguous along the vocabulary")
     dev = buf.device
     adv, tw, old, ref, rho = tok.advantages, tok.token_weights, tok.old_logprobs, tok.ref_logprobs, tok.correct_ratio
+    roll, given = tok.rollout_logprobs, tok.is_weights
+    mode = IS_MODES[p.correction] if compute_loss else 0
     logp = torch.empty(C, dtype=torch.float32, device=dev)
     ent = torch.empty(C, dtype=torch.float32, device=dev)
     if compute_loss:
@@ -199,18 +232,25 @@ def grpo_rows(buf, tok, p, *, write_grad: bool, compute_loss: bool):
     else:
         kl, clipped, loss = logp, logp, logp  # never written: COMPUTE_LOSS is off
     dummy = logp  # stands in for absent per-token inputs; the kernel never reads it
+    isw = torch.empty(C, dtype=torch.float32, device=dev) if mode else dummy
+    flag = torch.empty(C, dtype=torch.int8, device=dev) if mode in (1, 2) else clipped
     block, warps = pick_block(V)
     _grpo_rows_kernel[(C,)](
         buf, buf.stride(0), tok.targets.contiguous(),
         dummy if adv is None else adv, dummy if tw is None else tw,
         dummy if old is None else old, dummy if ref is None else ref, dummy if rho is None else rho,
+        dummy if roll is None else roll, dummy if given is None else given, isw, flag,
         logp, ent, kl, clipped, loss,
         1.0 / p.temperature, p.clip_low, p.clip_high, p.kl_coef, p.entropy_coef,
-        p.w_min, p.w_max, p.midpoint, p.steepness,
+        p.w_min, p.w_max, p.midpoint, p.steepness, p.correction_cap, p.correction_low,
         V=V, BLOCK=block, HAS_OLD=old is not None, HAS_REF=ref is not None, HAS_RHO=rho is not None,
-        COMPUTE_LOSS=compute_loss, WRITE_GRAD=compute_loss and write_grad, num_warps=warps,
+        COMPUTE_LOSS=compute_loss, WRITE_GRAD=compute_loss and write_grad, IS_MODE=mode, num_warps=warps,
     )
     out = dict(logp=logp, entropy=ent)
     if compute_loss:
         out.update(kl=kl, clipped=clipped.bool(), loss=loss)
+    if mode:
+        out["is_weight"] = isw
+    if mode in (1, 2):
+        out["is_flag"] = flag.bool()
     return out

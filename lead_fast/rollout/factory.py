@@ -28,6 +28,6 @@ def make_engine(rollout: RolloutConfig, model_path: str, *, device: torch.device
     stops = stop_token_ids(model_path, tokenizer)
     if rollout.engine == "hf":
         return HFEngine(model_path, device=device, dtype=dtype, tokenizer=tokenizer, stop_token_ids=stops,
-                        batching=rollout.hf_batching)
+                        batching=rollout.hf_batching, logprobs=rollout.logprobs)
     return VLLMEngine(model_path, dtype=dtype, seed=seed, max_model_len=max_model_len, stop_token_ids=stops,
                       memory=memory, sleep=colocated, logprobs=rollout.logprobs, enforce_eager=rollout.enforce_eager)

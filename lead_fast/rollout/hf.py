@@ -22,11 +22,16 @@ class HFEngine:
     """Generates with ``model.generate``; receives new weights only through ``update_weights``."""
 
     def __init__(self, model_path: str, *, device: torch.device, dtype: torch.dtype, tokenizer,
-                 stop_token_ids: tuple[int, ...] | None = None, batching: str = "generate"):
+                 stop_token_ids: tuple[int, ...] | None = None, batching: str = "generate", logprobs: bool = False):
+        """``logprobs``: each completion carries its tokens' log-probs under the distribution sampled from
+        (``generate``'s processed scores: after temperature, top-p and min-p), padded batching only."""
         from transformers import AutoModelForCausalLM
 
         if batching not in options(HFBatching):
             raise ValueError(f"batching must be one of {', '.join(options(HFBatching))}, got {batching!r}")
+        if logprobs and batching != "generate":
+            raise ValueError("log-probs come from generate's processed scores: padded batching only")
+        self.logprobs = logprobs
 
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device).eval()
         self.model.requires_grad_(False)
@@ -66,9 +71,16 @@ class HFEngine:
                 max_new_tokens=settings.max_new_tokens, num_return_sequences=settings.n,
                 pad_token_id=self.pad_id, eos_token_id=self.stop_ids,
                 **(dict(min_new_tokens=settings.max_new_tokens) if settings.ignore_eos else {}),
-                **(dict(stop_strings=list(settings.stop), tokenizer=self.tokenizer) if settings.stop else {}))
-        resp = out[:, width:].tolist()
-        flat = [self._finish(r, settings) for r in resp]
+                **(dict(stop_strings=list(settings.stop), tokenizer=self.tokenizer) if settings.stop else {}),
+                **(dict(output_scores=True, return_dict_in_generate=True) if self.logprobs else {}))
+        seqs = out.sequences if self.logprobs else out
+        resp = seqs[:, width:]
+        lps = [None] * len(resp)
+        if self.logprobs:
+            # step t's processed scores (the distribution sampled from) at the token sampled there
+            lps = torch.stack([torch.log_softmax(s.float(), -1).gather(1, resp[:, t:t + 1]).squeeze(1)
+                               for t, s in enumerate(out.scores)], 1).tolist()
+        flat = [self._finish(r, settings, lp) for r, lp in zip(resp.tolist(), lps)]
         return [flat[i * settings.n:(i + 1) * settings.n] for i in range(len(prompts))]
 
     @torch.no_grad()
@@ -101,10 +113,10 @@ class HFEngine:
             flat.append(c)
         return [flat[i * settings.n:(i + 1) * settings.n] for i in range(len(prompts))]
 
-    def _finish(self, r: list[int], settings: SamplingSettings) -> Completion:
-        """Cut a generated row where it ended: after its first stop token or after the token that completes
-        a stop string (both kept: the policy must learn to stop); ``generate`` pads finished rows after
-        that point."""
+    def _finish(self, r: list[int], settings: SamplingSettings, logprobs: list[float] | None = None) -> Completion:
+        """Cut a generated row (and its log-probs) where it ended: after its first stop token or after the
+        token that completes a stop string (both kept: the policy must learn to stop); ``generate`` pads
+        finished rows after that point."""
         stop = settings.stop
         stops = () if settings.ignore_eos else self.stop_ids
         end = next((k + 1 for k, t in enumerate(r) if t in stops), None)
@@ -118,7 +130,9 @@ class HFEngine:
                     mid = (lo + hi) // 2
                     lo, hi = (lo, mid) if has(mid) else (mid + 1, hi)
                 end = lo
-        return Completion(r[:end], "stop") if end else Completion(r, "length")
+        if end:
+            return Completion(r[:end], "stop", None if logprobs is None else logprobs[:end])
+        return Completion(r, "length", logprobs)
 
     @torch.no_grad()
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:

@@ -10,7 +10,7 @@ BACKENDS = ["torch", "triton"]
 
 
 def make_inputs(N, H, V, *, seed=0, dtype=torch.float64, bias=True, old=True, ref=True, rho=True,
-            zero_weights=False, neg_bias=False):
+            zero_weights=False, neg_bias=False, rollout=False):
     g = torch.Generator().manual_seed(seed)
     hidden = torch.randn(N, H, generator=g, dtype=torch.float64)
     weight = torch.randn(V, H, generator=g, dtype=torch.float64) / H**0.5
@@ -32,6 +32,9 @@ def make_inputs(N, H, V, *, seed=0, dtype=torch.float64, bias=True, old=True, re
         kw["ref_logprobs"] = lp + 0.5 * torch.randn(N, generator=g)
     if rho:
         kw["correct_ratio"] = torch.rand(N, generator=g)
+    if rollout:  # the engine's log-probs, off by enough that ratios fall on both sides of [0.5, 2]
+        kw["rollout_logprobs"] = lp + 0.6 * torch.randn(N, generator=g)
+        kw["seq_ids"] = torch.sort(torch.randint(0, max(1, N // 4), (N,), generator=g)).values   # ragged responses
     to = dict(dtype=dtype)
     return (hidden.to(**to), weight.to(**to), None if b is None else b.to(**to), targets, adv, tw, kw)
 
@@ -53,8 +56,14 @@ def compare(backend, inp, tol, **opts):
                                   None if bias is None else bias.double(), targets, adv, tw, kw, **opts)
     out, gh, gw, gb = run_loss(grpo_loss, hidden, weight, bias, targets, adv, tw, kw, backend=backend,
                            chunk_size=chunk, **opts)
-    rloss, rlogp, rent, rkl, rclip = ref_out
+    rloss, rlogp, rent, rkl, rclip = ref_out[:5]
     close = dict(rtol=tol, atol=tol)
+    if opts.get("rollout_correction", "none") != "none":
+        rw, rflag = ref_out[5:]
+        torch.testing.assert_close(out.is_weight.double(), rw, **close)
+        assert torch.equal(out.is_flag, rflag)
+    else:
+        assert out.is_weight is None and out.is_flag is None
     torch.testing.assert_close(out.loss.double(), rloss, **close)
     torch.testing.assert_close(out.logprobs.double(), rlogp, **close)
     torch.testing.assert_close(out.entropy.double(), rent, **close)
@@ -80,4 +89,10 @@ CASES = [
     dict(opts=dict(kl_coef=0.1, entropy_coef=0.01), inp=dict(zero_weights=True)),
     # all logits near -1000: float32 logits themselves carry ~1e-4 absolute error there
     dict(opts=dict(kl_coef=0.1, entropy_coef=0.01), inp=dict(neg_bias=True), tol32=5e-4),
+    # the rollout correction, every mode, on-policy (the head's own log-prob) and with an old-policy pass
+    *[dict(opts=dict(rollout_correction=mode, kl_coef=0.1, entropy_coef=0.01), inp=dict(rollout=True, old=old))
+      for mode in ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask") for old in (False, True)],
+    dict(opts=dict(rollout_correction="token_mask", correction_low=0.8, correction_cap=1.5), inp=dict(rollout=True)),
+    dict(opts=dict(rollout_correction="sequence_truncate", correction_cap=1.2), inp=dict(rollout=True, old=False)),
+    dict(opts=dict(), inp=dict(rollout=True)),       # engine log-probs given, correction off: no weight
 ]

@@ -158,3 +158,34 @@ def test_row_block_override(monkeypatch):
         monkeypatch.setenv("LEAD_FAST_ROW_BLOCK", bad)
         with pytest.raises(ValueError, match="LEAD_FAST_ROW_BLOCK"):
             pick_block(100, gpu=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mode", ["token_truncate", "token_mask", "sequence_truncate", "sequence_mask"])
+def test_equal_engine_and_trainer_logprobs_give_exactly_the_uncorrected_loss(backend, mode):
+    """With the engine's log-probs equal to the head's own, every weight is exp(0) = 1: the loss, every output
+    and every gradient are bit for bit those without a correction."""
+    _skip_no_triton(backend)
+    hidden, weight, bias, targets, adv, tw, kw = make_inputs(29, 16, 517, seed=11, dtype=torch.float32, old=False,
+                                                             rollout=True)
+    kw["rollout_logprobs"] = token_logprobs(hidden, weight, targets, bias=bias, temperature=0.9, backend=backend,
+                                            chunk_size=8)
+    opts = dict(backend=backend, chunk_size=8, temperature=0.9, kl_coef=0.1, entropy_coef=0.01)
+    plain = run_loss(grpo_loss, hidden, weight, bias, targets, adv, tw, kw, **opts)
+    corrected = run_loss(grpo_loss, hidden, weight, bias, targets, adv, tw, kw, rollout_correction=mode, **opts)
+    assert torch.equal(corrected[0].is_weight, torch.ones(29)) and not corrected[0].is_flag.any()
+    assert torch.equal(corrected[0].loss, plain[0].loss)
+    for a, b in zip(corrected[1:], plain[1:]):
+        assert torch.equal(a, b)
+
+
+def test_correction_inputs_are_named_when_missing():
+    hidden, weight, bias, targets, adv, tw, kw = make_inputs(6, 8, 50, old=False, rollout=True)
+    with pytest.raises(ValueError, match="rollout_correction='token_truncate' needs rollout_logprobs"):
+        grpo_loss(hidden, weight, targets, adv, tw, rollout_correction="token_truncate", backend="torch")
+    with pytest.raises(ValueError, match="rollout_correction='sequence_mask' needs seq_ids"):
+        grpo_loss(hidden, weight, targets, adv, tw, rollout_logprobs=kw["rollout_logprobs"],
+                  rollout_correction="sequence_mask", backend="torch")
+    with pytest.raises(ValueError, match="rollout_correction must be one of none, token_truncate"):
+        grpo_loss(hidden, weight, targets, adv, tw, rollout_logprobs=kw["rollout_logprobs"],
+                  rollout_correction="tis", backend="torch")
