@@ -1,6 +1,6 @@
 """Benchmark the GRPO loss head against its peers and the GEMM floor.
 
-    python benchmarks/bench_loss_head.py            # the two DESIGN.md shapes, bf16, on CUDA
+    python benchmarks/bench_loss_head.py            # the two Qwen-sized shapes (8192x4096x151936, 16384x5120x152064), bf16, on CUDA
     python benchmarks/bench_loss_head.py --quick    # tiny shapes on CPU: keeps this script from rotting
 
 Every method computes the same loss (clipped GRPO, token mean, old log-probs given, no KL) and its
@@ -106,13 +106,20 @@ class Leaves:
         self.h.grad = self.w.grad = None
 
 
-def lead_fwd_bwd(x: Leaves, targets, adv, old, backend, chunk=None):
-    tw = torch.full((targets.numel(),), 1.0 / targets.numel(), device=targets.device)
+def lead_fwd_bwd(x: Leaves, targets, adv, old, backend, chunk=None, correction="none"):
+    """lead_fast's head; ``correction``: a rollout-correction mode against engine log-probs equal to ``old``
+    (every weight 1, so the loss matches the other rows while the correction's work is done)."""
+    N = targets.numel()
+    tw = torch.full((N,), 1.0 / N, device=targets.device)
+    extra = {}
+    if correction != "none":
+        extra = dict(rollout_correction=correction, rollout_logprobs=old,
+                     seq_ids=torch.arange(N, device=targets.device) * 8 // N)       # 8 responses
 
     def run():
         x.clear()
         out = grpo_loss(x.h, x.w, targets, adv, tw, old_logprobs=old, clip_low=CLIP, clip_high=CLIP,
-                        backend=backend, chunk_size=chunk)
+                        backend=backend, chunk_size=chunk, **extra)
         out.loss.backward()
         return out.loss
     return run
@@ -145,9 +152,13 @@ def methods_fwd_bwd(hidden, weight, targets, adv, old, dev):
     out = {"GEMM floor (3 GEMMs)": lambda: floor_3_gemms(hidden, weight)}
     if dev.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
         out["lead_fast triton"] = lead_fwd_bwd(x, targets, adv, old, "triton")
+        out["lead_fast triton + token_truncate"] = lead_fwd_bwd(x, targets, adv, old, "triton",
+                                                                correction="token_truncate")
     else:
         out["lead_fast triton"] = "missing: needs CUDA (or TRITON_INTERPRET=1)"
     out["lead_fast torch"] = lead_fwd_bwd(x, targets, adv, old, "torch")
+    out["lead_fast torch + token_truncate"] = lead_fwd_bwd(x, targets, adv, old, "torch", correction="token_truncate")
+    out["lead_fast torch + sequence_mask"] = lead_fwd_bwd(x, targets, adv, old, "torch", correction="sequence_mask")
     out["torch full logits (fp32 log_softmax)"] = plain_torch
 
     B = 8 if N % 8 == 0 else 1
@@ -359,10 +370,14 @@ def main(argv=None):
                     help="tune instead: lead_fast triton for each row-kernel config x chunk size, against the floors")
     ap.add_argument("--sweep-blocks", default=",".join(SWEEP_BLOCKS), help="BLOCKxWARPS,... for --sweep")
     ap.add_argument("--sweep-chunks", default=",".join(map(str, SWEEP_CHUNKS)), help="chunk sizes for --sweep")
+    ap.add_argument("--cpu", action="store_true", help="--shapes on CPU in float32 (e.g. the correction's cost there)")
     ap.add_argument("--out", default="bench_loss_head.json", help="JSON output path")
     args = ap.parse_args(argv)
     if args.quick:
         dev, dtype, shapes = torch.device("cpu"), torch.float32, [(32, 16, 300), (24, 16, 1000)]
+    elif args.cpu:
+        dev, dtype = torch.device("cpu"), torch.float32
+        shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
     else:
         if not torch.cuda.is_available():
             sys.exit("the full benchmark needs a CUDA GPU; use --quick for the CPU smoke run")

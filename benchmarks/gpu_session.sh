@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One prepared run on a CUDA machine, in priority order, each step time-boxed and saving as it goes:
 #   1. the GPU test module (the real kernel vs float64 at realistic sizes),
-#   2. the benchmark (both DESIGN.md shapes, every peer, fwd+bwd and fwd),
+#   2. the benchmark (both Qwen-sized shapes, every peer, fwd+bwd and fwd),
 #   3. the tuning sweep (row-kernel BLOCK x warps x chunk size at the first shape),
 #   4. one full training step, the usual path against lead_fast's (8 layers of Qwen2.5-1.5B),
 #   5. rollout generation: transformers generate vs continuous batching (Qwen2.5-0.5B shapes, 256 tokens).

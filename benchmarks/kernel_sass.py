@@ -1,6 +1,6 @@
 """Compile the loss head's row kernel for an H100 (sm_90) without a GPU and count what its loops issue.
 
-    python benchmarks/kernel_sass.py                 # the DESIGN.md vocabularies, the configs pick_block chooses
+    python benchmarks/kernel_sass.py                 # the Qwen vocabularies (151936, 152064), the configs pick_block chooses
     python benchmarks/kernel_sass.py --block 8192 --warps 32 --vocab 151936
 
 Triton compiles to a cubin on any machine (its wheel ships ptxas and cuobjdump), so this runs on CPU.

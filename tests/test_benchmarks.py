@@ -73,3 +73,15 @@ def test_bench_rollout_quick(tmp_path):
     for name in ("hf-generate", "hf-continuous"):
         assert by[name]["status"] == "ok" and by[name]["equal_work"] and by[name]["tokens"] == 4 * 2 * 16, by[name]
     assert by["vllm"]["status"].startswith("missing")
+
+
+def test_bench_mismatch_quick(tmp_path):
+    """The mismatch benchmark on the tiny model with the transformers engine: float32 engine and trainer
+    agree to float rounding, bfloat16 sampling shows a real gap."""
+    bench = _load("bench_mismatch")
+    rows = bench.main(["--quick", "--engines", "hf", "--out", str(tmp_path / "m.json")])
+    by = {r["dtype"]: r for r in rows}
+    assert by["float32"]["status"] == by["bfloat16"]["status"] == "ok"
+    assert by["float32"]["logprob_gap"] < 1e-5 and by["float32"]["token_truncated_frac"] == 0.0
+    assert by["bfloat16"]["logprob_gap"] > 100 * by["float32"]["logprob_gap"]
+    assert by["bfloat16"]["mismatch_kl"] >= 0 and 0 <= by["bfloat16"]["seq_masked_frac"] <= 1

@@ -54,6 +54,11 @@ def test_step_counts_and_metrics_are_the_hand_computed_values():
     assert (row["loss"], row["grad_norm"], row["entropy"], row["lr"], row["grade_timeouts"]) == (0.25, 0.75, 1.5,
                                                                                                  1e-5, 1)
     assert row["time/step_s"] == 3.8 and row["time/update_s"] == 1.0 and math.isnan(row["rollout/logprob_gap"])
+    assert "rollout/mismatch_kl" not in row          # the updater's keys pass through; none were given
+    masked = step_metrics(tot, dict(update, mismatch_kl=0.01, is_weight_mean=0.9, is_masked_frac=0.1), seconds,
+                          lr=1e-5)
+    assert (masked["rollout/mismatch_kl"], masked["rollout/is_weight_mean"], masked["rollout/is_masked_frac"]) == \
+        (0.01, 0.9, 0.1) and "rollout/is_truncated_frac" not in masked
 
 
 def test_eval_metrics_are_pass_at_1_and_majority_vote():

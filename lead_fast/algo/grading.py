@@ -37,7 +37,7 @@ def strip_choice_label(boxed: str, gold: str) -> str:
     inner = boxed[boxed.index("{") + 1:-1]
     stripped = _EDGE_LABEL.sub(" ", _LABEL.sub(" ", inner)).strip()
     return boxed if not stripped or stripped == inner.strip() else boxed[: boxed.index("{") + 1] + stripped + "}"
-# Repetition thresholds from DESIGN.md: an n-gram (n <= 30) repeated >= 10 times in a row, or a "word"
+# Repetition thresholds as docs/design.md defines them: an n-gram (n <= 30) repeated >= 10 times in a row, or a "word"
 # (whitespace-free run) of >= 120 characters.
 _MAX_NGRAM, _MIN_REPEATS, _LONG_WORD = 30, 10, 120
 

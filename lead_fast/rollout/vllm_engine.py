@@ -58,6 +58,16 @@ class WeightsDiscardedError(RuntimeError):
     """``generate`` was called while the engine's weights are discarded (after a level-2 sleep)."""
 
 
+def _batch_args(memory: EngineMemory, on_cpu: bool) -> dict:
+    """On CPU, a scheduler step large enough for a whole rollout batch. vLLM 0.32's CPU build fails when it
+    splits a seeded request's prefill over steps ("RuntimeError: CPU Generator does not use offset", in
+    ``_bookkeeping_sync``), which its default 4,096-token step does once a batch's prompts exceed it (seen:
+    128 sequences of 50-token prompts). Elsewhere vLLM's default."""
+    if on_cpu and memory.batch_tokens > 0:
+        return {"max_num_batched_tokens": max(4096, memory.batch_tokens)}
+    return {}
+
+
 def check_version(version: str) -> str | None:
     """A warning naming both versions when ``version`` is outside the range this engine was written for."""
     try:
@@ -258,7 +268,7 @@ class VLLMEngine:
                                distributed_executor_backend="external_launcher" if under_launcher else "uni",
                                enable_sleep_mode=self.sleeps, max_model_len=max_model_len,
                                enable_prefix_caching=True, enforce_eager=eager,
-                               **_memory_args(memory, on_cpu, per_token),
+                               **_memory_args(memory, on_cpu, per_token), **_batch_args(memory, on_cpu),
                                **({"logprobs_mode": "processed_logprobs"} if logprobs else {}))
         except (ValueError, RuntimeError) as e:
             friendly = _memory_error(e, memory, per_token)

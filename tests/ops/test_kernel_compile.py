@@ -1,7 +1,7 @@
 """The row kernel compiled for an H100 (sm_90) on this CPU machine: what the interpreter cannot show.
 
 The interpreter runs the kernel's Python; ``benchmarks/kernel_sass.py`` compiles it the way a launch
-would (Triton's wheel ships ptxas) and reads the machine code. Checked here: it builds for the DESIGN.md
+would (Triton's wheel ships ptxas) and reads the machine code. Checked here: it builds for the Qwen-sized
 vocabularies and an odd one, in bf16 and fp32, nothing spills to local memory, the streaming loops read
 the row with 16-byte vector loads only, and they issue one exp2 per logit plus one rescale per 8.
 Instruction counts per logit are reported by the script, not asserted. It runs in a subprocess without

@@ -93,7 +93,7 @@ def test_default_chunks_fit_the_budget_and_are_even():
     from lead_fast.ops.head import chunk_for_budget
 
     budget = 1_300_000_000  # the CUDA cap
-    for N, V in ((8192, 151936), (16384, 152064)):  # the DESIGN.md shapes, bf16 rows
+    for N, V in ((8192, 151936), (16384, 152064)):  # the Qwen-sized shapes of the benchmark, bf16 rows
         assert chunk_for_budget(N, 2 * V, budget) == 4096
     for N in (1, 7, 300, 4095, 4097, 8300, 20000, 100000):
         for per_row in (100, 2 * 151936, 18 * 32000):

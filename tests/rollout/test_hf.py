@@ -72,3 +72,33 @@ def test_continuous_batching_follows_the_same_stopping_rules(embedded_model):
     again = paged.generate(prompts, sampled)
     assert [[c.token_ids for c in g] for g in first] == [[c.token_ids for c in g] for g in again]
     assert [len(g) for g in first] == [3, 3, 3]
+
+
+def test_logprobs_are_the_trainers_at_the_sampling_temperature(embedded_model):
+    """Each sampled token's log-prob from generate's processed scores equals the trainer's (the loss head at
+    the same temperature), left-padded prompts and responses cut by a stop token included."""
+    from lead_fast.model import PolicyWithHead, RowInputs, load_model
+    from lead_fast.ops import LossParams, TokenInputs
+
+    tok = load_tokenizer(embedded_model)
+    eng = HFEngine(embedded_model, device=torch.device("cpu"), dtype=torch.float32, tokenizer=tok, logprobs=True)
+    long = tok("What is 12 + 30? Put the final answer within \\boxed{}.\n", add_special_tokens=False)["input_ids"]
+    prompts = [long, long[4:]]                        # different lengths: the shorter one is left-padded
+    out = eng.generate(prompts, SamplingSettings(n=3, temperature=0.7, max_new_tokens=20, seed=2))
+    policy = PolicyWithHead(load_model(embedded_model, torch.float32, torch.device("cpu")), backend="torch")
+    reasons = set()
+    for p, group in zip(prompts, out):
+        for c in group:
+            reasons.add(c.finish_reason)
+            assert len(c.logprobs) == len(c.token_ids)
+            ids = torch.tensor([p + c.token_ids])
+            rows = RowInputs(input_ids=ids, attention_mask=torch.ones_like(ids),
+                             hidden_rows=torch.arange(len(p) - 1, len(p) - 1 + len(c.token_ids)))
+            with torch.no_grad():
+                lp = policy(rows, TokenInputs(targets=torch.tensor(c.token_ids)), LossParams(temperature=0.7),
+                            mode="logprobs")
+            torch.testing.assert_close(torch.tensor(c.logprobs), lp, rtol=0, atol=1e-4)
+    assert reasons == {"stop", "length"}
+    assert eng.generate(prompts, SamplingSettings(max_new_tokens=3))[0][0].logprobs is not None
+    plain = HFEngine(embedded_model, device=torch.device("cpu"), dtype=torch.float32, tokenizer=tok)
+    assert plain.generate(prompts, SamplingSettings(max_new_tokens=3))[0][0].logprobs is None

