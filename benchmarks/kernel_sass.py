@@ -36,7 +36,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from lead_fast.ops import rows_triton  # noqa: E402
 from lead_fast.ops.head import buffer_stride  # noqa: E402
 
-FLOAT_ARGS = ("inv_temp", "clip_low", "clip_high", "kl_coef", "ent_coef", "w_min", "w_max", "midpoint", "steepness")
+FLOAT_ARGS = ("inv_temp", "clip_low", "clip_high", "kl_coef", "ent_coef", "w_min", "w_max", "midpoint", "steepness",
+              "is_cap", "is_low")
 _TOOLS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
 
 
@@ -46,13 +47,15 @@ def available() -> bool:
 
 
 def compile_rows_kernel(V: int, block: int, warps: int, dtype: str = "bf16", grad: bool = True,
-                        arch: int = 90):
-    """The row kernel compiled for ``sm_{arch}`` as a launch on a ``(C, V)`` ``dtype`` buffer would compile it."""
+                        arch: int = 90, is_mode: int = 0):
+    """The row kernel compiled for ``sm_{arch}`` as a launch on a ``(C, V)`` ``dtype`` buffer would compile it
+    (``is_mode``: the rollout correction's ``IS_MODE``; 0, none, by default)."""
     k = rows_triton._grpo_rows_kernel
     sig = {n: "*fp32" for n in k.arg_names}
-    sig.update(buf_ptr=f"*{dtype}", tgt_ptr="*i64", clip_ptr="*i8", stride_buf="i32")
+    sig.update(buf_ptr=f"*{dtype}", tgt_ptr="*i64", clip_ptr="*i8", flag_out_ptr="*i8", stride_buf="i32")
     sig.update({n: "fp32" for n in FLOAT_ARGS})
-    const = dict(V=V, BLOCK=block, HAS_OLD=True, HAS_REF=True, HAS_RHO=True, COMPUTE_LOSS=grad, WRITE_GRAD=grad)
+    const = dict(V=V, BLOCK=block, HAS_OLD=True, HAS_REF=True, HAS_RHO=True, COMPUTE_LOSS=grad, WRITE_GRAD=grad,
+                 IS_MODE=is_mode)
     sig.update({n: "constexpr" for n in const})
     # a launch marks 16-byte-aligned pointers and integers divisible by 16 (the row stride, as the head
     # allocates the buffer, is a multiple of 64)
@@ -83,9 +86,9 @@ def _load_bytes(text: str) -> int:
     return 4
 
 
-def analyze(V: int, block: int, warps: int, dtype: str = "bf16", grad: bool = True) -> dict:
+def analyze(V: int, block: int, warps: int, dtype: str = "bf16", grad: bool = True, is_mode: int = 0) -> dict:
     """Registers, spills, and per-loop instruction counts of one compiled configuration."""
-    ck = compile_rows_kernel(V, block, warps, dtype, grad)
+    ck = compile_rows_kernel(V, block, warps, dtype, grad, is_mode=is_mode)
     res = _cuobjdump(ck.asm["cubin"], "-res-usage")
     usage = {k.lower(): int(v) for k, v in re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", res)}
     sass = _cuobjdump(ck.asm["cubin"], "-sass")
@@ -120,6 +123,8 @@ def main(argv=None):
     ap.add_argument("--block", type=int, default=None, help="override BLOCK (default: pick_block's choice)")
     ap.add_argument("--warps", type=int, default=None, help="override num_warps")
     ap.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"), help="logits buffer dtype")
+    ap.add_argument("--is-mode", type=int, default=0, choices=(0, 1, 2, 3),
+                    help="the rollout correction compiled in: 0 none, 1 token truncate, 2 token mask, 3 given weights")
     ap.add_argument("--out", default="kernel_sass.json", help="JSON output path")
     args = ap.parse_args(argv)
     if not available():
@@ -129,7 +134,7 @@ def main(argv=None):
         block, warps = rows_triton.pick_block(V, gpu=True)
         block, warps = args.block or block, args.warps or warps
         for grad in (True, False):
-            rows.append(analyze(V, block, warps, args.dtype, grad))
+            rows.append(dict(analyze(V, block, warps, args.dtype, grad, args.is_mode), is_mode=args.is_mode))
     with open(args.out, "w") as f:
         json.dump(dict(triton=triton.__version__, arch="sm_90", rows=rows), f, indent=1)
     print(f"triton {triton.__version__}, sm_90, {args.dtype} logits; counts are per vocabulary element")

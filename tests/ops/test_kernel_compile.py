@@ -61,3 +61,14 @@ def test_fp32_buffer_compiles(tmp_path_factory):
     rows = _run(tmp_path_factory, "--vocab", "4099", "--dtype", "fp32")
     assert [r["mode"] for r in rows] == ["grad", "fwd"]
     assert all(r["spill_bytes"] == 0 for r in rows)
+
+
+@pytest.mark.parametrize("is_mode", [1, 2, 3])
+def test_rollout_correction_modes_compile_without_spills(tmp_path_factory, is_mode):
+    """The rollout correction's kernel variants (token truncate, token mask, given weights) build for sm_90
+    and keep the streaming loops as wide and as cheap as without a correction."""
+    rows = _run(tmp_path_factory, "--vocab", "151936", "--is-mode", str(is_mode))
+    for r in rows:
+        assert r["is_mode"] == is_mode and r["spill_bytes"] == 0, r
+        for lp in (lp for lp in r["loops"] if lp["elements"]):
+            assert lp["wide_load_fraction"] == 1.0 and lp["mufu_per_element"] <= 1.2, r
