@@ -123,9 +123,15 @@ def test_packed_and_padded_give_the_same_logprobs_and_gradients(tiny_model_dir):
     assert not torch.equal(lp3[5:14], lp2[5:14])
 
 
-def test_liger_kernels_are_patched_in_only_where_asked(tiny_model_dir):
+def test_liger_kernels_are_patched_in_only_where_asked(tiny_model_dir, monkeypatch):
+    import transformers.models.qwen2.modeling_qwen2 as qwen2
+
     from lead_fast.model import apply_liger_kernels, load_model
 
+    # Liger patches the architecture's module classes too, not just this instance: put them back afterwards,
+    # or every Qwen2 model this test process builds later runs Liger's Triton kernels
+    for name, value in list(vars(qwen2).items()):
+        monkeypatch.setattr(qwen2, name, value)
     lm = load_model(tiny_model_dir, torch.float32, torch.device("cpu"))
     assert apply_liger_kernels(lm, "auto", torch.device("cpu")) == []          # CPU: off
     assert "Liger" not in type(lm.model.layers[0].mlp).forward.__qualname__

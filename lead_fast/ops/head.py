@@ -72,7 +72,9 @@ def default_chunk_size(N: int, V: int, device: torch.device, dtype: torch.dtype,
     On CUDA the budget is an eighth of free memory capped at 1.3 GB of buffer (C <= 8192); on CPU 256 MiB.
     """
     if backend == "torch":
-        per_row = V * (torch.finfo(dtype).bits // 8 + 4 * 4)   # buffer + ~4 float32 temporaries
+        elem = torch.finfo(dtype).bits // 8
+        # buffer + the row op's float32 probabilities (+ a float32 copy of the logits for a 16-bit buffer)
+        per_row = V * (elem + 4 + (4 if elem < 4 else 0))
     else:
         per_row = V * (torch.finfo(dtype).bits // 8)
     if device.type == "cuda":

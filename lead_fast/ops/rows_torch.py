@@ -65,23 +65,32 @@ def policy_terms(logp, adv, tw, old, ref, rho, p, isw=None):
 
 
 def grpo_rows(buf, tok, p, *, write_grad: bool, compute_loss: bool):
-    """Process one chunk of rows. ``buf``: ``(C, V)`` raw logits, overwritten with the gradient if asked;
-    ``tok``: the chunk's ``TokenInputs``; ``p``: ``LossParams``.
+    """Process one chunk of rows. ``buf``: ``(C, V)`` raw logits, overwritten (with the gradient if asked;
+    otherwise left holding scratch values); ``tok``: the chunk's ``TokenInputs``; ``p``: ``LossParams``.
 
     Returns ``dict(logp, entropy, kl, clipped, loss)`` of ``(C,)`` tensors (``kl``/``clipped``/``loss``
     only when ``compute_loss``).
+
+    Memory traffic is what this costs on CPU (the GEMMs around it are the rest), so it works in place: the
+    tempered, shifted logits live in ``buf`` itself when it already has the compute dtype, the
+    probabilities are the one ``(C, V)`` temporary, ``E_p[z]`` is a batched dot (no product tensor), and
+    the gradient is written back into ``buf`` with the ``1/T`` folded into its per-row scalars.
     """
     inv_t = 1.0 / p.temperature
     ftype = torch.promote_types(buf.dtype, torch.float32)    # float32, or float64 for float64 inputs
-    z = buf.to(ftype) * inv_t                                 # (C, V)
-    z = z - z.max(-1, keepdim=True).values                    # shift: no cancellation in lse - E[z]
+    z = buf if buf.dtype == ftype else buf.to(ftype)          # (C, V), modified in place below
+    if inv_t != 1.0:
+        z.mul_(inv_t)
+    z.sub_(z.amax(-1, keepdim=True))                          # shift: no cancellation in lse - E[z]
     adv, tw, old, ref, rho, rollout, given = (None if x is None else x.to(ftype) for x in (
         tok.advantages, tok.token_weights, tok.old_logprobs, tok.ref_logprobs, tok.correct_ratio,
         tok.rollout_logprobs, tok.is_weights))
     targets = tok.targets
-    lse = torch.logsumexp(z, dim=-1)                          # (C,)
-    prob = torch.exp(z - lse[:, None])                        # (C, V)
-    pz = (prob * z).sum(-1)                                   # (C,) E_p[z] (of the shifted z)
+    prob = torch.exp(z)                                       # (C, V): the one temporary
+    s = prob.sum(-1)
+    lse = torch.log(s)                                        # (C,) of the shifted z
+    prob.div_(s[:, None])
+    pz = torch.bmm(prob.unsqueeze(1), z.unsqueeze(2)).view(-1)   # (C,) E_p[z] (of the shifted z)
     entropy = lse - pz
     logp = z.gather(1, targets[:, None]).squeeze(1) - lse
     out = dict(logp=logp, entropy=entropy)
@@ -96,10 +105,14 @@ def grpo_rows(buf, tok, p, *, write_grad: bool, compute_loss: bool):
     if flag is not None:
         out["is_flag"] = flag
     if write_grad:
-        # d/dz [coef * logp - ent_w * H] = coef * (onehot - p) + ent_w * p * (z - E_p[z])
-        g = prob * (-coef[:, None])
+        # d/dz [coef * logp - ent_w * H] = coef * (onehot - p) + ent_w * p * (z - E_p[z]); d/d raw = that / T
+        c = coef * inv_t
         if p.entropy_coef != 0.0:
-            g += (tw * p.entropy_coef)[:, None] * prob * (z - pz[:, None])
-        g.scatter_add_(1, targets[:, None], coef[:, None])
-        buf.copy_(g.mul_(inv_t))                              # chain rule through z = raw / T
+            e = tw * p.entropy_coef * inv_t
+            z.mul_(e[:, None]).add_((-c - e * pz)[:, None]).mul_(prob)   # p * (e z - c - e E_p[z])
+        else:
+            torch.mul(prob, (-c)[:, None], out=z)
+        z.scatter_add_(1, targets[:, None], c[:, None])
+        if z is not buf:
+            buf.copy_(z)
     return out
