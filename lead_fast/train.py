@@ -55,4 +55,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if "torch.distributed" in sys.modules:    # collectives ran: leave as lead_fast.distributed.exit_process says
+        from lead_fast.distributed import exit_process
+
+        exit_process(code)
+    sys.exit(code)

@@ -26,4 +26,7 @@ def main():
 
 
 if __name__ == "__main__":
+    from lead_fast.distributed import exit_process
+
     main()
+    exit_process(0)
