@@ -94,13 +94,9 @@ def latest_checkpoint(output_dir: str, warn=None) -> str | None:
     return None
 
 
-def _rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
-
-
-def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
+def _rank(group=None) -> int:
+    """This rank within ``group`` (None: the world): rank 0 of the group writes the shared files."""
+    return dist.get_rank(group) if dist.is_initialized() else 0
 
 
 def _cause(e: BaseException) -> str:
@@ -120,8 +116,11 @@ def _cause(e: BaseException) -> str:
     return lines[-1].strip() if lines else type(e).__name__
 
 
-def save_checkpoint(output_dir: str, step: int, model, optimizer, trainer_state: dict, keep_last: int = 2) -> str:
-    """Collective: every rank calls it. Returns the final checkpoint path.
+def save_checkpoint(output_dir: str, step: int, model, optimizer, trainer_state: dict, keep_last: int = 2, *,
+                    group=None, rank_batches=None) -> str:
+    """Collective over ``group`` (the ranks that hold the model; None: the world). Returns the final
+    checkpoint path. ``rank_batches``: this rank's rollout batches not yet trained on (disaggregated mode),
+    stored in the checkpoint as ``batches-rank{r}.pt``.
 
     On a failed write (disk full, I/O error) the temporary directory is removed and every rank raises
     ``CheckpointError``; the previous checkpoint stays the newest complete one. Pruning keeps the last
@@ -135,7 +134,7 @@ def save_checkpoint(output_dir: str, step: int, model, optimizer, trainer_state:
     tmp = os.path.join(root, f".tmp-step-{step:08d}")
 
     def fail(e: BaseException):
-        if _rank() == 0:
+        if _rank(group) == 0:
             shutil.rmtree(tmp, ignore_errors=True)
         previous = latest_checkpoint(output_dir, warn=lambda m: None)
         try:
@@ -147,7 +146,7 @@ def save_checkpoint(output_dir: str, step: int, model, optimizer, trainer_state:
                                f"{newest}; free some space (or fix the disk) and continue with --resume.")
 
     error = None
-    if _rank() == 0:
+    if _rank(group) == 0:
         try:
             os.makedirs(root, exist_ok=True)
             if os.path.exists(tmp):
@@ -155,7 +154,7 @@ def save_checkpoint(output_dir: str, step: int, model, optimizer, trainer_state:
             os.makedirs(tmp)
         except OSError as e:
             error = e
-    if (error := from_rank0(error)) is not None:
+    if (error := from_rank0(error, group)) is not None:
         raise fail(error)
     # Before the first optimizer step AdamW has no state, and get_state_dict creates it by a zero-lr step
     # (torch's _init_optim_state) that sets its step counter to 1: the first real update would then use
@@ -165,13 +164,15 @@ def save_checkpoint(output_dir: str, step: int, model, optimizer, trainer_state:
     msd, osd = get_state_dict(model, optimizer)
     trainer_state = dict(trainer_state, optimizer_stepped=stepped)
     try:
-        dcp.save({"model": msd, "optim": osd}, checkpoint_id=tmp)   # gathers every rank's errors
+        dcp.save({"model": msd, "optim": osd}, checkpoint_id=tmp, process_group=group)  # gathers every rank's errors
         # Per-rank RNG state: lead_fast's own sampling derives from (seed, step, rank), but a model may draw
         # from the global generators (dropout).
         rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state()
-        torch.save(rng, os.path.join(tmp, f"rng-rank{_rank()}.pt"))
+        torch.save(rng, os.path.join(tmp, f"rng-rank{_rank(group)}.pt"))
+        if rank_batches is not None:
+            torch.save(rank_batches, os.path.join(tmp, f"batches-rank{_rank(group)}.pt"))
         local_error = None
     except (KeyboardInterrupt, SystemExit):
         raise
@@ -182,18 +183,18 @@ def save_checkpoint(output_dir: str, step: int, model, optimizer, trainer_state:
             optimizer.state.clear()
     errors = [local_error]
     if dist.is_initialized():
-        errors = [None] * dist.get_world_size()
-        dist.all_gather_object(errors, None if local_error is None else _cause(local_error))
+        errors = [None] * dist.get_world_size(group)
+        dist.all_gather_object(errors, None if local_error is None else _cause(local_error), group=group)
         errors = [e if e is None or isinstance(e, BaseException) else RuntimeError(e) for e in errors]
     first = next((e for e in errors if e is not None), None)
     if first is not None:
         raise fail(local_error or first)
-    if os.environ.get("LEAD_FAST_KILL_DURING_SAVE") == str(step) and _rank() == 0:
+    if os.environ.get("LEAD_FAST_KILL_DURING_SAVE") == str(step) and _rank(group) == 0:
         # Fault injection for tests: die like a preempted job, shards written, checkpoint not yet complete.
         import signal
 
         os.kill(os.getpid(), signal.SIGKILL)
-    if _rank() == 0:
+    if _rank(group) == 0:
         try:
             files = {n: os.path.getsize(os.path.join(tmp, n)) for n in sorted(os.listdir(tmp))}
             with open(os.path.join(tmp, STATE_FILE), "w") as f:
@@ -207,7 +208,7 @@ def save_checkpoint(output_dir: str, step: int, model, optimizer, trainer_state:
             error = e
         if error is None:
             _prune(output_dir, keep_last, trainer_state.get("run_id"), final)
-    if (error := from_rank0(error)) is not None:
+    if (error := from_rank0(error, group)) is not None:
         raise fail(error)
     return final
 
@@ -227,19 +228,22 @@ def _prune(output_dir: str, keep_last: int, run_id: str | None, just_written: st
             shutil.rmtree(path, ignore_errors=True)
 
 
-def load_checkpoint(path: str, model, optimizer) -> dict:
-    """Collective. Loads model and optimizer state in place (any world size) and returns trainer_state."""
+def load_checkpoint(path: str, model, optimizer, group=None) -> dict:
+    """Collective over ``group``. Loads model and optimizer state in place (any world size) and returns
+    trainer_state, with this rank's stored rollout batches under ``batches`` (None when there are none)."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
     state = read_state(path)
     msd, osd = get_state_dict(model, optimizer)
     sd = {"model": msd, "optim": osd}
-    dcp.load(sd, checkpoint_id=path)
+    dcp.load(sd, checkpoint_id=path, process_group=group)
     set_state_dict(model, optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
     if state.get("optimizer_stepped") is False:     # saved before the first step (see save_checkpoint)
         optimizer.state.clear()
-    rng = os.path.join(path, f"rng-rank{_rank()}.pt")
+    batches = os.path.join(path, f"batches-rank{_rank(group)}.pt")
+    state["batches"] = torch.load(batches, weights_only=False) if os.path.exists(batches) else None
+    rng = os.path.join(path, f"rng-rank{_rank(group)}.pt")
     if os.path.exists(rng):
         saved = torch.load(rng)
         torch.set_rng_state(saved["torch"])
@@ -256,18 +260,24 @@ class Checkpointer:
     """
 
     def __init__(self, output_dir: str, *, save_every: int, keep_last: int, model, optimizer,
-                 state: Callable[[], dict], log=print):
+                 state: Callable[[], dict], group=None, log=print):
         self.output_dir, self.save_every, self.keep_last = output_dir, save_every, keep_last
         self.model, self.optimizer, self.state, self.log = model, optimizer, state, log
-        self.run_id = from_rank0(uuid.uuid4().hex)
+        self.group = group      # the ranks that hold the model (None: the world)
+        self.run_id = from_rank0(uuid.uuid4().hex, group)
 
-    def maybe_save(self, step: int, *, last: bool, force: bool = False) -> str | None:
+    def due(self, step: int, *, last: bool, force: bool = False) -> bool:
+        """Whether ``maybe_save`` will save after ``step``."""
+        return bool(force or last or (self.save_every and step % self.save_every == 0))
+
+    def maybe_save(self, step: int, *, last: bool, force: bool = False, rank_batches=None) -> str | None:
         """Collective. Saves after ``step`` when due; returns the checkpoint path, or None."""
-        if not (force or last or (self.save_every and step % self.save_every == 0)):
+        if not self.due(step, last=last, force=force):
             return None
         t0 = time.time()
         path = save_checkpoint(self.output_dir, step, self.model, self.optimizer,
-                               dict(step=step, run_id=self.run_id, **self.state()), keep_last=self.keep_last)
+                               dict(step=step, run_id=self.run_id, **self.state()), keep_last=self.keep_last,
+                               group=self.group, rank_batches=rank_batches)
         self.log(f"saved {path} in {time.time() - t0:.1f}s")
         return path
 
@@ -276,12 +286,12 @@ class Checkpointer:
         trainer state (with ``path``), or None when there is none. Damaged ones are skipped, warned about."""
         candidates = [p for _, p in reversed(list_checkpoints(self.output_dir))]
         for path in candidates:
-            broken = from_rank0(damage(path) if _rank() == 0 else None)
+            broken = from_rank0(damage(path) if _rank(self.group) == 0 else None, self.group)
             if broken:
                 self.log(f"WARNING: skipping damaged checkpoint {path}: {broken}")
                 continue
             try:
-                state = load_checkpoint(path, self.model, self.optimizer)
+                state = load_checkpoint(path, self.model, self.optimizer, self.group)
             except (KeyboardInterrupt, SystemExit):
                 raise
             except BaseException as e:  # DCP raises its CheckpointException (a BaseException) on every rank

@@ -13,6 +13,8 @@ Switch = Literal["auto", "on", "off"]
 Template = Literal["auto", "chat", "plain"]
 Engine = Literal["hf", "vllm"]
 HFBatching = Literal["generate", "continuous"]
+RolloutMode = Literal["colocated", "disaggregated"]
+"""Where rollouts run: on the training ranks between updates, or on ranks of their own (docs/design.md)."""
 AnswerFrom = Literal["after_think", "before_think"]
 LossAgg = Literal["token_mean", "seq_mean_token_mean"]
 LossNorm = Literal["kept", "sampled"]

@@ -39,11 +39,20 @@ def step_counts(rollouts: GradedRollouts, rewards: torch.Tensor, groups: GroupFi
             "truncated": sum(c.finish_reason == "length" for c in rollouts.completions)}
 
 
-def step_metrics(tot: dict, update: dict, seconds: dict, lr: float) -> dict:
-    """One step's row of ``metrics.jsonl`` from the counts summed over ranks (``step_counts``), the
-    updater's result and the step's ``seconds``: ``rollout``, ``grade``, ``update``, ``sync``, ``step`` (this
-    rank's) and ``slowest_rollout`` (the slowest rank's)."""
+def step_metrics(tot: dict, update: dict, seconds: dict, lr: float, shares: int = 1) -> dict:
+    """One step's row of ``metrics.jsonl`` from the counts summed over the ``shares`` trainer ranks
+    (``step_counts``, plus ``staleness`` and ``stale_dropped`` when given), the updater's result and the step's
+    ``seconds``: ``rollout``, ``grade``, ``update``, ``sync``, ``step`` (this rank's), ``slowest_rollout`` (the
+    slowest rank's) and, when given, ``wait`` (for the batch to arrive) and ``overlap`` (of its generation
+    with updates)."""
     n = max(tot["responses"], 1.0)
+    extra = {}
+    if "staleness" in tot:
+        extra["rollout/staleness"] = tot["staleness"] / shares
+        extra["rollout/stale_dropped"] = int(tot["stale_dropped"])
+    if "overlap" in seconds:
+        extra["time/wait_s"] = seconds["wait"]
+        extra["time/overlap_frac"] = seconds["overlap"] / max(seconds["step"], 1e-9)
     return {
         "loss": update["loss"], "reward/mean": tot["reward"] / n, "accuracy": tot["correct"] / n,
         "response_length/mean": tot["tokens"] / n, "no_answer_frac": tot["no_answer"] / n,
@@ -61,6 +70,7 @@ def step_metrics(tot: dict, update: dict, seconds: dict, lr: float) -> dict:
         # engine vs trainer (NaN when the engine gives no log-probs); the flag is the correction's own
         **{f"rollout/{k}": update[k] for k in ("logprob_gap", "mismatch_kl", "is_weight_mean", "is_truncated_frac",
                                                "is_masked_frac") if k in update},
+        **extra,
     }
 
 

@@ -222,8 +222,9 @@ def apply_liger_kernels(lm: nn.Module, setting: str, device: torch.device) -> li
     return [k for k, on in kwargs.items() if on]
 
 
-def shard(policy: PolicyWithHead, device: torch.device, dtype: torch.dtype, activation_checkpointing: bool = False):
-    """FSDP2: each decoder layer is a unit, the policy wrapper is the root.
+def shard(policy: PolicyWithHead, device: torch.device, dtype: torch.dtype, activation_checkpointing: bool = False,
+          group=None):
+    """FSDP2 over ``group`` (None: every rank): each decoder layer is a unit, the policy wrapper is the root.
 
     On CUDA: bf16 compute with fp32 gradient reduction (parameters kept in fp32). On CPU: fp32 throughout.
     """
@@ -235,6 +236,10 @@ def shard(policy: PolicyWithHead, device: torch.device, dtype: torch.dtype, acti
     if device.type == "cuda" and dtype != torch.float32:
         mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
     kw = {} if mp is None else {"mp_policy": mp}
+    if group is not None:
+        from torch.distributed.device_mesh import DeviceMesh
+
+        kw["mesh"] = DeviceMesh.from_group(group, device.type)
     for layer in policy.decoder_layers():
         fully_shard(layer, **kw)
     fully_shard(policy, **kw)

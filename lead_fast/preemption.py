@@ -35,6 +35,7 @@ class StopRequest:
             raise KeyboardInterrupt
         self.requested = True
 
-    def agreed(self, device: torch.device) -> bool:
-        """Collective: True on every rank when any rank was signalled (ranks must stop at the same step)."""
-        return all_max(int(self.requested), device) > 0
+    def agreed(self, device: torch.device, group=None, elsewhere: bool = False) -> bool:
+        """Collective over ``group`` (None: every rank): True on each of its ranks when any was signalled, or
+        ``elsewhere`` is true on any (a signal heard by a rank outside the group), so they stop together."""
+        return all_max(int(self.requested or elsewhere), device, group) > 0

@@ -18,13 +18,23 @@ definitions):
 One step: sync weights into the rollout engine -> this rank's prompts -> rollouts -> grade -> rewards ->
 advantages (drop groups without signal) -> update -> metrics; eval (after its own sync) and checkpoints
 between steps.
+
+Disaggregated (``rollout.mode``): rollout ranks run ``serve_rollouts`` (generate and grade each trainer
+rank's share, send it, and between batches follow the lead trainer's orders: new weights, eval, stop);
+trainer ranks run ``train_disaggregated``, the same steps 4-8 on batches that arrive, up to
+``rollout.max_staleness`` updates old. Batch ``j`` is always generated with the weights of step
+``max(0, j - max_staleness)``, so the run is deterministic; a checkpoint keeps the batches already made with
+older weights than its own, so a resumed run is the same run (``lead_fast/orders.py``).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import signal
 import time
+from collections import deque
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -36,18 +46,22 @@ from lead_fast.checkpoint import Checkpointer
 from lead_fast.config import TrainConfig, check_world
 from lead_fast.data import prompts_for_step, tokenize_prompts
 from lead_fast.demo import prepare_model_dir
-from lead_fast.distributed import all_max, all_sum, on_rank0, setup_distributed, step_seed
+from lead_fast.distributed import ObjectPost, all_max, all_sum, on_rank0, setup_distributed, step_seed
 from lead_fast.eval import generate_and_score
 from lead_fast.metrics import MetricsLogger, eval_counts, eval_metrics, plot_metrics, step_counts, step_metrics
 from lead_fast.model import (PolicyWithHead, apply_liger_kernels, check_context, load_model, load_tokenizer,
                              resolve_dtype, shard)
 from lead_fast.ops import LossParams
+from lead_fast.orders import EVAL, STOP, WEIGHTS, Order, OrderWire
+from lead_fast.placement import place
 from lead_fast.preemption import StopRequest
 from lead_fast.pretrained import resolve_model_path
 from lead_fast.rollout import EngineMemory, SamplingSettings, make_engine
-from lead_fast.rollout.graded import rollout_and_grade
+from lead_fast.rollout.graded import GradedRollouts, rollout_and_grade
 from lead_fast.task import load_task
 from lead_fast.update import Sample, Updater, UpdateSettings
+
+BATCH_TAG, EVAL_TAG = 1, 2     # rollout rank -> trainer rank messages (lead_fast.distributed.ObjectPost)
 
 
 class Trainer:
@@ -56,7 +70,13 @@ class Trainer:
         self.rank, self.world, self.device = setup_distributed()
         self.log = (lambda msg: print(msg, flush=True)) if self.rank == 0 else (lambda msg: None)
         check_world(cfg, self.world)
-        torch.manual_seed(step_seed(cfg.run.seed, 0, self.rank, salt=1))
+        # who generates and who trains; colocated: every rank both, disaggregated: split (lead_fast/placement.py)
+        self.place = place(cfg.rollout.mode, cfg.rollout.ranks, self.device)
+        # the training side's messages come from its first rank (rank 0 when colocated)
+        self.tlog = (lambda msg: print(msg, flush=True)) if self.rank == self.place.lead_trainer else (lambda msg: None)
+        # seeded by the rank's place among the trainers, so that a disaggregated run draws what a colocated one would
+        torch.manual_seed(step_seed(cfg.run.seed, 0, self.place.train_rank if self.place.is_trainer else self.rank,
+                                    salt=1))
 
         # Data, output directory and model directory, checked before anything expensive. Paths are made
         # absolute so that the run's config reads the same from any working directory.
@@ -83,21 +103,40 @@ class Trainer:
             self.log(f"run.epochs {cfg.run.epochs}: {cfg.run.max_steps} steps of {cfg.optim.prompts_per_step} prompts "
                      f"over {len(self.train)} training prompts")
 
-        # Policy: fp32 master weights; on CUDA bf16 compute via FSDP2's mixed precision.
         dtype = resolve_dtype(cfg.model.dtype, self.device)
+        self.policy = self.updater = self.checkpointer = self.engine = self.metrics = None
+        self.start_step, self.resumed_batches = 0, []
+        self._busy: list[tuple[float, float]] = []      # this trainer rank's recent updates (start, end)
+        if self.place.is_trainer:
+            self._build_trainer(dtype)
+        if self.place.is_rollout:
+            self.engine = make_engine(cfg.rollout, self.model_dir, device=self.device, dtype=dtype, tokenizer=self.tok,
+                                      seed=cfg.run.seed,
+                                      max_model_len=cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens,
+                                      memory=self._engine_memory(), colocated=not self.place.disaggregated)
+        # grading workers share this node's cores with the other ranks on it (not the whole world's)
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", self.world))
+        self.grade_workers = cfg.algo.grade_workers or max(1, (os.cpu_count() or 1) // local_world)
+        self.rules = GradingRules(require_think=cfg.algo.require_think, answer_from=cfg.algo.answer_from,
+                                  unboxed_is_wrong=cfg.algo.unboxed_is_wrong, timeout_s=cfg.algo.grade_timeout_s)
+
+    def _build_trainer(self, dtype: torch.dtype) -> None:
+        """The training side: policy, reference, optimizer, updater, checkpoints (resumed), metrics."""
+        cfg, group = self.cfg, self.place.train_group
+        # Policy: fp32 master weights; on CUDA bf16 compute via FSDP2's mixed precision.
         lm = load_model(self.model_dir, torch.float32, self.device, cfg.model.attn_implementation)
         kernels = apply_liger_kernels(lm, cfg.model.liger_kernels, self.device)
-        self.log(f"Liger kernels: {', '.join(kernels) or 'off'}")
+        self.tlog(f"Liger kernels: {', '.join(kernels) or 'off'}")
         # one checkpoint: fp32 weights and AdamW's two moments, plus 5% for metadata and the rest
         need = int(1.05 * 12 * sum(p.numel() for p in lm.parameters()))
-        on_rank0(lambda: run_dir.check_free_space(cfg.run.output_dir, need))
+        on_rank0(lambda: run_dir.check_free_space(cfg.run.output_dir, need), group)
         head = dict(backend=cfg.optim.loss_backend, chunk_size=cfg.optim.loss_chunk_size or None)
-        self.policy = shard(PolicyWithHead(lm, **head), self.device, dtype, cfg.model.activation_checkpointing)
+        self.policy = shard(PolicyWithHead(lm, **head), self.device, dtype, cfg.model.activation_checkpointing, group)
         ref = None
         if cfg.algo.kl_coef > 0:
             ref_lm = load_model(self.model_dir, torch.float32, self.device, cfg.model.attn_implementation)
             apply_liger_kernels(ref_lm, cfg.model.liger_kernels, self.device)
-            ref = shard(PolicyWithHead(ref_lm.requires_grad_(False), **head), self.device, dtype)
+            ref = shard(PolicyWithHead(ref_lm.requires_grad_(False), **head), self.device, dtype, group=group)
         opt = torch.optim.AdamW(self.policy.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
                                 weight_decay=cfg.optim.weight_decay)
         warm = cfg.optim.warmup_steps
@@ -114,32 +153,26 @@ class Trainer:
                                   loss_agg=algo.loss_agg, loss_norm=algo.loss_norm, reweight=algo.reweight,
                                   seed=cfg.run.seed, max_nonfinite_steps=cfg.run.max_nonfinite_steps)
         self.updater = Updater(self.policy, ref, opt, self.sched, settings, loss, pad_id=self.tok.pad_token_id,
-                               device=self.device, rank=self.rank, world=self.world, log=self.log)
-        self.rules = GradingRules(require_think=algo.require_think, answer_from=algo.answer_from,
-                                  unboxed_is_wrong=algo.unboxed_is_wrong, timeout_s=algo.grade_timeout_s)
-        self.engine = make_engine(cfg.rollout, self.model_dir, device=self.device, dtype=dtype, tokenizer=self.tok,
-                                  seed=cfg.run.seed,
-                                  max_model_len=cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens,
-                                  memory=self._engine_memory(), colocated=True)
-        # grading workers share this node's cores with the other ranks on it (not the whole world's)
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", self.world))
-        self.grade_workers = cfg.algo.grade_workers or max(1, (os.cpu_count() or 1) // local_world)
+                               device=self.device, rank=self.place.train_rank, world=self.place.train_world,
+                               group=group, log=self.tlog)
 
         # Resume: weights, optimizer, scheduler and counters. The engine loaded the base model from disk;
         # from here on it receives weights only by sync, before every generate.
         self.checkpointer = Checkpointer(cfg.run.output_dir, save_every=cfg.run.save_every, keep_last=cfg.run.keep_last,
-                                         model=self.policy, optimizer=opt, state=self._state, log=self.log)
-        self.start_step = 0
+                                         model=self.policy, optimizer=opt, state=self._state, group=group,
+                                         log=self.tlog)
         resumed = self.checkpointer.resume() if cfg.run.resume else None
         if resumed:
             self.sched.load_state_dict(resumed["scheduler"])
             self.start_step = resumed["step"]
             self.updater.nonfinite_in_a_row = resumed.get("nonfinite_in_a_row", 0)
-        self.metrics = MetricsLogger(cfg.run.output_dir, enabled=self.rank == 0,
+            self.resumed_batches = resumed["batches"] or []
+        lead = self.rank == self.place.lead_trainer
+        self.metrics = MetricsLogger(cfg.run.output_dir, enabled=lead,
                                      resume_from_step=self.start_step if resumed else None,
                                      report_to=tuple(cfg.run.report_to), config=cfg.to_dict(),
                                      max_steps=cfg.run.max_steps)
-        if self.rank == 0:
+        if lead:
             import yaml
 
             with open(os.path.join(cfg.run.output_dir, "config.yaml"), "w") as f:
@@ -149,8 +182,9 @@ class Trainer:
         """The vLLM engine's memory: the config's settings, and the KV cache this rank's largest batch
         (training rollouts or its share of the eval) needs."""
         cfg = self.cfg
-        sequences = max(-(-cfg.optim.prompts_per_step // self.world) * cfg.rollout.n,
-                        -(-len(self.eval) // self.world) * cfg.rollout.eval_n)
+        shares = self.place.train_world     # one generate call per trainer rank's share
+        sequences = max(-(-cfg.optim.prompts_per_step // shares) * cfg.rollout.n,
+                        -(-len(self.eval) // shares) * cfg.rollout.eval_n)
         return EngineMemory(gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
                             kv_cache_gib=cfg.rollout.kv_cache_gib,
                             batch_tokens=sequences * (cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens))
@@ -163,14 +197,36 @@ class Trainer:
     # ----------------------------------------------------------------------------------------------
     def fit(self) -> None:
         cfg = self.cfg
-        self.log(f"lead_fast: {self.world} rank(s) on {self.device}, model {self.model_dir}, {len(self.train)} "
-                 f"training / {len(self.eval)} eval prompts, steps {self.start_step}..{cfg.run.max_steps}")
-        get_pool(self.grade_workers)  # start the grading workers before the first step needs them
+        mode = (f"{len(self.place.rollout_ranks)} rollout + {self.place.train_world} trainer rank(s), max_staleness "
+                f"{cfg.rollout.max_staleness}" if self.place.disaggregated else f"{self.world} rank(s)")
+        self.tlog(f"lead_fast: {mode} on {self.device}, model {self.model_dir}, {len(self.train)} "
+                  f"training / {len(self.eval)} eval prompts, steps {self.start_step}..{cfg.run.max_steps}")
+        if self.place.is_rollout:
+            get_pool(self.grade_workers)  # start the grading workers before the first step needs them
+        if not self.place.disaggregated:
+            self.train_colocated()
+        elif self.place.is_rollout:
+            self.serve_rollouts()
+        else:
+            self.train_disaggregated()
+        dist.barrier()
+        if self.metrics is not None and self.metrics.enabled and os.path.exists(self.metrics.path):
+            try:
+                png = plot_metrics(self.metrics.path, os.path.join(cfg.run.output_dir, "metrics.png"))
+                self.tlog(f"wrote {self.metrics.path} and {png}")
+            except Exception as e:  # noqa: BLE001 - the run is finished and saved; a plot must not fail it
+                self.tlog(f"wrote {self.metrics.path}; the plot failed ({type(e).__name__}: {e}), the run did not")
+
+    def train_colocated(self) -> None:
+        cfg = self.cfg
         with StopRequest() as stop:
             for step in range(self.start_step, cfg.run.max_steps):
                 if cfg.run.eval_every and step == self.start_step == 0:
                     self.metrics.log({"step": 0, **self.evaluate()})
-                row = {"step": step + 1, **self.step(step)}
+                t0 = time.time()
+                sync_s = self.sync_engine()          # 1. the engine gets the current weights
+                idx, rollouts = self.generate(step, self.rank, self.world)
+                row = {"step": step + 1, **self.learn(step, Batch(step, step, idx, rollouts, 0.0), t0, sync_s)}
                 last = step + 1 == cfg.run.max_steps
                 if cfg.run.eval_every and ((step + 1) % cfg.run.eval_every == 0 or last):
                     row.update(self.evaluate())
@@ -179,30 +235,26 @@ class Trainer:
                 interrupted = stop.agreed(self.device)
                 self.checkpointer.maybe_save(step + 1, last=last, force=interrupted)
                 if interrupted:
-                    self.log(f"stopped by signal after step {step + 1}; continue with --resume")
+                    self.tlog(f"stopped by signal after step {step + 1}; continue with --resume")
                     break
-        dist.barrier()
-        if self.rank == 0 and os.path.exists(self.metrics.path):
-            try:
-                png = plot_metrics(self.metrics.path, os.path.join(cfg.run.output_dir, "metrics.png"))
-                self.log(f"wrote {self.metrics.path} and {png}")
-            except Exception as e:  # noqa: BLE001 - the run is finished and saved; a plot must not fail it
-                self.log(f"wrote {self.metrics.path}; the plot failed ({type(e).__name__}: {e}), the run did not")
 
-    def step(self, step: int) -> dict:
-        cfg, algo = self.cfg, self.cfg.algo
-        t0 = time.time()
-
-        # 1-3. the engine gets the current weights (it may have discarded them after the last generate);
-        # then this rank's prompts, n responses each, graded
-        sync_s = self.sync_engine()
-        idx = prompts_for_step(len(self.train), step, cfg.optim.prompts_per_step, self.rank, self.world, cfg.run.seed)
-        prompts = [self.train[i][0] for i in idx]
-        answers = [self.train[i][1] for i in idx]
-        rollouts = rollout_and_grade(self.engine, self.tok, prompts, answers, SamplingSettings(
+    def generate(self, step: int, share: int, shares: int) -> tuple[list[int], GradedRollouts]:
+        """2-3. Trainer share ``share`` of ``shares`` of step ``step``'s prompts, ``rollout.n`` responses each,
+        graded. The same call on a colocated rank (its own share) and on a rollout rank (a trainer's)."""
+        cfg = self.cfg
+        idx = prompts_for_step(len(self.train), step, cfg.optim.prompts_per_step, share, shares, cfg.run.seed)
+        rollouts = rollout_and_grade(self.engine, self.tok, [self.train[i][0] for i in idx],
+                                     [self.train[i][1] for i in idx], SamplingSettings(
             n=cfg.rollout.n, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-            max_new_tokens=cfg.rollout.max_new_tokens, seed=step_seed(cfg.run.seed, step, self.rank),
+            max_new_tokens=cfg.rollout.max_new_tokens, seed=step_seed(cfg.run.seed, step, share),
             stop=tuple(cfg.rollout.stop)), self.rules, num_workers=self.grade_workers, progress=self.rank == 0)
+        return idx, rollouts
+
+    def learn(self, step: int, batch: "Batch", t0: float, sync_s: float) -> dict:
+        """4-8. One step's update on this trainer rank's share of a graded batch; returns the step's row."""
+        cfg, algo = self.cfg, self.cfg.algo
+        rollouts = batch.rollouts
+        prompts = [self.train[i][0] for i in batch.idx]
 
         # 4. rewards: outcome, explicit penalties, length-regularized among correct responses
         rewards = lead_rewards(rollouts.outcomes, rollouts.lengths, rollouts.group_ids, alpha=algo.alpha,
@@ -211,24 +263,36 @@ class Trainer:
                                degenerate_reward=algo.degenerate_reward, min_short_len=algo.min_short_len)
 
         # 5. advantages, group-normalized (the difficulty weight w(rho) is applied in the loss head); groups
-        # without signal are dropped
+        # without signal are dropped, and so is a batch older than rollout.max_staleness (the schedule never
+        # makes one; the check is what keeps a stale batch out if it ever did)
         advantages, correct_ratio = lead_advantages(rewards, rollouts.group_ids, reweight=False)
         groups = select_groups(rewards, rollouts.group_ids, drop_no_signal=algo.drop_no_signal,
                                drop_no_correct=algo.drop_no_correct)
+        fresh = step - batch.version <= cfg.rollout.max_staleness
         samples = [Sample(prompts[g], c.token_ids, float(advantages[i]), float(correct_ratio[i]),
-                          rollout_logprobs=None if c.logprobs is None else torch.tensor(c.logprobs))
-                   for i, (g, c) in enumerate(zip(rollouts.group_ids.tolist(), rollouts.completions)) if groups.keep[i]]
+                          rollout_logprobs=None if c.logprobs is None else torch.tensor(c.logprobs),
+                          version=batch.version)
+                   for i, (g, c) in enumerate(zip(rollouts.group_ids.tolist(), rollouts.completions))
+                   if groups.keep[i] and fresh]
 
         # 6-7. update (old / reference passes, micro-batches, clip, optimizer step)
         t_update = time.time()
         update = self.updater.update(samples, step, num_sampled=cfg.optim.prompts_per_step * cfg.rollout.n)
         update_s = time.time() - t_update
+        self._busy.append((t_update, t_update + update_s))
+        # disaggregated: how long this batch's generation ran while an update ran (colocated: never)
+        g0, g1 = batch.busy
+        overlap = sum(max(0.0, min(g1, b) - max(g0, a)) for a, b in self._busy[-(cfg.rollout.max_staleness + 2):])
 
         # 8. metrics, summed over ranks by name
-        tot = all_sum(step_counts(rollouts, rewards, groups, len(prompts)), self.device)
+        group = self.place.train_group
+        tot = all_sum(dict(step_counts(rollouts, rewards, groups, len(prompts)), staleness=step - batch.version,
+                           stale_dropped=0 if fresh else len(rollouts.outcomes)), self.device, group)
+        step_s = time.time() - t0
         seconds = dict(rollout=rollouts.rollout_s, grade=rollouts.grade_s, update=update_s, sync=sync_s,
-                       slowest_rollout=all_max(rollouts.rollout_s, self.device), step=time.time() - t0)
-        return step_metrics(tot, update, seconds, lr=self.sched.get_last_lr()[0])
+                       slowest_rollout=all_max(rollouts.rollout_s, self.device, group), step=step_s,
+                       wait=batch.wait_s, overlap=overlap)
+        return step_metrics(tot, update, seconds, lr=self.sched.get_last_lr()[0], shares=self.place.train_world)
 
     def sync_engine(self) -> float:
         """Hand the rollout engine the policy's current weights (a collective); returns seconds. Called
@@ -239,20 +303,167 @@ class Trainer:
         return time.time() - t0
 
     def evaluate(self) -> dict:
-        """pass@1, cons@n and mean response length on this rank's share of the eval problems, summed over
-        ranks (``lead_fast.eval``'s scoring). The sampling seed is the same at every eval, so changes come
+        """pass@1, cons@n and mean response length on the eval problems, summed over ranks
+        (``lead_fast.eval``'s scoring). The sampling seed is the same at every eval, so changes come
         from the weights alone. ``eval/accuracy`` is pass@1."""
-        cfg = self.cfg
         t0 = time.time()
         self.sync_engine()
-        mine = self.eval[self.rank::self.world]
-        results, _ = generate_and_score(
-            self.engine, self.tok, [p for p, _ in mine], [a for _, a in mine], SamplingSettings(
-                n=cfg.rollout.eval_n, temperature=cfg.rollout.eval_temperature, top_p=1.0,
-                max_new_tokens=cfg.rollout.max_new_tokens, seed=step_seed(cfg.run.seed, 0, self.rank, salt=3),
-                stop=tuple(cfg.rollout.stop)), self.rules, num_workers=self.grade_workers)
-        return eval_metrics(all_sum(eval_counts(results), self.device), time.time() - t0)
+        counts = self.eval_counts([self.rank], self.world)
+        return eval_metrics(all_sum(counts, self.device), time.time() - t0)
+
+    def eval_counts(self, shares: list[int], num_shares: int) -> dict:
+        """Eval counts (``metrics.eval_counts``) over the eval problems of the given trainer shares: share
+        ``t`` is every ``num_shares``-th problem from ``t``, sampled with share ``t``'s seed, so that any
+        placement evaluates the same samples."""
+        cfg, total = self.cfg, None
+        for t in shares:
+            mine = self.eval[t::num_shares]
+            results, _ = generate_and_score(
+                self.engine, self.tok, [p for p, _ in mine], [a for _, a in mine], SamplingSettings(
+                    n=cfg.rollout.eval_n, temperature=cfg.rollout.eval_temperature, top_p=1.0,
+                    max_new_tokens=cfg.rollout.max_new_tokens, seed=step_seed(cfg.run.seed, 0, t, salt=3),
+                    stop=tuple(cfg.rollout.stop)), self.rules, num_workers=self.grade_workers)
+            counts = eval_counts(results)
+            total = counts if total is None else {k: total[k] + counts[k] for k in total}
+        return total
+
+    # ----------------------------------------------------------------------------------------------
+    # Disaggregated mode: the rollout ranks' loop, then the trainer ranks'.
+
+    def serve_rollouts(self) -> None:
+        """A rollout rank: generate every batch it is allowed to (its weights at most ``max_staleness``
+        steps behind the batch), send each trainer share to its trainer; when it may not, take the lead
+        trainer's next order (weights, eval, stop). Runs until told to stop."""
+        cfg, p = self.cfg, self.place
+        wire, post = OrderWire(p, self.device), ObjectPost(p.object_group)
+        shares, staleness = p.shares(self.rank), cfg.rollout.max_staleness
+        version = next_batch = None
+        with StopRequest() as stop:
+            while True:
+                if next_batch is not None and next_batch < cfg.run.max_steps and next_batch - staleness <= version:
+                    t0, made = time.time(), []
+                    for t in shares:
+                        made.append((t, *self.generate(next_batch, t, p.train_world)))
+                        if t == shares[0] and os.environ.get("LEAD_FAST_SIGTERM_IN_BATCH") == str(next_batch):
+                            # Fault injection for tests: preempted with this batch half made (its first share)
+                            os.kill(os.getpid(), signal.SIGTERM)
+                    busy = (t0, time.time())
+                    for t, idx, rollouts in made:
+                        post.send(Batch(next_batch, version, idx, rollouts, 0.0, busy, stop.requested),
+                                  p.trainer_ranks[t], BATCH_TAG)
+                    next_batch += 1
+                    continue
+                order, tensors = wire.receive()
+                if order.kind & WEIGHTS:
+                    self.engine.update_weights(tensors)
+                    version = order.version
+                    next_batch = order.next_batch if next_batch is None else next_batch
+                if order.kind & EVAL:
+                    t0 = time.time()
+                    counts = self.eval_counts(shares, p.train_world)
+                    post.send(dict(counts=counts, seconds=time.time() - t0), p.lead_trainer, EVAL_TAG)
+                if order.kind & STOP:
+                    break
+        post.flush()
+
+    def train_disaggregated(self) -> None:
+        """A trainer rank: take each step's share as it arrives and learn from it; after each step, the lead
+        sends the rollout ranks the new weights (all trainer ranks gather them). Before a checkpoint, it first
+        takes the batches already generated with older weights than the checkpoint's (they cannot be made
+        again after a resume) and stores them in it."""
+        cfg, p = self.cfg, self.place
+        lead, group = self.rank == p.lead_trainer, p.train_group
+        wire, post = OrderWire(p, self.device), ObjectPost(p.object_group)
+        source = p.rollout_ranks[p.train_rank % len(p.rollout_ranks)]
+        ready: deque[Batch] = deque(self.resumed_batches)
+        heard_stop = False
+
+        def receive() -> Batch:
+            nonlocal heard_stop
+            t0 = time.time()
+            batch = post.receive(source, BATCH_TAG)
+            batch.wait_s = time.time() - t0
+            heard_stop |= batch.stop
+            return batch
+
+        def order(kind: int, step: int) -> None:
+            """The lead sends, every trainer rank gathers the weights with it."""
+            tensors = self.policy.hf_named_tensors() if kind & WEIGHTS else None
+            if lead:
+                wire.send(Order(kind, step, step + len(ready)), tensors)
+            elif tensors is not None:
+                wire.drain(tensors)
+
+        def eval_row() -> dict:
+            """The eval counts of every rollout rank (lead only; the others log nothing)."""
+            if not lead:
+                return {}
+            parts = [post.receive(r, EVAL_TAG) for r in p.rollout_ranks]
+            tot = {k: sum(x["counts"][k] for x in parts) for k in parts[0]["counts"]}
+            return eval_metrics(tot, max(x["seconds"] for x in parts))
+
+        start = self.start_step
+        first_eval = bool(cfg.run.eval_every) and start == 0
+        order(WEIGHTS | (EVAL if first_eval else 0), start)
+        if first_eval:
+            self.metrics.log({"step": 0, **eval_row()})
+        pending = None         # a row waiting for its eval, which the rollout ranks run while this rank trains
+        t_end = time.time()
+        with StopRequest() as stop:
+            for step in range(start, cfg.run.max_steps):
+                batch = ready.popleft() if ready else receive()
+                if batch.step != step:
+                    raise RuntimeError(f"trainer rank {self.rank} expected the batch of step {step}, got {batch.step}")
+                row = {"step": step + 1, **self.learn(step, batch, t_end, 0.0)}
+                t_end = time.time()     # a step's time runs from the end of one update's metrics to the next's
+                last = step + 1 == cfg.run.max_steps
+                interrupted = stop.agreed(self.device, group, elsewhere=heard_stop)
+                stopping = last or interrupted
+                eval_due = bool(cfg.run.eval_every) and ((step + 1) % cfg.run.eval_every == 0 or last)
+                saving = self.checkpointer.due(step + 1, last=last, force=interrupted)
+                if saving:
+                    while len(ready) < min(cfg.rollout.max_staleness, cfg.run.max_steps - step - 1):
+                        ready.append(receive())
+                kind = (WEIGHTS if eval_due or not stopping else 0) | (EVAL if eval_due else 0) | (STOP if stopping else 0)
+                t_sync = time.time()
+                order(kind, step + 1)
+                row["time/sync_s"] = time.time() - t_sync
+                if pending is not None:
+                    pending.update(eval_row())
+                    self.metrics.log(pending)
+                    pending = None
+                if eval_due and not saving:
+                    pending = row
+                else:
+                    self.metrics.log({**row, **(eval_row() if eval_due else {})})
+                self.checkpointer.maybe_save(step + 1, last=last, force=interrupted, rank_batches=list(ready))
+                if interrupted:
+                    self.tlog(f"stopped by signal after step {step + 1}; continue with --resume")
+                if stopping:
+                    break
 
     def close(self) -> None:
-        self.engine.close()
-        self.metrics.close()
+        if self.engine is not None:
+            self.engine.close()
+        if self.metrics is not None:
+            self.metrics.close()
+
+
+@dataclass
+class Batch:
+    """One trainer share of one step's rollouts, graded: what a rollout rank sends a trainer rank, and what
+    a checkpoint stores while it waits to be trained on."""
+
+    step: int
+    """The step (batch index) it belongs to."""
+    version: int
+    """Training steps the weights that generated it had had (``step - version`` is its staleness)."""
+    idx: list[int]
+    """Its prompts, as indices into the training prompts."""
+    rollouts: GradedRollouts
+    wait_s: float = 0.0
+    """Seconds the trainer rank waited for it."""
+    busy: tuple[float, float] = (0.0, 0.0)
+    """When its rollout rank started and finished generating and grading the step (wall clock)."""
+    stop: bool = False
+    """Its rollout rank had been asked to stop (SIGTERM / SIGINT)."""

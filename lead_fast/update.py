@@ -43,6 +43,7 @@ class Sample:
     old_logprobs: torch.Tensor | None = None   # (len(response),) when updates_per_batch > 1
     ref_logprobs: torch.Tensor | None = None   # (len(response),) when kl_coef > 0
     rollout_logprobs: torch.Tensor | None = None   # (len(response),) the engine's, when it reports them
+    version: int = 0      # training steps the generating weights had had (disaggregated: may trail the trainer's)
 
 
 @dataclass
@@ -186,8 +187,9 @@ class Updater:
     ``ref``: the frozen reference policy when the loss has a KL term, else None."""
 
     def __init__(self, policy, ref, optimizer, scheduler, settings: UpdateSettings, loss: LossParams, *,
-                 pad_id: int, device, rank: int, world: int, log=print):
+                 pad_id: int, device, rank: int, world: int, group=None, log=print):
         self.policy, self.ref, self.opt, self.sched = policy, ref, optimizer, scheduler
+        self.group = group       # the trainer ranks (None: every rank); ``rank`` and ``world`` are within it
         self.settings, self.loss = settings, loss
         self.pad_id, self.device, self.rank, self.world, self.log = pad_id, device, rank, world, log
         self.width = policy.lm.config.hidden_size       # weighs sequences when packed micro-batches are balanced
@@ -202,10 +204,10 @@ class Updater:
         budget = self.settings.micro_batch_tokens
         if self.settings.packed:
             tokens = sum(len(s.prompt) + len(s.response) for s in samples)
-            plan = balanced_partition(samples, all_max(-(-tokens // budget), self.device), budget, self.width)
+            plan = balanced_partition(samples, all_max(-(-tokens // budget), self.device, self.group), budget, self.width)
         else:
             plan = plan_micro_batches(samples, budget)
-        n = all_max(len(plan), self.device)
+        n = all_max(len(plan), self.device, self.group)
         return [(b, True) for b in plan] + [([self.filler], False)] * (n - len(plan))
 
     def _collate(self, batch: list[Sample], token_weight) -> MicroBatch:
@@ -245,7 +247,7 @@ class Updater:
         flag_key = "is_masked_frac" if self.loss.correction.endswith("mask") else "is_truncated_frac"
         result[flag_key] = math.nan
         self._mismatch = torch.zeros(5, dtype=torch.float64)     # sums: |gap|, k3, weight, flagged; tokens
-        if all_sum({"tokens": sum(len(s.response) for s in samples)}, self.device)["tokens"] == 0:
+        if all_sum({"tokens": sum(len(s.response) for s in samples)}, self.device, self.group)["tokens"] == 0:
             return result  # every group on every rank was dropped
         if self.ref is not None:
             self._fill_logprobs(self.ref, samples, "ref_logprobs")
@@ -272,7 +274,7 @@ class Updater:
             totals = {k: totals[k] + sums[k] for k in totals}
             result["grad_norm"] = grad_norm
             done += 1
-        m = all_sum(dict(zip(("gap", "k3", "weight", "flagged", "tokens"), self._mismatch)), self.device)
+        m = all_sum(dict(zip(("gap", "k3", "weight", "flagged", "tokens"), self._mismatch)), self.device, self.group)
         if m["tokens"]:
             result.update(logprob_gap=m["gap"] / m["tokens"], mismatch_kl=m["k3"] / m["tokens"],
                           is_weight_mean=m["weight"] / m["tokens"], **{flag_key: m["flagged"] / m["tokens"]})
@@ -287,7 +289,7 @@ class Updater:
         mini-batch is empty on every rank."""
         lengths = [len(s.response) for s in mini]
         every = [None] * self.world
-        dist.all_gather_object(every, lengths)
+        dist.all_gather_object(every, lengths, group=self.group)
         flat = [n for rank_lengths in every for n in rank_lengths]
         if not flat:
             return None
@@ -325,7 +327,7 @@ class Updater:
                 sums["entropy"] += (out.entropy.double() * w).sum()
                 sums["weight"] += w.sum()
         self.policy.set_requires_gradient_sync(True)
-        return all_sum(sums, self.device)
+        return all_sum(sums, self.device, self.group)
 
     def _add_mismatch(self, lp_old: torch.Tensor, rollout: torch.Tensor, out) -> None:
         """Add one micro-batch's engine-vs-trainer sums (see ``update``)."""
