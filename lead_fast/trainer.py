@@ -167,6 +167,11 @@ class Trainer:
             self.start_step = resumed["step"]
             self.updater.nonfinite_in_a_row = resumed.get("nonfinite_in_a_row", 0)
             self.resumed_batches = resumed["batches"] or []
+            if resumed.get("train_world", self.place.train_world) != self.place.train_world:
+                # each trainer rank stored its own share; with another number of shares they are not ours
+                self.tlog(f"WARNING: the checkpoint's stored rollout batches are for {resumed['train_world']} trainer "
+                          f"ranks, this run has {self.place.train_world}: they are dropped, and the run is not exact")
+                self.resumed_batches = []
         lead = self.rank == self.place.lead_trainer
         self.metrics = MetricsLogger(cfg.run.output_dir, enabled=lead,
                                      resume_from_step=self.start_step if resumed else None,
@@ -192,7 +197,7 @@ class Trainer:
     def _state(self) -> dict:
         """What a checkpoint keeps besides the weights and the optimizer."""
         return dict(scheduler=self.sched.state_dict(), nonfinite_in_a_row=self.updater.nonfinite_in_a_row,
-                    config=self.cfg.to_dict())
+                    config=self.cfg.to_dict(), train_world=self.place.train_world)
 
     # ----------------------------------------------------------------------------------------------
     def fit(self) -> None:
@@ -407,6 +412,8 @@ class Trainer:
         order(WEIGHTS | (EVAL if first_eval else 0), start)
         if first_eval:
             self.metrics.log({"step": 0, **eval_row()})
+        if start >= cfg.run.max_steps:      # nothing left to train (a finished run resumed): let them go
+            order(STOP, start)
         pending = None         # a row waiting for its eval, which the rollout ranks run while this rank trains
         t_end = time.time()
         with StopRequest() as stop:

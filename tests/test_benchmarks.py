@@ -85,3 +85,31 @@ def test_bench_mismatch_quick(tmp_path):
     assert by["float32"]["logprob_gap"] < 1e-5 and by["float32"]["token_truncated_frac"] == 0.0
     assert by["bfloat16"]["logprob_gap"] > 100 * by["float32"]["logprob_gap"]
     assert by["bfloat16"]["mismatch_kl"] >= 0 and 0 <= by["bfloat16"]["seq_masked_frac"] <= 1
+
+
+def test_bench_overlap_quick(tmp_path, embedded_model):
+    """Three short real runs (colocated, disaggregated at staleness 0 and 1) on 2 ranks: it runs, it
+    writes the table's numbers, staleness 1 trains on one-update-old batches."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "o.json"
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_overlap.py"), "--quick", "--out",
+                        str(tmp_path / "runs"), "--json", str(out), "--", "--model", embedded_model,
+                        "--run.warm_start_steps", "0"], capture_output=True, text=True, timeout=900,
+                       env={k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"})
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    runs = {r["name"]: r for r in json.loads(out.read_text())["results"]}
+    assert set(runs) == {"colocated 2", "disaggregated 1+1, staleness 0", "disaggregated 1+1, staleness 1"}
+    assert all(r["steps"] == 2 and r["steps_per_hour"] > 0 for r in runs.values())
+    assert runs["disaggregated 1+1, staleness 1"]["staleness"] == 0.5       # steps 1 and 2: 0, then 1
+    assert runs["disaggregated 1+1, staleness 0"]["overlap_frac"] == 0.0
+
+
+def test_step_time_model_by_hand():
+    """8 GPUs at the official lengths: colocated 307 + 67.2 + 10 s; staleness 1 on 3 generating GPUs
+    max(307.2, 67.2 * 8 / 5) + 5 s."""
+    rows = _load("step_time_model").main(["--gpus", "8"])
+    r = rows[0]
+    assert abs(r["colocated_s"] - (12288 / 40 + 256 * 6300 / (8 * 3000) + 10)) < 1e-9
+    assert r["staleness1_gen_gpus"] == 3 and abs(r["staleness1_s"] - (12288 / 40 + 5)) < 1e-9
