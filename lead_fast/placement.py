@@ -57,7 +57,8 @@ class Placement:
 
     def shares(self, rollout_rank: int) -> list[int]:
         """The trainer shares (trainer-rank indices) a rollout rank generates: round robin."""
-        return [t for t in range(self.train_world) if t % len(self.rollout_ranks) == self.rollout_ranks.index(rollout_rank)]
+        k = self.rollout_ranks.index(rollout_rank)
+        return [t for t in range(self.train_world) if t % len(self.rollout_ranks) == k]
 
 
 def place(mode: str, rollout_ranks: int, device: torch.device) -> Placement:

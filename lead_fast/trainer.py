@@ -431,7 +431,8 @@ class Trainer:
                 if saving:
                     while len(ready) < min(cfg.rollout.max_staleness, cfg.run.max_steps - step - 1):
                         ready.append(receive())
-                kind = (WEIGHTS if eval_due or not stopping else 0) | (EVAL if eval_due else 0) | (STOP if stopping else 0)
+                kind = ((WEIGHTS if eval_due or not stopping else 0) | (EVAL if eval_due else 0)
+                        | (STOP if stopping else 0))
                 t_sync = time.time()
                 order(kind, step + 1)
                 row["time/sync_s"] = time.time() - t_sync
