@@ -106,7 +106,7 @@ class Trainer:
         dtype = resolve_dtype(cfg.model.dtype, self.device)
         self.policy = self.updater = self.checkpointer = self.engine = self.metrics = None
         self.start_step, self.resumed_batches = 0, []
-        self._busy: list[tuple[float, float]] = []      # this trainer rank's recent updates (start, end)
+        self._busy: list[tuple[float, float]] = []      # this trainer rank's last updates (start, end)
         if self.place.is_trainer:
             self._build_trainer(dtype)
         if self.place.is_rollout:
@@ -284,10 +284,11 @@ class Trainer:
         t_update = time.time()
         update = self.updater.update(samples, step, num_sampled=cfg.optim.prompts_per_step * cfg.rollout.n)
         update_s = time.time() - t_update
-        self._busy.append((t_update, t_update + update_s))
-        # disaggregated: how long this batch's generation ran while an update ran (colocated: never)
+        # disaggregated: how long this batch's generation ran while an update ran (colocated: never); only the
+        # last max_staleness + 2 updates can overlap it, so only they are kept
+        self._busy = [*self._busy, (t_update, t_update + update_s)][-(cfg.rollout.max_staleness + 2):]
         g0, g1 = batch.busy
-        overlap = sum(max(0.0, min(g1, b) - max(g0, a)) for a, b in self._busy[-(cfg.rollout.max_staleness + 2):])
+        overlap = sum(max(0.0, min(g1, b) - max(g0, a)) for a, b in self._busy)
 
         # 8. metrics, summed over ranks by name
         group = self.place.train_group
@@ -313,10 +314,10 @@ class Trainer:
         from the weights alone. ``eval/accuracy`` is pass@1."""
         t0 = time.time()
         self.sync_engine()
-        counts = self.eval_counts([self.rank], self.world)
+        counts = self.eval_shares([self.rank], self.world)
         return eval_metrics(all_sum(counts, self.device), time.time() - t0)
 
-    def eval_counts(self, shares: list[int], num_shares: int) -> dict:
+    def eval_shares(self, shares: list[int], num_shares: int) -> dict:
         """Eval counts (``metrics.eval_counts``) over the eval problems of the given trainer shares: share
         ``t`` is every ``num_shares``-th problem from ``t``, sampled with share ``t``'s seed, so that any
         placement evaluates the same samples."""
@@ -365,7 +366,7 @@ class Trainer:
                     next_batch = order.next_batch if next_batch is None else next_batch
                 if order.kind & EVAL:
                     t0 = time.time()
-                    counts = self.eval_counts(shares, p.train_world)
+                    counts = self.eval_shares(shares, p.train_world)
                     post.send(dict(counts=counts, seconds=time.time() - t0), p.lead_trainer, EVAL_TAG)
                 if order.kind & STOP:
                     break
