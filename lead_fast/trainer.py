@@ -113,7 +113,10 @@ class Trainer:
             self.engine = make_engine(cfg.rollout, self.model_dir, device=self.device, dtype=dtype, tokenizer=self.tok,
                                       seed=cfg.run.seed,
                                       max_model_len=cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens,
-                                      memory=self._engine_memory(), colocated=not self.place.disaggregated)
+                                      memory=self._engine_memory(), colocated=not self.place.disaggregated,
+                                      # vLLM builds its groups over the whole default group, which here is
+                                      # torchrun's world with the trainer ranks in it: its own process instead
+                                      own_process=self.place.disaggregated and cfg.rollout.engine == "vllm")
         # grading workers share this node's cores with the other ranks on it (not the whole world's)
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", self.world))
         self.grade_workers = cfg.algo.grade_workers or max(1, (os.cpu_count() or 1) // local_world)

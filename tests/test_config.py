@@ -264,9 +264,6 @@ def test_rollout_mode_choices_and_refusals():
     with pytest.raises(ConfigError, match="max_staleness=2 trains on.*rollout_correction auto or a mode other"):
         parse_args(["--rollout.mode", "disaggregated", "--rollout.max_staleness", "2", "--rollout.logprobs", "true",
                     "--algo.rollout_correction", "none"])
-    with pytest.raises(ConfigError, match="disaggregated needs rollout.engine hf for now: vLLM's in-process engine "
-                                          "joins the whole torchrun world"):
-        parse_args(["--rollout.mode", "disaggregated", "--rollout.engine", "vllm"])
     dis = parse_args(["--rollout.mode", "disaggregated", "--rollout.max_staleness", "1", "--rollout.logprobs", "true",
                       "--optim.prompts_per_step", "6"])
     check_world(dis, 3)             # 1 rollout rank + 2 trainer ranks share 6 prompts

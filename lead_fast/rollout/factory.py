@@ -6,17 +6,20 @@ the factory: ``base`` <- ``hf``, ``vllm_engine`` <- ``factory``.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from lead_fast.config import RolloutConfig
 from lead_fast.rollout.base import EngineMemory, RolloutEngine, stop_token_ids
 from lead_fast.rollout.hf import HFEngine
+from lead_fast.rollout.process import EngineProcess
 from lead_fast.rollout.vllm_engine import VLLMEngine
 
 
 def make_engine(rollout: RolloutConfig, model_path: str, *, device: torch.device, dtype: torch.dtype, tokenizer,
                 seed: int, max_model_len: int, memory: EngineMemory = EngineMemory(),
-                colocated: bool = True) -> RolloutEngine:
+                colocated: bool = True, own_process: bool = False) -> RolloutEngine:
     """The engine ``rollout.engine`` names for ``model_path``, with the rollout section's engine settings
     (``logprobs``, ``hf_batching``, ``enforce_eager``).
 
@@ -24,10 +27,17 @@ def make_engine(rollout: RolloutConfig, model_path: str, *, device: torch.device
     where the platform can, and needs ``update_weights`` before the next). ``memory``: the vLLM engine's
     memory (``EngineMemory``). The ``hf`` engine runs on ``device``; ``vllm`` uses the current CUDA device,
     or the CPU build's. Whether vLLM imports is the command line's check (``rollout.vllm_check``).
+    ``own_process``: the engine runs in a child process of this one (``EngineProcess``), outside torchrun's
+    process group.
     """
     stops = stop_token_ids(model_path, tokenizer)
     if rollout.engine == "hf":
-        return HFEngine(model_path, device=device, dtype=dtype, tokenizer=tokenizer, stop_token_ids=stops,
-                        batching=rollout.hf_batching, logprobs=rollout.logprobs)
-    return VLLMEngine(model_path, dtype=dtype, seed=seed, max_model_len=max_model_len, stop_token_ids=stops,
-                      memory=memory, sleep=colocated, logprobs=rollout.logprobs, enforce_eager=rollout.enforce_eager)
+        build = functools.partial(HFEngine, model_path, device=device, dtype=dtype, tokenizer=tokenizer,
+                                  stop_token_ids=stops, batching=rollout.hf_batching, logprobs=rollout.logprobs)
+    else:
+        build = functools.partial(VLLMEngine, model_path, dtype=dtype, seed=seed, max_model_len=max_model_len,
+                                  stop_token_ids=stops, memory=memory, sleep=colocated, logprobs=rollout.logprobs,
+                                  enforce_eager=rollout.enforce_eager)
+    if own_process:
+        return EngineProcess(build, device=device, what=f"{rollout.engine} rollout engine")
+    return build()

@@ -305,3 +305,40 @@ def test_a_batch_over_one_default_scheduler_step_generates_on_cpu(embedded_model
     out = eng.generate(prompts, SamplingSettings(n=8, temperature=1.0, max_new_tokens=4, seed=1))
     eng.close()
     assert [len(g) for g in out] == [8] * 16 and all(len(c.token_ids) >= 1 for g in out for c in g)
+
+
+def test_disaggregated_staleness_0_with_vllm_is_colocated_vllm(embedded_model, tmp_path):
+    """1 rollout rank whose vLLM engine runs in its own process (outside torchrun's world) + 2 trainer
+    ranks: the same losses, rewards, log-prob gaps and evals as 2 colocated ranks with in-process engines
+    (each trainer's share is generated in its own call, with its own seed, at the same weights)."""
+    from tests.test_disaggregated import _args, _rows, _same
+
+    colo, dis = tmp_path / "colo", tmp_path / "dis"
+    check(torchrun(2, _args(embedded_model, colo, "--max-steps", "3", "--rollout.engine", "vllm")))
+    p = check(torchrun(3, _args(embedded_model, dis, "--max-steps", "3", "--rollout.engine", "vllm",
+                                "--rollout.mode", "disaggregated")))
+    assert "lead_fast vllm rollout engine pid=" in p.stdout + p.stderr       # vLLM's log prefix: the child
+    a, b = _rows(colo), _rows(dis)
+    _same(a, b)
+    assert all(0 <= r["rollout/logprob_gap"] < LOGPROB_ATOL for r in b if r["step"] > 0)
+
+
+def test_disaggregated_staleness_1_with_vllm_resumes_exactly_after_sigterm(embedded_model, tmp_path):
+    """max_staleness 1 with vLLM on the rollout rank: batch k+1 generated while batch k trains; SIGTERM to
+    the rollout rank halfway through batch 3 (the rank finishes the share with its engine process), the
+    run stops after step 4 with the next batch in the checkpoint, and --resume logs the unbroken run's rows."""
+    from tests.test_disaggregated import _args, _rows, _same
+
+    full, part = tmp_path / "full", tmp_path / "part"
+    extra = ("--rollout.engine", "vllm", "--rollout.mode", "disaggregated", "--rollout.max_staleness", "1",
+             "--max-steps", "6")
+    check(torchrun(3, _args(embedded_model, full, *extra)))
+    a = _rows(full)
+    assert [r["rollout/staleness"] for r in a if r["step"] > 0] == [0, 1, 1, 1, 1, 1]
+    # the correction sees the gap between generating and current weights, not the engine's numerics
+    assert all(r["rollout/is_weight_mean"] is not None for r in a if r["step"] > 0)
+    p = check(torchrun(3, _args(embedded_model, part, *extra), LEAD_FAST_SIGTERM_IN_BATCH="3"))
+    assert "stopped by signal after step 4" in p.stdout, p.stdout[-2000:]
+    p = check(torchrun(3, _args(embedded_model, part, *extra, "--resume")))
+    assert "resumed from" in p.stdout
+    _same(a, _rows(part))
