@@ -194,15 +194,14 @@ class EngineProcess:
         self._call("weights", payload)
 
     def close(self) -> None:
-        if self._proc is None:
+        proc = self._proc
+        if proc is None:
             return
-        proc, self._proc = self._proc, None
         try:
             if proc.is_alive():
-                self._proc = proc
                 self._call("close", None, timeout_s=120)
-        except (EngineProcessError, OSError, BrokenPipeError):
-            pass
+        except (EngineProcessError, OSError):
+            pass            # already gone: nothing to close
         finally:
             self._proc = None
             proc.join(30)
