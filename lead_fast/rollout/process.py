@@ -139,7 +139,6 @@ class EngineProcess:
                  start_timeout_s: float = 1800.0):
         self.what, self.device = what, device
         self._buffers: list[tuple[str, torch.Tensor]] | None = None
-        self.sync_copy_s = 0.0          # seconds the last sync spent copying into the shared buffers
         ctx = mp.get_context("spawn")
         self._conn, child_conn = ctx.Pipe()
         self._proc = ctx.Process(target=_serve, args=(child_conn, build, torch.get_num_threads()),
@@ -176,21 +175,17 @@ class EngineProcess:
         return self._call("generate", (prompts, settings))
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        t0, first = time.perf_counter(), self._buffers is None
-        if first:
+        if self._buffers is None:
             self._buffers = [(name, torch.empty_like(t, device=self.device).copy_(t)) for name, t in named_tensors]
             payload = [(name, _shared(t)) for name, t in self._buffers]
         else:
-            count = 0
-            for (name, buf), (sent, t) in zip(self._buffers, named_tensors, strict=True):
+            for i, ((name, buf), (sent, t)) in enumerate(zip(self._buffers, named_tensors, strict=True)):
                 if name != sent:
-                    raise RuntimeError(f"weight sync: expected {name!r} at position {count}, got {sent!r}")
+                    raise RuntimeError(f"weight sync: expected {name!r} at position {i}, got {sent!r}")
                 buf.copy_(t)
-                count += 1
             payload = None
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)    # the child reads the buffers from its own stream
-        self.sync_copy_s = time.perf_counter() - t0
         self._call("weights", payload)
 
     def close(self) -> None:

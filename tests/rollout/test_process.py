@@ -52,7 +52,6 @@ def test_same_completions_as_in_process_before_and_after_syncs(pair, embedded_mo
         after = there.generate(prompts, settings)
         assert after == here.generate(prompts, settings)
         assert after != before
-    assert there.sync_copy_s > 0
 
 
 def test_errors_come_back_as_themselves(pair, embedded_model):
