@@ -32,7 +32,9 @@ def make_engine(rollout: RolloutConfig, model_path: str, *, device: torch.device
     """
     stops = stop_token_ids(model_path, tokenizer)
     if rollout.engine == "hf":
-        build = functools.partial(HFEngine, model_path, device=device, dtype=dtype, tokenizer=tokenizer,
+        # an engine process sees only this rank's CUDA device, as its device 0
+        here = torch.device("cuda", 0) if own_process and device.type == "cuda" else device
+        build = functools.partial(HFEngine, model_path, device=here, dtype=dtype, tokenizer=tokenizer,
                                   stop_token_ids=stops, batching=rollout.hf_batching, logprobs=rollout.logprobs)
     else:
         build = functools.partial(VLLMEngine, model_path, dtype=dtype, seed=seed, max_model_len=max_model_len,
