@@ -25,6 +25,7 @@ batch first) and dies with the rank (Linux ``PR_SET_PDEATHSIG``; elsewhere it ex
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import signal
@@ -214,31 +215,29 @@ def _memory_hint(code: int | None) -> str:
     return ""
 
 
-class _child_environment:
+def _set_environment(values: dict[str, str | None]) -> dict[str, str | None]:
+    """Set (None: remove) each variable; returns what they were, for undoing."""
+    before = {k: os.environ.get(k) for k in values}
+    for k, v in values.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    return before
+
+
+@contextlib.contextmanager
+def _child_environment(device: torch.device):
     """The environment a spawned child inherits, for the duration of ``start``: no torchrun variables, and
     on CUDA only this rank's device visible (vLLM without a launcher takes device 0)."""
-
-    def __init__(self, device: torch.device):
-        self.device, self.saved = device, {}
-
-    def __enter__(self):
-        changes = {k: None for k in LAUNCHER_VARS}
-        if self.device.type == "cuda":
-            index = self.device.index if self.device.index is not None else torch.cuda.current_device()
-            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-            ids = visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
-            changes["CUDA_VISIBLE_DEVICES"] = ids[index]
-        for k, v in changes.items():
-            self.saved[k] = os.environ.get(k)
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        return self
-
-    def __exit__(self, *exc):
-        for k, v in self.saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    changes: dict[str, str | None] = dict.fromkeys(LAUNCHER_VARS)
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        ids = visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
+        changes["CUDA_VISIBLE_DEVICES"] = ids[index]
+    before = _set_environment(changes)
+    try:
+        yield
+    finally:
+        _set_environment(before)
