@@ -36,6 +36,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -110,11 +111,18 @@ def child_lead_fast(a) -> dict:
 
     trainer.updater.update = timed_update
     rows = []
+    log = trainer.metrics.log
+
+    def logged(row):                # the training loop's own rows, one a step
+        rows.append(row)
+        return log(row)
+
+    trainer.metrics.log = logged
     try:
-        for step in range(a.steps):
-            rows.append(trainer.step(step))
+        trainer.fit()               # the real loop: sync, generate, grade, update, checkpoint at the end
     finally:
         trainer.close()
+        shutil.rmtree(out, ignore_errors=True)
     last, first = rows[-1], rows[0]
     return dict(rollout_s=last["time/rollout_s"] + last["time/grade_s"] + last["time/sync_s"],
                 update_s=last["time/update_s"], step_s=last["time/step_s"], update_mem=phases[-1],
@@ -171,7 +179,10 @@ def child_trl(a) -> dict:
             phases.append(rss.phase())
 
     trainer.add_callback(Clock())
-    trainer.train()
+    try:
+        trainer.train()
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
     logs = [h for h in trainer.state.log_history if "loss" in h]
     return dict(rollout_s=times["rollout_s"], update_s=times["step_s"] - times["rollout_s"], step_s=times["step_s"],
                 update_mem=phases[-1], peak_gib=rss.peak / 2**30, first_loss=logs[0]["loss"],
