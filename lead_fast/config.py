@@ -20,6 +20,8 @@ from lead_fast.errors import ConfigError
 
 PACKING_ATTENTION = ("sdpa", "eager", "flash_attention_2")
 """Attention implementations that isolate packed sequences (from position ids, or flash-attn's varlen)."""
+SHARED_PROMPT_ATTENTION = ("sdpa", "eager")
+"""Attention implementations that take optim.shared_prompt's (rows, 1, T, T) mask."""
 
 
 @dataclass
@@ -225,6 +227,12 @@ class OptimConfig:
     by length), or auto: on with flash_attention_2, whose varlen kernel keeps sequences apart at no extra
     cost; off with sdpa and eager, which apply a packed row's block-diagonal mask over the whole row, so its
     attention work grows with the row's length squared (measured on CPU: 1.5x the update time of padded rows)."""
+    shared_prompt: Switch = "auto"
+    """Right-padded micro-batches (packing off) hold each prompt once, followed by its group's responses, a mask
+    keeping the responses apart: the prompt's forward and backward run once per row instead of once per
+    response, for the same loss and gradients (float rounding aside). on, off, or auto: on on CPU. Needs sdpa
+    or eager attention (a (rows, 1, T, T) mask); not with packing. Saves most where prompts are long next to
+    the responses (benchmarks/bench_vs_trl.py)."""
     loss_backend: LossBackend = "auto"
     """Loss head backend: auto, torch or triton."""
     loss_chunk_size: int = 0
@@ -233,10 +241,17 @@ class OptimConfig:
     def __post_init__(self):
         aliases = {"true": "on", "false": "off", "1": "on", "0": "off", "yes": "on", "no": "off"}
         self.packing = aliases.get(str(self.packing).lower(), str(self.packing).lower())
+        self.shared_prompt = aliases.get(str(self.shared_prompt).lower(), str(self.shared_prompt).lower())
 
     def packed(self, attn_implementation: str) -> bool:
         """Whether micro-batches are packed rows, for this attention implementation."""
         return self.packing == "on" or (self.packing == "auto" and attn_implementation == "flash_attention_2")
+
+    def shares_prompts(self, attn_implementation: str, device_type: str) -> bool:
+        """Whether padded micro-batches hold each prompt once (``shared_prompt``) on this device."""
+        if self.packed(attn_implementation) or attn_implementation not in SHARED_PROMPT_ATTENTION:
+            return False
+        return self.shared_prompt == "on" or (self.shared_prompt == "auto" and device_type == "cpu")
 
     def micro_batch_budget(self, device_type: str) -> int:
         """The micro-batch token budget on this device (``micro_batch_tokens``, or its automatic value)."""
@@ -444,6 +459,13 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"optim.packing needs an attention implementation that keeps packed sequences apart "
                           f"({', '.join(PACKING_ATTENTION)}); model.attn_implementation is "
                           f"{cfg.model.attn_implementation!r}. Choose one of those or set --optim.packing auto or off")
+    if cfg.optim.shared_prompt == "on" and (cfg.optim.packed(cfg.model.attn_implementation)
+                                            or cfg.model.attn_implementation not in SHARED_PROMPT_ATTENTION):
+        raise ConfigError(f"optim.shared_prompt on puts a (rows, 1, T, T) mask on right-padded micro-batches, which "
+                          f"needs {' or '.join(SHARED_PROMPT_ATTENTION)} attention and packing off; this run has "
+                          f"model.attn_implementation {cfg.model.attn_implementation!r} and optim.packing "
+                          f"{cfg.optim.packing}. Set --optim.shared_prompt off or auto, or --optim.packing off with "
+                          "sdpa attention")
     if cfg.preset != "tiny" and cfg.model.path is None:
         raise ConfigError(f"preset {cfg.preset!r} needs --model (a local model directory)")
     lo, hi = cfg.data.operands

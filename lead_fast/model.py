@@ -117,9 +117,9 @@ class RowInputs:
     """What the backbone reads for one micro-batch, and which of its hidden states predict the targets."""
 
     input_ids: torch.Tensor                    # (B, T); packed: (1, T)
-    attention_mask: torch.Tensor | None        # (B, T); packed: None (a 2-D mask would undo the isolation)
+    attention_mask: torch.Tensor | None        # (B, T); shared prompts: (B, 1, T, T) bool; packed: None
     hidden_rows: torch.Tensor                  # (n,) flat indices into the B*T hidden states: those predicting targets
-    position_ids: torch.Tensor | None = None   # RoPE positions; packed: (1, T), restarting at 0 per sequence
+    position_ids: torch.Tensor | None = None   # RoPE positions; packed: (1, T), restarting at 0 per sequence; shared: (B, T)
     seq_lens: tuple[int, ...] | None = None    # packed: the length of each sequence in the row
 
 
@@ -147,11 +147,13 @@ class PolicyWithHead(nn.Module):
         """A Hugging Face parameter name -> this module's state-dict key."""
         return f"lm.{hf_name}"
 
-    def hf_named_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+    def hf_named_tensors(self, local: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
         """``(Hugging Face name, full tensor)`` for every entry of the state dict, in a fixed order.
 
         Collective when sharded: each ``full_tensor()`` all-gathers, so every rank must drain this
-        iterator, in step with the others (the rollout engines' ``update_weights`` do).
+        iterator, in step with the others (the rollout engines' ``update_weights`` do). ``local``: each
+        rank's own shard instead, the very storage the optimizer updates (no gather, no copy); the whole
+        tensor only when the policy is sharded over one rank.
         """
         from torch.distributed.tensor import DTensor
 
@@ -162,7 +164,9 @@ class PolicyWithHead(nn.Module):
                 - {n for n, _ in self.named_parameters()})
         for key, t in self.state_dict().items():
             if key not in tied:
-                yield self.hf_name(key), (t.full_tensor() if isinstance(t, DTensor) else t).detach()
+                if isinstance(t, DTensor):
+                    t = t.to_local() if local else t.full_tensor()
+                yield self.hf_name(key), t.detach()
 
     def decoder_layers(self) -> list[nn.Module]:
         return list(self.lm.get_decoder().layers)
@@ -178,7 +182,11 @@ class PolicyWithHead(nn.Module):
             cu = torch.tensor([0, *rows.seq_lens], device=rows.input_ids.device).cumsum(0).to(torch.int32)
             longest = max(rows.seq_lens)
             extra = dict(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=longest, max_length_k=longest)
-        out = self.lm.get_decoder()(input_ids=rows.input_ids, attention_mask=rows.attention_mask,
+        mask = rows.attention_mask
+        if mask is not None and mask.dim() == 4 and self.lm.config._attn_implementation == "eager":
+            # transformers passes a 4-D mask through as it is; eager attention adds it to the scores
+            mask = torch.zeros(mask.shape, device=mask.device).masked_fill_(~mask, torch.finfo(torch.float32).min)
+        out = self.lm.get_decoder()(input_ids=rows.input_ids, attention_mask=mask,
                                     position_ids=rows.position_ids, use_cache=False, **extra)
         hidden = out.last_hidden_state                               # (B, T, H)
         h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows.hidden_rows)   # (n, H)

@@ -117,6 +117,14 @@ class Trainer:
                                       # vLLM builds its groups over the whole default group, which here is
                                       # torchrun's world with the trainer ranks in it: its own process instead
                                       own_process=self.place.disaggregated and cfg.rollout.engine == "vllm")
+        # One colocated rank holds the whole policy, in float32 like a CPU engine: the transformers engine
+        # generates with the policy's own weights (no second copy; the optimizer's steps are its updates)
+        self.engine_shares_weights = (self.place.is_trainer and self.place.is_rollout and self.place.train_world == 1
+                                      and cfg.rollout.engine == "hf" and dtype == torch.float32)
+        if self.engine_shares_weights:
+            self.engine.share_weights(self.policy.hf_named_tensors(local=True))
+            self.log("rollout engine: the transformers engine generates with the policy's own weights (one rank, "
+                     "float32): no copy, no sync")
         # grading workers share this node's cores with the other ranks on it (not the whole world's)
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", self.world))
         self.grade_workers = cfg.algo.grade_workers or max(1, (os.cpu_count() or 1) // local_world)
@@ -152,7 +160,9 @@ class Trainer:
                           correction_low=algo.rollout_correction_low)
         settings = UpdateSettings(updates_per_batch=optim.updates_per_batch,
                                   micro_batch_tokens=optim.micro_batch_budget(self.device.type),
-                                  packed=optim.packed(cfg.model.attn_implementation), grad_clip=optim.grad_clip,
+                                  packed=optim.packed(cfg.model.attn_implementation),
+                                  shared_prompt=optim.shares_prompts(cfg.model.attn_implementation, self.device.type),
+                                  grad_clip=optim.grad_clip,
                                   loss_agg=algo.loss_agg, loss_norm=algo.loss_norm, reweight=algo.reweight,
                                   seed=cfg.run.seed, max_nonfinite_steps=cfg.run.max_nonfinite_steps)
         self.updater = Updater(self.policy, ref, opt, self.sched, settings, loss, pad_id=self.tok.pad_token_id,
@@ -307,6 +317,8 @@ class Trainer:
         """Hand the rollout engine the policy's current weights (a collective); returns seconds. Called
         before every generate: a colocated vLLM engine discards its weights after generating, and a
         skipped update or an eval in between must not leave it with stale or missing ones."""
+        if self.engine_shares_weights:
+            return 0.0
         t0 = time.time()
         self.engine.update_weights(self.policy.hf_named_tensors())
         return time.time() - t0

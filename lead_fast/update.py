@@ -65,6 +65,8 @@ class UpdateSettings:
     """Token budget of one micro-batch (prompt + response; real tokens when packed)."""
     packed: bool = False
     """Micro-batches are packed rows (else right-padded rows)."""
+    shared_prompt: bool = False
+    """Right-padded rows hold a prompt once with its responses after it (``collate_shared``); not with packed."""
     grad_clip: float = 1.0
     """Global gradient-norm clip (0: none)."""
     loss_agg: LossAgg = "token_mean"
@@ -107,20 +109,48 @@ def balanced_partition(samples: list[Sample], n_bins: int, budget: int, width: i
     return [b for b in bins if b]
 
 
-def plan_micro_batches(samples: list[Sample], budget: int) -> list[list[Sample]]:
-    """Greedy packing by padded tokens (rows x longest row) under ``budget``, shortest first; every
-    batch holds at least one row (a row longer than the budget gets a batch of its own)."""
+def plan_micro_batches(samples: list[Sample], budget: int, shared_prompt: bool = False) -> list[list[Sample]]:
+    """Greedy packing of padded rows by padded tokens (rows x longest row) under ``budget``, shortest row
+    first; every batch holds at least one row (a row longer than the budget gets a batch of its own).
+    A row is one sample, or with ``shared_prompt`` one prompt's samples (``shared_rows``): the samples of
+    each prompt are brought together, and each row's samples stay contiguous in its batch."""
+    if shared_prompt:
+        by_prompt: dict[tuple[int, ...], list[Sample]] = {}
+        for s in samples:
+            by_prompt.setdefault(tuple(s.prompt), []).append(s)
+        rows = [row for group in by_prompt.values() for row in shared_rows(group, budget)]
+    else:
+        rows = [[s] for s in samples]
     batches, cur, longest = [], [], 0
-    for s in sorted(samples, key=lambda s: len(s.prompt) + len(s.response)):
-        length = len(s.prompt) + len(s.response)
+    for row in sorted(rows, key=row_length):
+        length = row_length(row)
         if cur and max(longest, length) * (len(cur) + 1) > budget:
             batches.append(cur)
             cur, longest = [], 0
-        cur.append(s)
+        cur.append(row)
         longest = max(longest, length)
     if cur:
         batches.append(cur)
-    return batches
+    return [[s for row in batch for s in row] for batch in batches]
+
+
+def row_length(row: list[Sample]) -> int:
+    """Tokens of a shared-prompt row: the prompt once, then every response (one sample: prompt + response)."""
+    return len(row[0].prompt) + sum(len(s.response) for s in row)
+
+
+def shared_rows(batch: list[Sample], budget: int) -> list[list[Sample]]:
+    """``batch`` cut into rows that share a prompt: runs of consecutive samples with the same prompt, a run
+    cut where the row would pass ``budget`` tokens (a row holds at least one sample). Greedy from each run's
+    start, so cutting an already cut run again gives the same rows."""
+    rows: list[list[Sample]] = []
+    for s in batch:
+        last = rows[-1] if rows else None
+        if last and last[0].prompt == s.prompt and row_length(last) + len(s.response) <= budget:
+            last.append(s)
+        else:
+            rows.append([s])
+    return rows
 
 
 def _response_inputs(batch: list[Sample], token_weight: float | list[float], device) -> TokenInputs:
@@ -180,6 +210,39 @@ def collate_packed(batch: list[Sample], device, token_weight: float | list[float
     return MicroBatch(rows, _response_inputs(batch, token_weight, device))
 
 
+def collate_shared(batch: list[Sample], pad_id: int, device, token_weight: float | list[float],
+                   budget: int) -> MicroBatch:
+    """Right-padded rows, each a prompt once followed by its samples' responses (``shared_rows``), so the
+    prompt's forward and backward run once for the row instead of once per response. A ``(B, 1, T, T)``
+    boolean mask (True: attend) lets each response see the prompt and its own earlier tokens only, and each
+    response's positions continue from the prompt's, as if it followed the prompt alone; the prompt's last
+    hidden state predicts every response's first token. The same log-probs and gradients as ``collate``
+    (up to float rounding); weights as in ``collate``, samples in ``batch`` order."""
+    rows = shared_rows(batch, budget)
+    T = max(row_length(r) for r in rows)
+    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    pos = torch.zeros((len(rows), T), dtype=torch.long)
+    seg = torch.full((len(rows), T), -1, dtype=torch.long)     # 0: prompt, i + 1: the row's response i, -1: pad
+    hidden_rows = []
+    for b, row in enumerate(rows):
+        P = len(row[0].prompt)
+        ids[b, :P], pos[b, :P], seg[b, :P] = torch.tensor(row[0].prompt), torch.arange(P), 0
+        o = P
+        for i, s in enumerate(row):
+            R = len(s.response)
+            ids[b, o:o + R], pos[b, o:o + R], seg[b, o:o + R] = torch.tensor(s.response, dtype=torch.long), \
+                torch.arange(P, P + R), i + 1
+            # token 0 is predicted by the prompt's last position, token t by the response's own t - 1
+            hidden_rows.append(b * T + torch.tensor([P - 1, *range(o, o + R - 1)][:R], dtype=torch.long))
+            o += R
+    # causal, and a key counts only if it is the prompt or in the query's own response (padding sees the
+    # prompt and the padding before it, itself included, so no row of the mask is empty)
+    mask = torch.ones(T, T, dtype=torch.bool).tril() & ((seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None]))
+    inputs = RowInputs(input_ids=ids.to(device), attention_mask=mask[:, None].to(device),
+                       hidden_rows=torch.cat(hidden_rows).to(device), position_ids=pos.to(device))
+    return MicroBatch(inputs, _response_inputs(batch, token_weight, device))
+
+
 class Updater:
     """Runs the update for one rollout batch on this rank (a collective: every rank calls ``update``).
 
@@ -206,13 +269,15 @@ class Updater:
             tokens = sum(len(s.prompt) + len(s.response) for s in samples)
             plan = balanced_partition(samples, all_max(-(-tokens // budget), self.device, self.group), budget, self.width)
         else:
-            plan = plan_micro_batches(samples, budget)
+            plan = plan_micro_batches(samples, budget, self.settings.shared_prompt)
         n = all_max(len(plan), self.device, self.group)
         return [(b, True) for b in plan] + [([self.filler], False)] * (n - len(plan))
 
     def _collate(self, batch: list[Sample], token_weight) -> MicroBatch:
         if self.settings.packed:
             mb = collate_packed(batch, self.device, token_weight)
+        elif self.settings.shared_prompt:
+            mb = collate_shared(batch, self.pad_id, self.device, token_weight, self.settings.micro_batch_tokens)
         else:
             mb = collate(batch, self.pad_id, self.device, token_weight)
         if not self.settings.reweight:      # no correct ratio: the head applies no difficulty weight

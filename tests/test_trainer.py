@@ -37,6 +37,10 @@ def test_sync_makes_engine_bit_identical(update_results):
     for world, r in update_results.items():
         assert r["sync_exact"], r
         assert r["tensors"] == r["engine_tensors"]
+    # one rank: the transformers engine shares the policy's tensors, so an update is already the engine's
+    one, two = update_results[1], update_results[2]
+    assert one["engine_shares_weights"] and one["engine_current_before_sync"], one
+    assert not two["engine_shares_weights"] and not two["engine_current_before_sync"], two
 
 
 def test_one_full_step_on_real_data(tiny_model_dir, tmp_path):
@@ -101,11 +105,13 @@ def test_one_step_with_the_official_algorithm_settings(tiny_model_dir, tmp_path)
 
 
 def test_step_does_not_depend_on_packing_budget_or_world_size(tiny_model_dir, tmp_path):
-    """One update of the same global batch: packed (budgets 96 and 100000 tokens, 1 and 2 ranks) and padded."""
-    on = ["--optim.packing", "on"]
+    """One update of the same global batch (two prompts, four responses each): packed (budgets 96 and 100000
+    tokens, 1 and 2 ranks), padded with each prompt once per row (1 and 2 ranks), and one row per response."""
+    on, off = ["--optim.packing", "on"], ["--optim.packing", "off"]
     variants = {"packed 96, 1 rank": (1, on), "packed 96, 2 ranks": (2, on),
                 "packed 100000, 2 ranks": (2, [*on, "--optim.micro_batch_tokens", "100000"]),
-                "padded 96, 1 rank": (1, ["--optim.packing", "off"])}
+                "padded 96, shared prompts, 1 rank": (1, off), "padded 96, shared prompts, 2 ranks": (2, off),
+                "padded 96, a row per response, 1 rank": (1, [*off, "--optim.shared_prompt", "off"])}
     got = {}
     for i, (name, (world, extra)) in enumerate(variants.items()):
         (tmp_path / str(i)).mkdir()

@@ -123,6 +123,93 @@ def test_packed_and_padded_give_the_same_logprobs_and_gradients(tiny_model_dir):
     assert not torch.equal(lp3[5:14], lp2[5:14])
 
 
+def _groups(spec, seed=0):
+    """Samples in GRPO's shape: for each (prompt length, response lengths), one prompt shared by its responses."""
+    rng = random.Random(seed)
+    out = []
+    for P, lengths in spec:
+        prompt = [rng.randrange(3, 900) for _ in range(P)]
+        out += [Sample(prompt, [rng.randrange(3, 900) for _ in range(R)], rng.uniform(-1, 1), rng.random())
+                for R in lengths]
+    return out
+
+
+def test_shared_prompt_plan_keeps_each_prompt_together_within_the_budget():
+    samples = _groups([(6, [3, 9, 1, 4]), (2, [5, 5]), (11, [30, 2]), (4, [7])])
+    random.Random(0).shuffle(samples)          # a mini-batch arrives shuffled
+    budget = 30
+    plan = plan_micro_batches(samples, budget, shared_prompt=True)
+    assert sorted(id(s) for b in plan for s in b) == sorted(id(s) for s in samples)
+    from lead_fast.update import row_length, shared_rows
+
+    for b in plan:
+        rows = shared_rows(b, budget)
+        assert len(rows) == 1 or max(row_length(r) for r in rows) * len(rows) <= budget
+        assert all(len(r) == 1 or row_length(r) <= budget for r in rows)
+        # no prompt is split into two runs within a batch
+        starts = [tuple(r[0].prompt) for r in rows]
+        for p in set(starts):
+            runs = [i for i, q in enumerate(starts) if q == p]
+            assert runs == list(range(runs[0], runs[0] + len(runs)))
+    # the 6-token prompt's four responses (17 tokens) share one row; the 11-token prompt's 30-token response
+    # is over the budget alone: a row and a batch of its own
+    assert any(len(r) == 4 for b in plan for r in shared_rows(b, budget))
+    assert [len(b) for b in plan if any(len(s.response) == 30 for s in b)] == [1]
+
+
+def test_shared_prompt_collate_layout():
+    from lead_fast.update import collate_shared
+
+    samples = _groups([(3, [2, 0, 3]), (2, [1])])
+    mb = collate_shared(samples, pad_id=0, device="cpu", token_weight=[0.5, 1.0, 0.25, 2.0], budget=100)
+    rows, tok = mb.rows, mb.tokens
+    assert rows.input_ids.shape == (2, 8) and rows.attention_mask.shape == (2, 1, 8, 8)
+    assert rows.input_ids[0].tolist() == samples[0].prompt + samples[0].response + samples[2].response
+    assert rows.position_ids[0].tolist() == [0, 1, 2, 3, 4, 3, 4, 5]      # each response continues the prompt
+    assert rows.position_ids[1].tolist()[:3] == [0, 1, 2]
+    m = rows.attention_mask[0, 0].int()
+    assert m[5].tolist() == [1, 1, 1, 0, 0, 1, 0, 0]      # 2nd response's first token: prompt and itself
+    assert m[4].tolist() == [1, 1, 1, 1, 1, 0, 0, 0]      # 1st response: prompt and its own tokens
+    assert rows.attention_mask[1, 0, 7].tolist() == [True, True, False, True, True, True, True, True]  # padding
+    # the prompt's last position predicts each response's first token
+    assert rows.hidden_rows.tolist() == [2, 3, 2, 5, 6, 8 + 1]
+    assert tok.targets.tolist() == [t for s in samples for t in s.response]
+    assert tok.token_weights.tolist() == [0.5, 0.5, 0.25, 0.25, 0.25, 2.0]
+    assert tok.seq_ids.tolist() == [0, 0, 2, 2, 2, 3]
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_shared_prompt_gives_the_padded_log_probs_and_gradients(tiny_model_dir, attn):
+    """Each prompt computed once per row, its responses masked apart: the same loss, log-probs and every
+    gradient as one padded row per response; rows cut by the budget included."""
+    from lead_fast.model import PolicyWithHead, load_model
+    from lead_fast.update import collate_shared
+
+    torch.manual_seed(0)
+    policy = PolicyWithHead(load_model(tiny_model_dir, torch.float64, torch.device("cpu"), attn), backend="torch")
+    samples = _groups([(7, [5, 1, 9, 3]), (2, [4, 4]), (12, [6])], seed=3)
+    params = LossParams(clip_low=0.2, clip_high=0.28)
+    # old log-probs a little off the current ones, so that some ratios clip (float32, as the head takes them)
+    old = torch.linspace(-9.0, -6.0, sum(len(s.response) for s in samples))
+    results = []
+    for mb in (collate(samples, 0, "cpu", 0.1), collate_shared(samples, 0, "cpu", 0.1, budget=100),
+               collate_shared(samples, 0, "cpu", 0.1, budget=16)):
+        policy.zero_grad()
+        lp = policy(mb.rows, mb.tokens, params, mode="logprobs")
+        out = policy(mb.rows, replace(mb.tokens, old_logprobs=old), params)
+        out.loss.backward()
+        results.append((lp, out.loss.detach(), [p.grad.clone() for p in policy.parameters()]))
+    assert results[2][0].shape == results[0][0].shape
+    for lp, loss, grads in results[1:]:
+        # a float64 model, but transformers computes RMSNorm (and eager attention's softmax) in float32, and
+        # the prompt's gradient is one sum over its responses where padded rows give one per copy: agreement
+        # at float32's rounding, no closer (a response seeing another's tokens would be off by far more)
+        torch.testing.assert_close(lp, results[0][0], rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(loss, results[0][1], rtol=1e-7, atol=1e-9)
+        for a, b in zip(results[0][2], grads):
+            torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-6 * a.abs().max().item())
+
+
 def test_liger_kernels_are_patched_in_only_where_asked(tiny_model_dir, monkeypatch):
     import transformers.models.qwen2.modeling_qwen2 as qwen2
 

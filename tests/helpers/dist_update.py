@@ -28,15 +28,18 @@ def main():
     g = torch.Generator().manual_seed(0)
     V = len(tr.tok)
     samples = []
-    for i in range(8):  # the same global batch whatever the world size
-        P, R = int(torch.randint(3, 20, (1,), generator=g)), int(torch.randint(1, 30, (1,), generator=g))
-        samples.append(Sample(torch.randint(2, V, (P,), generator=g).tolist(),
-                              torch.randint(2, V, (R,), generator=g).tolist(),
+    prompts = [torch.randint(2, V, (int(torch.randint(3, 20, (1,), generator=g)),), generator=g).tolist()
+               for _ in range(2)]
+    for i in range(8):  # the same global batch whatever the world size: two prompts, four responses each
+        R = int(torch.randint(1, 30, (1,), generator=g))
+        samples.append(Sample(prompts[i % 2], torch.randint(2, V, (R,), generator=g).tolist(),
                               float(torch.randn(1, generator=g)), float(torch.rand(1, generator=g))))
-    mine = samples[rank::world]
+    mine = samples[rank::world]      # on two ranks, each rank one prompt's group
     res = tr.updater.update(mine, step=0, num_sampled=12)   # 12 sampled, 8 kept (for algo.loss_norm=sampled)
-    tr.engine.update_weights(tr.policy.hf_named_tensors())
     eng = tr.engine.model.state_dict()
+    # one rank: the engine generates with the policy's own tensors, current before any sync
+    current = all(torch.equal(full.cpu(), eng[name].cpu()) for name, full in tr.policy.hf_named_tensors())
+    tr.engine.update_weights(tr.policy.hf_named_tensors())
     exact, n = True, 0
     for name, full in tr.policy.hf_named_tensors():
         exact &= torch.equal(full.cpu(), eng[name].cpu())
@@ -45,7 +48,8 @@ def main():
         with open(out, "w") as f:
             json.dump(dict(loss=res["loss"], grad_norm=res["grad_norm"], clip_frac=res["clip_frac"],
                            entropy=res["entropy"], sync_exact=bool(exact), tensors=n, world=world,
-                           engine_tensors=len(eng), tied_after_sharding=tied,
+                           engine_tensors=len(eng), tied_after_sharding=tied, engine_current_before_sync=current,
+                           engine_shares_weights=tr.engine_shares_weights,
                            parameters=sum(1 for _ in tr.policy.parameters())), f)
     dist.barrier()
     dist.destroy_process_group()
