@@ -230,6 +230,22 @@ def apply_liger_kernels(lm: nn.Module, setting: str, device: torch.device) -> li
     return [k for k, on in kwargs.items() if on]
 
 
+def checkpoint_layers(policy: PolicyWithHead) -> None:
+    """Activation checkpointing of each decoder layer: its activations are recomputed in the backward
+    instead of kept from the forward.
+
+    transformers checkpoints a layer only while that layer is in training mode, and the policy stays in eval
+    mode (an RL policy's log-probs must be the ones it samples with: no dropout). So the flag is set on the
+    layers themselves, not on their children: checkpointing on, every dropout inside still off."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(policy.lm, "activation_checkpointing_enable"):    # transformers >= 5.2x; the old name warns there
+        policy.lm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        policy.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    for layer in policy.decoder_layers():
+        layer.training = True
+
+
 def shard(policy: PolicyWithHead, device: torch.device, dtype: torch.dtype, activation_checkpointing: bool = False,
           group=None):
     """FSDP2 over ``group`` (None: every rank): each decoder layer is a unit, the policy wrapper is the root.
@@ -239,7 +255,7 @@ def shard(policy: PolicyWithHead, device: torch.device, dtype: torch.dtype, acti
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     if activation_checkpointing:
-        policy.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        checkpoint_layers(policy)
     mp = None
     if device.type == "cuda" and dtype != torch.float32:
         mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)

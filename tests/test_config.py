@@ -58,6 +58,19 @@ def test_values_that_would_train_wrongly_are_refused(flag, value, message):
         parse_args([flag, value])
 
 
+def test_shared_prompt_is_for_padded_rows_under_sdpa_or_eager():
+    cfg = parse_args([]).optim                          # auto: on CPU, padded rows under sdpa / eager
+    assert cfg.shared_prompt == "auto" and cfg.shares_prompts("sdpa", "cpu") and cfg.shares_prompts("eager", "cpu")
+    assert not cfg.shares_prompts("sdpa", "cuda") and not cfg.shares_prompts("flash_attention_2", "cpu")
+    assert parse_args(["--optim.shared_prompt", "on"]).optim.shares_prompts("sdpa", "cuda")
+    assert not parse_args(["--optim.shared_prompt", "false"]).optim.shares_prompts("sdpa", "cpu")
+    assert not parse_args(["--optim.packing", "on"]).optim.shares_prompts("sdpa", "cpu")     # packed rows instead
+    for flags in (["--optim.packing", "on"], ["--model.attn_implementation", "flash_attention_2"]):
+        with pytest.raises(ConfigError, match="optim.shared_prompt on .* needs sdpa or eager attention and packing "
+                                              "off.*--optim.shared_prompt off or auto"):
+            parse_args(["--optim.shared_prompt", "on", *flags])
+
+
 def test_resume_and_overwrite_contradict():
     with pytest.raises(ConfigError, match="contradict"):
         parse_args(["--resume", "--run.overwrite", "true"])

@@ -36,6 +36,33 @@ def test_sync_sends_the_shared_weight_once_and_the_engine_ties_it(tied_model_dir
     eng.generate([tok("What is 1 + 2?")["input_ids"]], SamplingSettings(max_new_tokens=4))
 
 
+def test_engine_sharing_the_policys_weights_sees_its_in_place_updates(tied_model_dir):
+    """One colocated rank: the transformers engine takes the policy's tensors themselves (the tied head too),
+    so an in-place change (an optimizer step) is the engine's without a sync; a tensor of another dtype is
+    refused by name."""
+    lm = load_model(tied_model_dir, torch.float32, torch.device("cpu"))
+    tok = load_tokenizer(tied_model_dir)
+    eng = make_engine(RolloutConfig(engine="hf"), tied_model_dir, device=torch.device("cpu"), dtype=torch.float32,
+                      tokenizer=tok, seed=0, max_model_len=128)
+    eng.share_weights(PolicyWithHead(lm).hf_named_tensors(local=True))
+    with torch.no_grad():
+        lm.model.embed_tokens.weight.mul_(1.5)
+        lm.model.layers[0].mlp.up_proj.weight.add_(0.25)
+    assert eng.model.lm_head.weight is eng.model.model.embed_tokens.weight
+    assert eng.model.model.embed_tokens.weight.data_ptr() == lm.model.embed_tokens.weight.data_ptr()
+    for name, t in PolicyWithHead(lm).hf_named_tensors():
+        assert torch.equal(eng.model.get_parameter(name), t), name
+    eng.update_weights(PolicyWithHead(lm).hf_named_tensors())       # the same storage: nothing to copy
+    prompt = tok("What is 1 + 2?")["input_ids"]
+    got = eng.generate([prompt], SamplingSettings(max_new_tokens=4))
+    own = make_engine(RolloutConfig(engine="hf"), tied_model_dir, device=torch.device("cpu"), dtype=torch.float32,
+                      tokenizer=tok, seed=0, max_model_len=128)
+    own.update_weights(PolicyWithHead(lm).hf_named_tensors())
+    assert own.generate([prompt], SamplingSettings(max_new_tokens=4)) == got
+    with pytest.raises(ValueError, match="model.embed_tokens.weight: engine .* float32 .* cannot share"):
+        eng.share_weights([("model.embed_tokens.weight", lm.model.embed_tokens.weight.detach().double())])
+
+
 def test_loss_head_gradient_reaches_the_shared_weight_once(tied_model_dir):
     """The tied weight's gradient is the embedding's plus the head's, each counted once: equal to an untied
     copy's two gradients summed, in float64."""

@@ -210,6 +210,31 @@ def test_shared_prompt_gives_the_padded_log_probs_and_gradients(tiny_model_dir, 
             torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-6 * a.abs().max().item())
 
 
+def test_activation_checkpointing_keeps_less_and_changes_nothing(tiny_model_dir):
+    """``model.activation_checkpointing``: the forward keeps far fewer tensors for the backward (each layer is
+    recomputed there), for the same loss and gradients, with no dropout (the model stays in eval mode)."""
+    from lead_fast.model import checkpoint_layers
+
+    mb = collate(_groups([(7, [5, 1, 9]), (3, [4])], seed=1), 0, "cpu", 0.1)
+    results = []
+    for checkpointed in (False, True):
+        policy = _policy(tiny_model_dir)
+        if checkpointed:
+            checkpoint_layers(policy)
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel() * t.element_size()) or t,
+                                                      lambda t: t):
+            out = policy(mb.rows, replace(mb.tokens, correct_ratio=None), LossParams())
+        out.loss.backward()
+        results.append((sum(saved), out.loss.detach(), [p.grad for p in policy.parameters()]))
+        assert not policy.lm.training and not policy.lm.model.layers[0].self_attn.training
+    (kept0, loss0, grads0), (kept1, loss1, grads1) = results
+    assert kept1 < kept0 / 2, (kept0, kept1)
+    torch.testing.assert_close(loss1, loss0, rtol=0, atol=0)
+    for a, b in zip(grads0, grads1):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7)
+
+
 def test_liger_kernels_are_patched_in_only_where_asked(tiny_model_dir, monkeypatch):
     import transformers.models.qwen2.modeling_qwen2 as qwen2
 
