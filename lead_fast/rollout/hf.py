@@ -143,14 +143,13 @@ class HFEngine:
                 raise KeyError(f"rollout engine has no parameter {name!r}")
             if p.shape != t.shape:
                 raise ValueError(f"{name}: engine shape {tuple(p.shape)} != trainer shape {tuple(t.shape)}")
-            if p.data_ptr() != t.data_ptr():      # the same storage after share_weights: nothing to copy
-                p.copy_(t)
+            p.copy_(t)
 
     def share_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Generate with these tensors themselves, not a copy: the engine's own weights are dropped, every
-        later in-place change to the given tensors (an optimizer step) is the engine's at once, and
-        ``update_weights`` with the same tensors has nothing left to copy. For a trainer whose full weights
-        live on its own rank, in the engine's dtype and device."""
+        later in-place change to the given tensors (an optimizer step) is the engine's at once (the trainer
+        then skips its syncs). For a trainer whose full weights live on its own rank, in the engine's dtype
+        and device."""
         for name, t in named_tensors:
             p = self._params.get(name)
             if p is None:
