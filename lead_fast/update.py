@@ -374,8 +374,10 @@ class Updater:
         sums = {k: torch.zeros((), dtype=torch.float64, device=self.device)
                 for k in ("loss", "clipped", "kl", "entropy", "weight")}
         on_policy = self.settings.updates_per_batch == 1
+        # FSDP2 reduce-scatters on the last micro-batch only; an unwrapped one-rank policy has nothing to sync
+        sync = getattr(self.policy, "set_requires_gradient_sync", lambda _: None)
         for k, (batch, real) in enumerate(plan):
-            self.policy.set_requires_gradient_sync(k == len(plan) - 1)
+            sync(k == len(plan) - 1)
             mb = self._collate(batch, [weights[id(s)] for s in batch] if real else 0.0)
             out = self.policy(mb.rows, mb.tokens, self.loss)
             out.loss.backward()
@@ -391,7 +393,7 @@ class Updater:
                 sums["kl"] += (out.kl.double() * w).sum()
                 sums["entropy"] += (out.entropy.double() * w).sum()
                 sums["weight"] += w.sum()
-        self.policy.set_requires_gradient_sync(True)
+        sync(True)
         return all_sum(sums, self.device, self.group)
 
     def _add_mismatch(self, lp_old: torch.Tensor, rollout: torch.Tensor, out) -> None:

@@ -42,7 +42,8 @@ def test_resume_is_exact(embedded_model, tmp_path):
 
 def test_resume_with_other_world_size(embedded_model, tmp_path):
     """A 2-rank checkpoint resumed on 1 rank: the policy holds exactly the checkpoint's weights (compared
-    with an export of it, and unlike the base model's), then the run goes on from its step."""
+    with an export of it, and unlike the base model's), then the run goes on from its step. Then back: the
+    1-rank checkpoint (an unwrapped policy, plain tensors) loads exactly into 2 FSDP2 shards."""
     out = tmp_path / "ws"
     check(torchrun(2, _args(embedded_model, out, "--max-steps", "2", "--save-every", "2")))
     check(python(["-m", "lead_fast.export", "--output-dir", str(out), "--out", str(tmp_path / "hf")]))
@@ -55,6 +56,11 @@ def test_resume_with_other_world_size(embedded_model, tmp_path):
     p = torchrun(1, _args(embedded_model, out, "--max-steps", "3", "--resume"))
     check(p)
     assert "resumed from" in p.stdout and [r["step"] for r in _rows(out)] == [0, 1, 2, 3]
+    check(python(["-m", "lead_fast.export", "--output-dir", str(out), "--out", str(tmp_path / "hf3")]))
+    check(torchrun(2, [str(HELPERS / "resumed_weights.py"), str(res), str(tmp_path / "hf3"), embedded_model,
+                       *_args(embedded_model, out, "--max-steps", "4", "--resume")[2:]]))
+    r = json.loads(res.read_text())
+    assert r["world"] == 2 and r["start_step"] == 3 and r["export"] == 0.0 and r["base"] > 1e-4, r
 
 
 def test_sigkill_during_save_leaves_previous_checkpoint(embedded_model, tmp_path):

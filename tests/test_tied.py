@@ -77,8 +77,9 @@ def test_loss_head_gradient_reaches_the_shared_weight_once(tied_model_dir):
     tokens = TokenInputs(targets=ids[0, 5:12], advantages=torch.randn(7, generator=g, dtype=torch.float64),
                          token_weights=torch.full((7,), 1 / 7, dtype=torch.float64))
     for lm in (tied, untied):
-        out = PolicyWithHead(lm, backend="torch")(rows, tokens, LossParams())
-        out.loss.backward()
+        for _ in range(2):       # two micro-batches: the second adds into the first's gradient
+            out = PolicyWithHead(lm, backend="torch")(rows, tokens, LossParams())
+            out.loss.backward()
     want = untied.model.embed_tokens.weight.grad + untied.lm_head.weight.grad
     torch.testing.assert_close(tied.model.embed_tokens.weight.grad, want, rtol=1e-10, atol=1e-12)
     assert untied.lm_head.weight.grad.abs().sum() > 0 and untied.model.embed_tokens.weight.grad.abs().sum() > 0
@@ -90,6 +91,7 @@ def test_fsdp2_keeps_one_shared_parameter_and_syncs_it(tied_model_dir, tmp_path,
     r = json.loads((tmp_path / "r.json").read_text())
     assert r["tied_after_sharding"] and r["sync_exact"] and r["grad_norm"] > 0, r
     assert r["tensors"] == r["engine_tensors"] - 1          # lm_head.weight: the engine's own, tied
+    assert r["fsdp_wrapped"] == (world == 2), r      # one rank: no FSDP2 (it would only copy); two: sharded
 
 
 def test_train_resume_export_and_eval_keep_the_tie(tied_model_dir, arith_data, tmp_path):

@@ -50,7 +50,8 @@ def main():
                            entropy=res["entropy"], sync_exact=bool(exact), tensors=n, world=world,
                            engine_tensors=len(eng), tied_after_sharding=tied, engine_current_before_sync=current,
                            engine_shares_weights=tr.engine_shares_weights,
-                           parameters=sum(1 for _ in tr.policy.parameters())), f)
+                           parameters=sum(1 for _ in tr.policy.parameters()),
+                           fsdp_wrapped=hasattr(tr.policy, "set_requires_gradient_sync")), f)
     dist.barrier()
     dist.destroy_process_group()
 
