@@ -124,6 +124,16 @@ def test_grad_output_scaling():
     torch.testing.assert_close(g3, 3.0 * h.grad)
 
 
+def test_second_backward_is_refused_by_name():
+    """The gradients are computed in forward and handed to autograd whole by the first backward (no copy)."""
+    hidden, weight, bias, targets, adv, tw, kw = make_inputs(9, 8, 40, dtype=torch.float64)
+    h = hidden.clone().requires_grad_(True)
+    loss = grpo_loss(h, weight, targets, adv, tw, backend="torch", **kw).loss
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="differentiated twice"):
+        loss.backward()
+
+
 def test_bad_arguments_are_named():
     hidden, weight, bias, targets, adv, tw, kw = make_inputs(4, 8, 40, dtype=torch.float32)
     with pytest.raises(ValueError, match="unknown backend 'cuda'"):
