@@ -15,6 +15,8 @@ Same work, for both trainers:
 - both generate with transformers ``generate`` (lead_fast's hf engine, TRL without vLLM);
 - one optimizer step per rollout batch, every response trained on (lead_fast's group filter off, so both
   update on all P x G sequences), no KL term and no reference model (TRL beta 0, lead_fast kl_coef 0);
+- activation checkpointing: TRL's default turns it on (``GRPOConfig.gradient_checkpointing=True``), lead_fast's
+  leaves it off; the ``lead_fast_ac`` row turns it on for lead_fast, the like-for-like comparison;
 - rewards differ by design: TRL gets +1/-1 for correct/incorrect from lead_fast's grader (a reward
   function of its own), lead_fast its GRPO-LEAD rewards; accuracy is reported for both.
 
@@ -46,6 +48,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 
+TRAINERS = ("trl", "lead_fast", "lead_fast_ac")
 QWEN05 = dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
               num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768, tie_word_embeddings=True)
 
@@ -223,9 +226,10 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--lr", type=float, default=1e-5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--lead-fast-flags", default="", help="more lead_fast flags, e.g. '--optim.packing false'")
-    ap.add_argument("--trainers", default="trl,lead_fast")
+    ap.add_argument("--trainers", default="trl,lead_fast,lead_fast_ac",
+                    help="lead_fast_ac: lead_fast with activation checkpointing, as TRL's default gradient checkpointing")
     ap.add_argument("--out", default="bench_vs_trl.json")
-    ap.add_argument("--child", choices=("lead_fast", "trl"), help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=TRAINERS, help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -233,11 +237,16 @@ def main(argv=None) -> list[dict]:
         import torch
 
         torch.set_num_threads(a.threads)
-        result = (child_lead_fast if a.child == "lead_fast" else child_trl)(a)
+        if a.child == "lead_fast_ac":
+            a.lead_fast_flags += " --model.activation_checkpointing true"
+        result = (child_trl if a.child == "trl" else child_lead_fast)(a)
         with open(a.result, "w") as f:
             json.dump(result, f)
         return []
 
+    for who in a.trainers.split(","):
+        if who not in TRAINERS:
+            raise SystemExit(f"--trainers: unknown trainer {who!r} (choose from {', '.join(TRAINERS)})")
     import importlib.metadata as md
 
     from lead_fast.pretrained import model_dir
@@ -247,23 +256,26 @@ def main(argv=None) -> list[dict]:
     models = {"smollm2": ("SmolLM2-135M-Instruct", lambda: smol),
               "qwen05": ("Qwen2.5-0.5B shape (random)", lambda: qwen05_dir(smol, work))}
     rows = []
-    for key in a.rows.split(","):
-        label, make = models[key]
-        path = make()
-        for who in a.trainers.split(","):
-            res = os.path.join(work, f"{key}-{who}.json")
-            cmd = [sys.executable, os.path.abspath(__file__), "--child", who, "--model", path, "--result", res,
-                   "--steps", str(a.steps), "--prompts", str(a.prompts), "--n", str(a.n),
-                   "--max-new-tokens", str(a.max_new_tokens), "--temperature", str(a.temperature), "--lr", str(a.lr),
-                   "--threads", str(a.threads), "--lead-fast-flags", a.lead_fast_flags]
-            print(f"[{label}] {who} ...", file=sys.stderr, flush=True)
-            env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), TOKENIZERS_PARALLELISM="false")
-            p = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            if p.returncode != 0:
-                print(p.stderr[-4000:], file=sys.stderr)
-                raise SystemExit(f"{who} failed on {label} (exit {p.returncode})")
-            with open(res) as f:
-                rows.append(dict(model=label, trainer=who, **json.load(f)))
+    try:   # the work directory holds the 0.5B model (2 GB): never left behind
+        for key in a.rows.split(","):
+            label, make = models[key]
+            path = make()
+            for who in a.trainers.split(","):
+                res = os.path.join(work, f"{key}-{who}.json")
+                cmd = [sys.executable, os.path.abspath(__file__), "--child", who, "--model", path, "--result", res,
+                       "--steps", str(a.steps), "--prompts", str(a.prompts), "--n", str(a.n),
+                       "--max-new-tokens", str(a.max_new_tokens), "--temperature", str(a.temperature), "--lr", str(a.lr),
+                       "--threads", str(a.threads), "--lead-fast-flags", a.lead_fast_flags]
+                print(f"[{label}] {who} ...", file=sys.stderr, flush=True)
+                env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), TOKENIZERS_PARALLELISM="false")
+                p = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                if p.returncode != 0:
+                    print(p.stderr[-4000:], file=sys.stderr)
+                    raise SystemExit(f"{who} failed on {label} (exit {p.returncode})")
+                with open(res) as f:
+                    rows.append(dict(model=label, trainer=who, **json.load(f)))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     versions = {k: md.version(k) for k in ("trl", "transformers", "torch")}
     meta = dict(steps=a.steps, prompts=a.prompts, n=a.n, max_new_tokens=a.max_new_tokens, lr=a.lr,
                 temperature=a.temperature, threads=a.threads, lead_fast_flags=a.lead_fast_flags, **versions)
@@ -271,16 +283,18 @@ def main(argv=None) -> list[dict]:
           f"last of {a.steps} steps; {', '.join(f'{k} {v}' for k, v in versions.items())}")
     head = (f"{'model':30} {'trainer':10} {'rollout s':>9} {'update s':>8} {'update mem GiB':>14} "
             f"{'peak GiB':>8} {'loss@1':>8} {'reward@1':>8} {'acc@1':>6}")
-    print(head)
+    print(head)   # TRL checkpoints activations by default (GRPOConfig.gradient_checkpointing=True)
     for r in rows:
         print(f"{r['model']:30} {r['trainer']:10} {r['rollout_s']:9.1f} {r['update_s']:8.1f} "
               f"{r['update_mem']['above_start_gib']:14.2f} {r['peak_gib']:8.2f} {r['first_loss']:8.4f} "
               f"{r['first_reward']:8.3f} {r['first_accuracy']:6.3f}")
     for key in a.rows.split(","):
         pair = {r["trainer"]: r for r in rows if r["model"] == models[key][0]}
-        if len(pair) == 2:
-            t, lf = pair["trl"], pair["lead_fast"]
-            print(f"{models[key][0]}: lead_fast's update takes {lf['update_s'] / t['update_s']:.2f}x TRL's time and "
+        for who in ("lead_fast", "lead_fast_ac"):
+            if "trl" not in pair or who not in pair:
+                continue
+            t, lf = pair["trl"], pair[who]
+            print(f"{models[key][0]}: {who}'s update takes {lf['update_s'] / t['update_s']:.2f}x TRL's time and "
                   f"{lf['update_mem']['above_start_gib'] / t['update_mem']['above_start_gib']:.2f}x its memory above "
                   f"the step's start; whole-process peak {lf['peak_gib'] / t['peak_gib']:.2f}x")
     with open(a.out, "w") as f:
