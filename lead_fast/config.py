@@ -284,6 +284,11 @@ class RunConfig:
     answer format on one-digit sums (a \\boxed{} answer, concise or checked), whatever data it then trains on."""
     max_nonfinite_steps: int = 3
     """Stop after this many steps in a row with a non-finite loss or gradient (each is skipped)."""
+    save_samples: int = 0
+    """Save the update inputs of the first this many steps (each trainer rank's samples: prompt and response
+    token ids, advantages, correct ratios, the engine's log-probs) to OUTPUT_DIR/samples/, so that
+    ``python -m lead_fast.replay`` can recompute a step's loss, entropy and gradient norm on another device,
+    backend or precision and compare them with metrics.jsonl. 0: none."""
     report_to: list[Tracker] = field(default_factory=list)
     """Also log to: tensorboard (OUTPUT_DIR/tensorboard), wandb (honours WANDB_MODE, WANDB_PROJECT, ...). metrics.jsonl and the PNG always."""
 
@@ -377,6 +382,7 @@ RANGES: dict[str, tuple] = {
     "run.seed": (lambda v: v >= 0, ">= 0"),
     "run.warm_start_steps": (lambda v: v >= 0, ">= 0"),
     "run.max_nonfinite_steps": (lambda v: v >= 1, ">= 1"),
+    "run.save_samples": (lambda v: v >= 0, ">= 0 (0: none)"),
 }
 
 

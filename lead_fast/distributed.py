@@ -16,13 +16,14 @@ from lead_fast.errors import LeadFastError
 T = TypeVar("T")
 
 
-def setup_distributed() -> tuple[int, int, torch.device]:
-    """``(rank, world size, device)``; NCCL on CUDA, gloo on CPU. Without torchrun: a world of one."""
+def setup_distributed(device_type: str | None = None) -> tuple[int, int, torch.device]:
+    """``(rank, world size, device)``; NCCL on CUDA, gloo on CPU. Without torchrun: a world of one.
+    ``device_type``: cuda or cpu (None: cuda when there is one)."""
     # Plain `python -m lead_fast.train` (or a call from Python): a world of one on an in-memory store. No
     # TCP port to pick, and nothing written to os.environ, which child processes would inherit as a
     # rendezvous of their own (a port that is taken: EADDRINUSE, seen in the test suite).
     alone = "RANK" not in os.environ
-    if torch.cuda.is_available():
+    if device_type == "cuda" or (device_type is None and torch.cuda.is_available()):
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
     else:

@@ -48,6 +48,10 @@ class EvalError(LeadFastError, ValueError):
     """Bad input to the evaluation command; the message names it."""
 
 
+class ReplayError(LeadFastError, ValueError):
+    """A run directory, step or option that ``lead_fast.replay`` cannot replay; the message says why."""
+
+
 class GradingStartError(LeadFastError, RuntimeError):
     """Grading workers cannot start; the message holds the worker's own error."""
 

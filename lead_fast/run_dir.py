@@ -1,6 +1,7 @@
 """The output directory: usable (writable, room for a checkpoint) and not someone else's run.
 
-A run's files are ``config.yaml``, ``metrics.jsonl``, ``metrics.png`` and ``checkpoints/``. A new run
+A run's files are ``config.yaml``, ``metrics.jsonl``, ``metrics.png``, ``checkpoints/`` and, when asked
+(``run.save_samples``), ``samples/``. A new run
 refuses to start in a directory that holds them unless told what to do: ``--resume`` (continue that run)
 or ``--run.overwrite`` (remove its files first). ``base_model/`` (the embedded demo's model) is a cache,
 not a run, and is kept.
@@ -8,14 +9,18 @@ not a run, and is kept.
 
 from __future__ import annotations
 
+import glob
 import os
+import re
 import shutil
 
 from lead_fast.checkpoint import checkpoint_root, list_checkpoints
 from lead_fast.errors import OutputDirError, describe_os_error
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "metrics.png")
-RUN_DIRS = ("tensorboard", "wandb")
+RUN_DIRS = ("tensorboard", "wandb", "samples")
+SAMPLES_DIR = "samples"
+"""Each saved step's update inputs, one file per trainer rank (``samples_file``)."""
 
 
 def ensure_writable(output_dir: str) -> None:
@@ -77,3 +82,14 @@ def check_free_space(output_dir: str, need_bytes: int) -> None:
         raise OutputDirError(f"output directory {output_dir} has {free / 2**20:.1f} MiB free, but one checkpoint "
                              f"needs about {need_bytes / 2**20:.1f} MiB (weights and optimizer state in float32); "
                              "free some space or pass another --output-dir")
+
+
+def samples_file(output_dir: str, step: int, rank: int) -> str:
+    """Where trainer rank ``rank`` saves the update inputs of step ``step`` (1-based, as in metrics.jsonl)."""
+    return os.path.join(output_dir, SAMPLES_DIR, f"step-{step:06d}.rank-{rank}.pt")
+
+
+def samples_files(output_dir: str, step: int) -> list[str]:
+    """Every trainer rank's saved update inputs of step ``step``, in rank order (empty when none were saved)."""
+    found = glob.glob(os.path.join(output_dir, SAMPLES_DIR, f"step-{step:06d}.rank-*.pt"))
+    return sorted(found, key=lambda p: int(re.search(r"rank-(\d+)\.pt$", p).group(1)))

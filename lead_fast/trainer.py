@@ -51,7 +51,6 @@ from lead_fast.eval import generate_and_score
 from lead_fast.metrics import MetricsLogger, eval_counts, eval_metrics, plot_metrics, step_counts, step_metrics
 from lead_fast.model import (PolicyWithHead, apply_liger_kernels, check_context, load_model, load_tokenizer,
                              resolve_dtype, shard)
-from lead_fast.ops import LossParams
 from lead_fast.orders import EVAL, STOP, WEIGHTS, Order, OrderWire
 from lead_fast.placement import place
 from lead_fast.preemption import StopRequest
@@ -59,7 +58,8 @@ from lead_fast.pretrained import resolve_model_path
 from lead_fast.rollout import EngineMemory, SamplingSettings, make_engine
 from lead_fast.rollout.graded import GradedRollouts, rollout_and_grade
 from lead_fast.task import load_task
-from lead_fast.update import Sample, Updater, UpdateSettings
+from lead_fast.ops import LossParams
+from lead_fast.update import Sample, Updater, UpdateSettings, save_samples
 
 BATCH_TAG, EVAL_TAG = 1, 2     # rollout rank -> trainer rank messages (lead_fast.distributed.ObjectPost)
 
@@ -152,19 +152,7 @@ class Trainer:
                                 weight_decay=cfg.optim.weight_decay)
         warm = cfg.optim.warmup_steps
         self.sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda n: min(1.0, (n + 1) / warm) if warm else 1.0)
-        algo, optim = cfg.algo, cfg.optim
-        loss = LossParams(clip_low=algo.clip_low, clip_high=algo.clip_high, kl_coef=algo.kl_coef,
-                          entropy_coef=algo.entropy_coef, temperature=cfg.rollout.temperature, w_min=algo.w_min,
-                          w_max=algo.w_max, midpoint=algo.midpoint, steepness=algo.steepness,
-                          correction=algo.correction(cfg.rollout.logprobs), correction_cap=algo.rollout_correction_cap,
-                          correction_low=algo.rollout_correction_low)
-        settings = UpdateSettings(updates_per_batch=optim.updates_per_batch,
-                                  micro_batch_tokens=optim.micro_batch_budget(self.device.type),
-                                  packed=optim.packed(cfg.model.attn_implementation),
-                                  shared_prompt=optim.shares_prompts(cfg.model.attn_implementation, self.device.type),
-                                  grad_clip=optim.grad_clip,
-                                  loss_agg=algo.loss_agg, loss_norm=algo.loss_norm, reweight=algo.reweight,
-                                  seed=cfg.run.seed, max_nonfinite_steps=cfg.run.max_nonfinite_steps)
+        settings, loss = update_settings(cfg, self.device.type)
         self.updater = Updater(self.policy, ref, opt, self.sched, settings, loss, pad_id=self.tok.pad_token_id,
                                device=self.device, rank=self.place.train_rank, world=self.place.train_world,
                                group=group, log=self.tlog)
@@ -293,9 +281,14 @@ class Trainer:
                    for i, (g, c) in enumerate(zip(rollouts.group_ids.tolist(), rollouts.completions))
                    if groups.keep[i] and fresh]
 
-        # 6-7. update (old / reference passes, micro-batches, clip, optimizer step)
+        # 6-7. update (old / reference passes, micro-batches, clip, optimizer step); its inputs saved first
+        # when asked (run.save_samples), for lead_fast.replay
+        num_sampled = cfg.optim.prompts_per_step * cfg.rollout.n
+        if step < cfg.run.save_samples:
+            save_samples(run_dir.samples_file(cfg.run.output_dir, step + 1, self.place.train_rank), samples,
+                         step=step, num_sampled=num_sampled)
         t_update = time.time()
-        update = self.updater.update(samples, step, num_sampled=cfg.optim.prompts_per_step * cfg.rollout.n)
+        update = self.updater.update(samples, step, num_sampled=num_sampled)
         update_s = time.time() - t_update
         # disaggregated: how long this batch's generation ran while an update ran (colocated: never); only the
         # last max_staleness + 2 updates can overlap it, so only they are kept
@@ -471,6 +464,24 @@ class Trainer:
             self.engine.close()
         if self.metrics is not None:
             self.metrics.close()
+
+
+def update_settings(cfg: TrainConfig, device_type: str) -> tuple[UpdateSettings, LossParams]:
+    """The update's settings and the loss head's hyper-parameters from a run's config, on this device type:
+    what the trainer builds once, and what ``lead_fast.replay`` rebuilds to recompute a saved step."""
+    algo, optim = cfg.algo, cfg.optim
+    loss = LossParams(clip_low=algo.clip_low, clip_high=algo.clip_high, kl_coef=algo.kl_coef,
+                      entropy_coef=algo.entropy_coef, temperature=cfg.rollout.temperature, w_min=algo.w_min,
+                      w_max=algo.w_max, midpoint=algo.midpoint, steepness=algo.steepness,
+                      correction=algo.correction(cfg.rollout.logprobs), correction_cap=algo.rollout_correction_cap,
+                      correction_low=algo.rollout_correction_low)
+    attn = cfg.model.attn_implementation
+    settings = UpdateSettings(updates_per_batch=optim.updates_per_batch,
+                              micro_batch_tokens=optim.micro_batch_budget(device_type), packed=optim.packed(attn),
+                              shared_prompt=optim.shares_prompts(attn, device_type), grad_clip=optim.grad_clip,
+                              loss_agg=algo.loss_agg, loss_norm=algo.loss_norm, reweight=algo.reweight,
+                              seed=cfg.run.seed, max_nonfinite_steps=cfg.run.max_nonfinite_steps)
+    return settings, loss
 
 
 @dataclass

@@ -18,6 +18,7 @@ micro-batches or ranks.
 from __future__ import annotations
 
 import math
+import os
 import random
 from dataclasses import dataclass, replace
 
@@ -79,6 +80,23 @@ class UpdateSettings:
     """The run's seed (mini-batch shuffling)."""
     max_nonfinite_steps: int = 3
     """Stop after this many non-finite steps in a row."""
+
+
+def save_samples(path: str, samples: list[Sample], *, step: int, num_sampled: int) -> None:
+    """Write one trainer rank's update inputs of step ``step`` (0-based) to ``path`` (``run.save_samples``),
+    before the update fills in any log-probs of its own; written beside and renamed, so a file is whole."""
+    state = {"step": step, "num_sampled": num_sampled, "samples": [
+        dict(prompt=list(s.prompt), response=list(s.response), advantage=s.advantage, correct_ratio=s.correct_ratio,
+             rollout_logprobs=s.rollout_logprobs, version=s.version) for s in samples]}
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    torch.save(state, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def load_samples(path: str) -> tuple[list[Sample], dict]:
+    """``save_samples``' file back: the samples, and ``{"step", "num_sampled"}``."""
+    state = torch.load(path, weights_only=True)
+    return [Sample(**s) for s in state["samples"]], {k: state[k] for k in ("step", "num_sampled")}
 
 
 def seq_cost(length: int, width: int) -> int:

@@ -13,11 +13,11 @@ STANDIN = ROOT / "tests" / "standin"     # holds the `vllm` stand-in; put it on 
 
 
 def env(**extra) -> dict:
-    """The environment of a launched run: one thread per rank, no Triton interpreter (the torch backend
-    runs on CPU), unbuffered output."""
-    e = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
+    """The environment of a launched run: one thread per rank, no Triton interpreter unless ``extra`` sets
+    it (the torch backend runs on CPU), unbuffered output."""
+    e = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     e.pop("TRITON_INTERPRET", None)
-    return e
+    return dict(e, **extra)
 
 
 def torchrun(nproc: int, args: list[str], timeout: float = 600, **extra_env) -> subprocess.CompletedProcess:

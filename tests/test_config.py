@@ -107,6 +107,7 @@ BAD = {
     "optim.loss_chunk_size": "-1", "run.max_steps": "-1", "run.epochs": "-1", "run.save_every": "-1",
     "run.keep_last": "-1", "run.eval_every": "-1", "run.seed": "-1", "run.warm_start_steps": "-1",
     "run.max_nonfinite_steps": "0",
+    "run.save_samples": "-1",
 }
 NON_FINITE = {"algo.alpha": "nan", "optim.lr": "inf", "algo.correct_reward": "nan", "algo.incorrect_reward": "-inf",
               "rollout.temperature": "nan", "optim.betas": "0.9,nan"}

@@ -1,0 +1,64 @@
+"""lead_fast.replay: a step saved by a real 2-rank run (FSDP2 on gloo) recomputed in one process, with the
+other loss-head backend, gives the loss, entropy and gradient norm the run logged."""
+
+import json
+
+import pytest
+
+from tests.launch import check, python, torchrun
+
+
+@pytest.fixture(scope="module")
+def saved_run(embedded_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("replay") / "run"
+    check(torchrun(2, ["-m", "lead_fast.train", "--preset", "tiny", "--model", embedded_model, "--run.warm_start_steps", "0",
+                       "--output-dir", str(out), "--max-steps", "2", "--eval-every", "0", "--run.save_samples", "1",
+                       "--optim.prompts_per_step", "4", "--rollout.n", "8", "--rollout.max_new_tokens", "64",
+                       "--algo.drop_no_signal", "false", "--optim.packing", "on", "--optim.micro_batch_tokens", "200"]))
+    return out
+
+
+def test_saved_step_replays_in_one_process(saved_run, tmp_path):
+    files = sorted(p.name for p in (saved_run / "samples").iterdir())
+    assert files == ["step-000001.rank-0.pt", "step-000001.rank-1.pt"]       # the first step only, each rank's
+    res = tmp_path / "r.json"
+    # the run used the torch head on 2 ranks with packed rows; the replay: the Triton kernel (interpreted),
+    # one process, padded rows with shared prompts (the CPU default)
+    p = check(python(["-m", "lead_fast.replay", "--run-dir", str(saved_run), "--backend", "triton", "--json", str(res)],
+                     TRITON_INTERPRET="1"))
+    out = json.loads(res.read_text())
+    assert out["ranks"] == 2 and out["samples"] == 32 and out["tokens"] > 0
+    rows = {r["metric"]: r for r in out["comparison"]}
+    logged = out["logged"]
+    assert logged["step"] == 1 and logged["grad_norm"] > 0
+    for k in ("loss", "entropy", "grad_norm"):
+        assert rows[k]["within"] is True and rows[k]["run"] == logged[k], (k, rows[k])
+        assert abs(rows[k]["replay"] - logged[k]) <= 1e-4 * abs(logged[k]), (k, rows[k])
+    assert "| grad_norm |" in p.stdout
+
+
+def test_replay_refusals_name_the_fix(saved_run, tmp_path):
+    p = python(["-m", "lead_fast.replay", "--run-dir", str(saved_run), "--step", "2"])
+    assert p.returncode == 2 and "no saved update inputs of step 2" in p.stderr and "--run.save_samples" in p.stderr
+    p = python(["-m", "lead_fast.replay", "--run-dir", str(tmp_path)])
+    assert p.returncode == 2 and "no config.yaml" in p.stderr
+    # a later step needs the weights it started from
+    (saved_run / "samples" / "step-000002.rank-0.pt").write_bytes((saved_run / "samples" / "step-000001.rank-0.pt")
+                                                                 .read_bytes())
+    try:
+        p = python(["-m", "lead_fast.replay", "--run-dir", str(saved_run), "--step", "2"])
+        assert p.returncode == 2 and "lead_fast.export" in p.stderr and "--model" in p.stderr, p.stderr
+    finally:
+        (saved_run / "samples" / "step-000002.rank-0.pt").unlink()
+
+
+def test_a_replay_that_differs_fails(saved_run, embedded_model, tmp_path):
+    """The comparison can fail: the same step on a model that is not the one the run started from."""
+    from transformers import AutoTokenizer
+
+    from lead_fast.demo import build_tiny_model
+
+    other = tmp_path / "other"      # the embedded model's tokenizer and shape, fresh random weights
+    build_tiny_model(AutoTokenizer.from_pretrained(embedded_model), str(other), seed=1)
+    p = python(["-m", "lead_fast.replay", "--run-dir", str(saved_run), "--model", str(other)])
+    assert p.returncode == 1 and "| NO |" in p.stdout, p.stdout + p.stderr
