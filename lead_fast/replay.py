@@ -192,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {r['metric']} | {r['run']:.6g} | {r['replay']:.6g} | {r['rel_diff']:.2e} | {mark} |")
     if res["logged"] is None:
         print(f"(metrics.jsonl has no row for step {args.step}: nothing to compare with)")
+    elif res["logged"].get("loss") is None:
+        print(f"(step {args.step} updated nothing in the run, every group dropped: nothing to compare)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(res, rtol=args.rtol, comparison=rows), f, indent=1)
