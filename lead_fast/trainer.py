@@ -51,6 +51,7 @@ from lead_fast.eval import generate_and_score
 from lead_fast.metrics import MetricsLogger, eval_counts, eval_metrics, plot_metrics, step_counts, step_metrics
 from lead_fast.model import (PolicyWithHead, apply_liger_kernels, check_context, load_model, load_tokenizer,
                              resolve_dtype, shard)
+from lead_fast.ops import LossParams
 from lead_fast.orders import EVAL, STOP, WEIGHTS, Order, OrderWire
 from lead_fast.placement import place
 from lead_fast.preemption import StopRequest
@@ -58,7 +59,6 @@ from lead_fast.pretrained import resolve_model_path
 from lead_fast.rollout import EngineMemory, SamplingSettings, make_engine
 from lead_fast.rollout.graded import GradedRollouts, rollout_and_grade
 from lead_fast.task import load_task
-from lead_fast.ops import LossParams
 from lead_fast.update import Sample, Updater, UpdateSettings, save_samples
 
 BATCH_TAG, EVAL_TAG = 1, 2     # rollout rank -> trainer rank messages (lead_fast.distributed.ObjectPost)
