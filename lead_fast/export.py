@@ -20,20 +20,16 @@ import sys
 import torch
 
 from lead_fast import checkpoint as ckpt
+from lead_fast import run_dir
 from lead_fast.errors import ExportError, LeadFastError, describe_os_error
 from lead_fast.model import PolicyWithHead
-from lead_fast.pretrained import cached_dir
 
 
 def base_model_for(checkpoint_dir: str, state: dict) -> str:
-    """The run's base model directory, found from any working directory: OUTPUT_DIR/base_model (beside
-    OUTPUT_DIR/checkpoints) for the embedded demo and after a warm start, else the run's model.path (a
-    pretrained:NAME one resolved to its cached directory)."""
-    config = state.get("config") or {}
-    path = config.get("model", {}).get("path")
-    if path is None or config.get("run", {}).get("warm_start_steps", 0):
-        return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(checkpoint_dir))), "base_model")
-    return cached_dir(path)
+    """The run's base model directory (``run_dir.base_model_dir``), found from any working directory: the
+    checkpoint lies in OUTPUT_DIR/checkpoints/."""
+    output_dir = os.path.dirname(os.path.dirname(os.path.abspath(checkpoint_dir)))
+    return run_dir.base_model_dir(output_dir, state.get("config") or {})
 
 
 def _check_out(out_dir: str, overwrite: bool) -> None:

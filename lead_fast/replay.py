@@ -56,15 +56,6 @@ def run_config(output_dir: str):
     return cfg
 
 
-def run_model_dir(output_dir: str, cfg) -> str:
-    """The model the run started from: its ``base_model/`` (embedded demo, warm start), else ``model.path``."""
-    from lead_fast.pretrained import cached_dir
-
-    if cfg.model.path is None or cfg.run.warm_start_steps:
-        return os.path.join(output_dir, "base_model")
-    return cached_dir(cfg.model.path)
-
-
 def logged_row(output_dir: str, step: int) -> dict | None:
     """The last row of ``metrics.jsonl`` for ``step`` (a resumed run may have logged it twice), or None."""
     row = None
@@ -108,7 +99,8 @@ def replay(output_dir: str, step: int = 1, *, model: str | None = None, device_t
                           "(slow), or use --backend torch")
     if dtype == "bfloat16" and device_type != "cuda":
         raise ReplayError("--dtype bfloat16 needs --device cuda (the trainer's mixed precision is CUDA's)")
-    model_dir = model or run_model_dir(output_dir, cfg)
+    base = run_dir.base_model_dir(output_dir, cfg.to_dict())     # the run's starting weights, and its reference
+    model_dir = model or base
 
     samples, meta = [], {}
     for f in files:
@@ -126,7 +118,7 @@ def replay(output_dir: str, step: int = 1, *, model: str | None = None, device_t
                      cfg.model.activation_checkpointing and trainable)
 
     policy = policy_from(model_dir, True)
-    ref = policy_from(run_model_dir(output_dir, cfg), False) if cfg.algo.kl_coef > 0 else None
+    ref = policy_from(base, False) if cfg.algo.kl_coef > 0 else None
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
                             weight_decay=cfg.optim.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda n: 1.0)

@@ -16,11 +16,12 @@ import shutil
 
 from lead_fast.checkpoint import checkpoint_root, list_checkpoints
 from lead_fast.errors import OutputDirError, describe_os_error
+from lead_fast.pretrained import cached_dir
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "metrics.png")
-RUN_DIRS = ("tensorboard", "wandb", "samples")
 SAMPLES_DIR = "samples"
 """Each saved step's update inputs, one file per trainer rank (``samples_file``)."""
+RUN_DIRS = ("tensorboard", "wandb", SAMPLES_DIR)
 
 
 def ensure_writable(output_dir: str) -> None:
@@ -82,6 +83,15 @@ def check_free_space(output_dir: str, need_bytes: int) -> None:
         raise OutputDirError(f"output directory {output_dir} has {free / 2**20:.1f} MiB free, but one checkpoint "
                              f"needs about {need_bytes / 2**20:.1f} MiB (weights and optimizer state in float32); "
                              "free some space or pass another --output-dir")
+
+
+def base_model_dir(output_dir: str, config: dict) -> str:
+    """The model a run started from, from its config (as a dict): OUTPUT_DIR/base_model for the embedded demo
+    and after a warm start, else its model.path (a pretrained:NAME one resolved to its cached directory)."""
+    path = config.get("model", {}).get("path")
+    if path is None or config.get("run", {}).get("warm_start_steps", 0):
+        return os.path.join(output_dir, "base_model")
+    return cached_dir(path)
 
 
 def samples_file(output_dir: str, step: int, rank: int) -> str:
