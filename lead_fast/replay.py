@@ -104,7 +104,11 @@ def replay(output_dir: str, step: int = 1, *, model: str | None = None, device_t
 
     samples, meta = [], {}
     for f in files:
-        part, meta = load_samples(f)
+        try:
+            part, meta = load_samples(f)
+        except Exception as e:  # noqa: BLE001  (torch.load raises several kinds on a damaged file)
+            cause = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise ReplayError(f"cannot read the saved update inputs {f}: {type(e).__name__}: {cause}") from None
         samples += part
     _, world, device = setup_distributed(device_type)
     if world != 1:

@@ -43,7 +43,7 @@ def test_saved_step_replays_in_one_process(saved_run, tmp_path):
     assert "| grad_norm |" in p.stdout
 
 
-def test_replay_refusals_name_the_fix(saved_run, tmp_path):
+def test_replay_refusals_name_the_fix(saved_run, embedded_model, tmp_path):
     p = python(["-m", "lead_fast.replay", "--run-dir", str(saved_run), "--step", "2"])
     assert p.returncode == 2 and "no saved update inputs of step 2" in p.stderr and "--run.save_samples" in p.stderr
     p = python(["-m", "lead_fast.replay", "--run-dir", str(tmp_path)])
@@ -56,6 +56,14 @@ def test_replay_refusals_name_the_fix(saved_run, tmp_path):
         assert p.returncode == 2 and "lead_fast.export" in p.stderr and "--model" in p.stderr, p.stderr
     finally:
         (saved_run / "samples" / "step-000002.rank-0.pt").unlink()
+    # a damaged file is named, not a traceback
+    (saved_run / "samples" / "step-000003.rank-0.pt").write_bytes(b"not a torch file")
+    try:
+        p = python(["-m", "lead_fast.replay", "--run-dir", str(saved_run), "--step", "3", "--model", embedded_model])
+        assert p.returncode == 2 and "cannot read the saved update inputs" in p.stderr, p.stderr
+        assert "step-000003.rank-0.pt" in p.stderr and "Traceback" not in p.stderr
+    finally:
+        (saved_run / "samples" / "step-000003.rank-0.pt").unlink()
 
 
 def test_a_replay_that_differs_fails(saved_run, embedded_model, tmp_path):
