@@ -199,34 +199,63 @@ class PolicyWithHead(nn.Module):
                                chunk_size=self.chunk_size)
 
 
-def apply_liger_kernels(lm: nn.Module, setting: str, device: torch.device) -> list[str]:
-    """Liger-Kernel's rope, RMSNorm and SwiGLU for the model's architecture, patched into this instance
-    before sharding (never its fused linear cross-entropy: lead_fast's head replaces the LM head).
-    ``setting``: ``auto`` (on when liger-kernel is installed and the device is CUDA), ``on``, ``off``.
-    Returns the kernels applied."""
+def apply_liger_kernels(lm: nn.Module, setting: str, device: torch.device, log=None) -> list[str]:
+    """Liger-Kernel's RMSNorm and SwiGLU patched into this model instance before sharding (never Liger's
+    fused linear cross-entropy: lead_fast's head replaces the LM head). ``setting``: ``auto`` (on when
+    liger-kernel is installed and works, and the device is CUDA), ``on``, ``off``. Returns the kernels applied.
+
+    Only this instance changes. Liger's ``apply_liger_kernel_to_<type>`` also replaces the architecture's
+    module classes and its rotary function in transformers' modeling module, process-wide, so every model
+    built after it (the reference, a transformers rollout engine) would run Liger's kernels too: the module's
+    names are put back afterwards. Liger's rope is therefore not used: it exists only as that module-level
+    function. ``auto`` goes on without Liger when it does not import or patch, saying why through ``log``."""
     if setting == "off" or (setting == "auto" and device.type != "cuda"):
         return []
     if device.type != "cuda" and not os.environ.get("TRITON_INTERPRET"):
         raise ModelError(f"model.liger_kernels=on needs CUDA (Liger's kernels are Triton); this run is on "
                          f"{device.type}. Use auto or off")
-    try:
-        import liger_kernel.transformers as liger
-    except ImportError:
-        if setting == "on":
-            raise ModelError("model.liger_kernels=on needs liger-kernel (pip install 'lead_fast[gpu]')") from None
-        return []
-    model_type = lm.config.model_type
-    apply = getattr(liger, f"apply_liger_kernel_to_{model_type}", None)
-    if apply is None:
-        if setting == "on":
-            raise ModelError(f"liger-kernel has no kernels for model type {model_type!r}; use model.liger_kernels off")
-        return []
-    import inspect
 
-    wanted = dict(rope=True, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=False)
+    def unavailable(why: str) -> list[str]:
+        if setting == "on":
+            raise ModelError(f"model.liger_kernels=on: {why}; use model.liger_kernels off (or auto)")
+        if log is not None:
+            log(f"Liger kernels off: {why}")
+        return []
+
+    import importlib
+    import inspect
+    import sys
+
+    model_type = lm.config.model_type
+    try:    # the patch functions import lazily: a version mismatch surfaces here, not at the package import
+        liger = importlib.import_module("liger_kernel.transformers")
+        apply = getattr(liger, f"apply_liger_kernel_to_{model_type}", None)
+    except ModuleNotFoundError as e:
+        if e.name and e.name.split(".")[0] == "liger_kernel":
+            return unavailable("liger-kernel is not installed (pip install 'lead_fast[gpu]')")
+        return unavailable(f"liger-kernel does not import: {type(e).__name__}: {e}")
+    except Exception as e:  # noqa: BLE001  (a broken install raises anything)
+        return unavailable(f"liger-kernel does not import: {type(e).__name__}: {e}")
+    if apply is None:
+        return unavailable(f"liger-kernel has no kernels for model type {model_type!r}")
+    wanted = dict(rope=False, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=False)
     params = inspect.signature(apply).parameters
     kwargs = {k: v for k, v in wanted.items() if k in params}
-    apply(model=lm, **kwargs)
+    # transformers' modules of this architecture, as they are now, to put back after the patch
+    prefix = f"transformers.models.{model_type}."
+    saved = {name: dict(vars(mod)) for name, mod in list(sys.modules.items()) if name.startswith(prefix) and mod}
+    try:
+        apply(model=lm, **kwargs)
+    except Exception as e:  # noqa: BLE001  (Liger's patch code raises whatever the model's layout makes it)
+        return unavailable(f"liger-kernel could not patch the {model_type} model: {type(e).__name__}: {e}")
+    finally:
+        for name, attrs in saved.items():
+            mod = sys.modules[name]
+            for key in set(vars(mod)) - set(attrs):
+                delattr(mod, key)
+            for key, value in attrs.items():
+                if vars(mod).get(key) is not value:
+                    setattr(mod, key, value)
     return [k for k, on in kwargs.items() if on]
 
 
@@ -246,32 +275,54 @@ def checkpoint_layers(policy: PolicyWithHead) -> None:
         layer.training = True
 
 
+def mixed_precision(dtype: torch.dtype):
+    """FSDP2's mixed precision for compute in ``dtype`` (None for float32): parameters gathered in ``dtype``,
+    gradients reduced in float32, the float32 master weights untouched.
+
+    The root's inputs stay as they are (``cast_forward_inputs=False``): FSDP2 would otherwise cast every
+    floating tensor passed to the root's forward to ``dtype``, walking into dataclasses, so the loss head
+    would get bfloat16 copies of the advantages and of the old, reference and rollout log-probs (a log-prob
+    near -12 off by up to 0.03, 3 % on an importance ratio). The decoder layers keep the cast: their inputs
+    are activations, already in ``dtype``."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    if dtype == torch.float32:
+        return None
+    return (MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32, cast_forward_inputs=False),
+            MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32))
+
+
 def shard(policy: PolicyWithHead, device: torch.device, dtype: torch.dtype, activation_checkpointing: bool = False,
           group=None):
     """FSDP2 over ``group`` (None: every rank): each decoder layer is a unit, the policy wrapper is the root.
 
-    On CUDA: bf16 compute with fp32 gradient reduction (parameters kept in fp32). On CPU: fp32 throughout.
+    On CUDA: ``dtype`` compute with float32 gradient reduction (``mixed_precision``). On CPU: float32 throughout.
 
     One rank with nothing to cast is left unwrapped: FSDP2 there shards nothing and only copies (each
     unshard copies every parameter, forward and backward again, and the gradient "reduce-scatter" copies
     every gradient twice). Measured on CPU, a Qwen2.5-0.5B-shaped update: ``aten::copy_`` 8.3 s of 67.6 s.
     """
     import torch.distributed as dist
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     if activation_checkpointing:
         checkpoint_layers(policy)
-    mp = None
-    if device.type == "cuda" and dtype != torch.float32:
-        mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+    mp = mixed_precision(dtype) if device.type == "cuda" else None
     if mp is None and (not dist.is_initialized() or dist.get_world_size(group) == 1):
         return policy
-    kw = {} if mp is None else {"mp_policy": mp}
+    return wrap(policy, device, mp, group)
+
+
+def wrap(policy: PolicyWithHead, device: torch.device, mp=None, group=None) -> PolicyWithHead:
+    """``fully_shard`` each decoder layer, then the root; ``mp``: ``mixed_precision``'s (root, layer) pair."""
+    from torch.distributed.fsdp import fully_shard
+
+    root_kw, layer_kw = ({}, {}) if mp is None else ({"mp_policy": mp[0]}, {"mp_policy": mp[1]})
     if group is not None:
         from torch.distributed.device_mesh import DeviceMesh
 
-        kw["mesh"] = DeviceMesh.from_group(group, device.type)
+        mesh = DeviceMesh.from_group(group, device.type)
+        root_kw, layer_kw = dict(root_kw, mesh=mesh), dict(layer_kw, mesh=mesh)
     for layer in policy.decoder_layers():
-        fully_shard(layer, **kw)
-    fully_shard(policy, **kw)
+        fully_shard(layer, **layer_kw)
+    fully_shard(policy, **root_kw)
     return policy

@@ -136,7 +136,7 @@ class Trainer:
         cfg, group = self.cfg, self.place.train_group
         # Policy: fp32 master weights; on CUDA bf16 compute via FSDP2's mixed precision.
         lm = load_model(self.model_dir, torch.float32, self.device, cfg.model.attn_implementation)
-        kernels = apply_liger_kernels(lm, cfg.model.liger_kernels, self.device)
+        kernels = apply_liger_kernels(lm, cfg.model.liger_kernels, self.device, log=self.tlog)
         self.tlog(f"Liger kernels: {', '.join(kernels) or 'off'}")
         # one checkpoint: fp32 weights and AdamW's two moments, plus 5% for metadata and the rest
         need = int(1.05 * 12 * sum(p.numel() for p in lm.parameters()))

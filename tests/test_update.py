@@ -1,5 +1,6 @@
 """Micro-batch planning and collation (the update's bookkeeping), in-process."""
 
+import json
 import random
 from dataclasses import replace
 
@@ -235,23 +236,68 @@ def test_activation_checkpointing_keeps_less_and_changes_nothing(tiny_model_dir)
         torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7)
 
 
-def test_liger_kernels_are_patched_in_only_where_asked(tiny_model_dir, monkeypatch):
+def test_liger_kernels_are_patched_in_only_where_asked(tiny_model_dir):
+    """Liger's kernels go into the one model instance asked for; transformers' Qwen2 module (its classes,
+    its rotary function) is as it was, so a model built afterwards (the reference, a rollout engine) runs
+    transformers' own code and gives transformers' outputs."""
     import transformers.models.qwen2.modeling_qwen2 as qwen2
 
     from lead_fast.model import apply_liger_kernels, load_model
 
-    # Liger patches the architecture's module classes too, not just this instance: put them back afterwards,
-    # or every Qwen2 model this test process builds later runs Liger's Triton kernels
-    for name, value in list(vars(qwen2).items()):
-        monkeypatch.setattr(qwen2, name, value)
+    before = dict(vars(qwen2))
     lm = load_model(tiny_model_dir, torch.float32, torch.device("cpu"))
+    ids = torch.arange(2, 40).reshape(2, 19)
+    with torch.no_grad():
+        expected = load_model(tiny_model_dir, torch.float32, torch.device("cpu"))(ids).logits
     assert apply_liger_kernels(lm, "auto", torch.device("cpu")) == []          # CPU: off
     assert "Liger" not in type(lm.model.layers[0].mlp).forward.__qualname__
     # tests run Triton under the interpreter, so "on" can patch a CPU model here (it does not run it)
-    assert apply_liger_kernels(lm, "on", torch.device("cpu")) == ["rope", "rms_norm", "swiglu"]
+    assert apply_liger_kernels(lm, "on", torch.device("cpu")) == ["rms_norm", "swiglu"]
     assert lm.model.norm.forward.__qualname__.startswith("LigerRMSNorm")
     assert lm.model.layers[0].mlp.forward.__qualname__.startswith("LigerSwiGLUMLP")
     assert lm.lm_head.forward.__qualname__.startswith("Linear")              # the head is ours, not Liger's
+    changed = sorted(k for k in set(before) | set(vars(qwen2)) if vars(qwen2).get(k) is not before.get(k))
+    assert changed == [], changed
+    later = load_model(tiny_model_dir, torch.float32, torch.device("cpu"))
+    assert not any("Liger" in type(m).__name__ or "forward" in vars(m) for m in later.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(later(ids).logits, expected, rtol=0, atol=0)
+
+
+def test_liger_failing_to_import_or_patch_is_one_line_and_auto_goes_on(tiny_model_dir, monkeypatch):
+    """liger-kernel imports its patch functions lazily, so a version mismatch with transformers surfaces only
+    when one is looked up, or inside it: ``auto`` says why in one line and trains without Liger, ``on``
+    refuses in one paragraph. (A device of type cuda is only named here, nothing runs on it.)"""
+    import liger_kernel.transformers as liger
+
+    from lead_fast.errors import ModelError
+    from lead_fast.model import apply_liger_kernels, load_model
+
+    lm = load_model(tiny_model_dir, torch.float32, torch.device("cpu"))
+    cuda = torch.device("cuda")
+
+    def lazy_import_fails(name):
+        raise ImportError("cannot import name 'Qwen2Model' from 'transformers.models.qwen2.modeling_qwen2'")
+
+    if "apply_liger_kernel_to_qwen2" in vars(liger):      # looked up (and so cached) by an earlier test
+        monkeypatch.delattr(liger, "apply_liger_kernel_to_qwen2")
+    monkeypatch.setattr(liger, "__getattr__", lazy_import_fails, raising=False)
+    lines = []
+    assert apply_liger_kernels(lm, "auto", cuda, log=lines.append) == []
+    assert lines == ["Liger kernels off: liger-kernel does not import: ImportError: cannot import name 'Qwen2Model' "
+                     "from 'transformers.models.qwen2.modeling_qwen2'"]
+    with pytest.raises(ModelError, match=r"^model.liger_kernels=on: liger-kernel does not import: ImportError"):
+        apply_liger_kernels(lm, "on", cuda)
+
+    def patch_fails(**kw):
+        raise AttributeError("'Qwen2Model' object has no attribute 'norm'")
+
+    monkeypatch.setitem(vars(liger), "apply_liger_kernel_to_qwen2", patch_fails)
+    lines.clear()
+    assert apply_liger_kernels(lm, "auto", cuda, log=lines.append) == []
+    assert lines == ["Liger kernels off: liger-kernel could not patch the qwen2 model: AttributeError: 'Qwen2Model' "
+                     "object has no attribute 'norm'"]
+    assert "forward" not in vars(lm.model.norm)
 
 
 def _expected_mismatch(lengths, mode, cap=2.0, low=0.5):
@@ -305,3 +351,22 @@ def test_a_synthetic_mismatch_gives_the_hand_computed_weights_and_masks(tiny_mod
         assert flag == pytest.approx(want["flag"], abs=1e-12), mode
         assert res["mismatch_kl"] == pytest.approx(want["mismatch_kl"], rel=1e-5), mode
         assert res["logprob_gap"] == pytest.approx(want["gap"], rel=1e-5), mode
+
+
+@pytest.mark.parametrize("policy", ["lead_fast", "fsdp2_default"])
+def test_fsdp2_mixed_precision_keeps_the_heads_inputs_float32(tied_model_dir, tmp_path, policy):
+    """FSDP2 with bfloat16 parameters (gloo on CPU, one rank): the loss head gets bfloat16 hidden states and
+    weight, and the per-token inputs (advantages, weights, old / reference log-probs, correct ratios) in
+    float32. FSDP2's default policy casts every float tensor passed to the root's forward, dataclass fields
+    included: the negative control shows that this test sees it."""
+    from tests.launch import HELPERS, check, torchrun
+
+    out = tmp_path / "dtypes.json"
+    check(torchrun(1, [str(HELPERS / "mixed_precision_inputs.py"), tied_model_dir, str(out),
+                       "fixed" if policy == "lead_fast" else "default"], timeout=300))
+    seen = json.loads(out.read_text())
+    assert seen["hidden"] == seen["weight"] == "torch.bfloat16" and seen["param_dtype"] == "torch.float32"
+    assert seen["loss_finite"]
+    per_token = {k: seen[k] for k in ("advantages", "token_weights", "old_logprobs", "ref_logprobs", "correct_ratio")}
+    want = "torch.float32" if policy == "lead_fast" else "torch.bfloat16"
+    assert set(per_token.values()) == {want}, per_token
