@@ -1,104 +1,117 @@
 #!/usr/bin/env bash
-# One prepared run on a CUDA machine, each step time-boxed and saving as it goes:
+# One prepared run on a CUDA machine (an H100/H200), each step time-boxed, its result printed as it finishes:
 #   0. probe: the GPU, torch, Triton, transformers, and which of liger-kernel, cut-cross-entropy, flash-attn,
 #      vllm and math-verify import;
-#   1. the GPU test module: the real kernel against float64 at realistic sizes, and every case of the CPU
-#      tests (rollout-correction modes included). A failed test stops the session here: the benchmarks would
-#      time a wrong kernel (FORCE=1 goes on anyway);
+#   1. the gate: the GPU test module (the real kernel against float64 at realistic sizes, and every case of
+#      the CPU tests, rollout-correction modes included). A failed or timed-out test run stops the session:
+#      the benchmarks would time an unchecked kernel (FORCE=1 goes on anyway);
 #   2. bench_loss_head.py at both Qwen-sized shapes against every peer, forward+backward and forward, then the
 #      row-kernel BLOCK x warps x chunk-size sweep at the first shape;
-#   3. bench_train_step.py (8 layers of Qwen2.5-1.5B, rows (a)..(e)) and bench_rollout.py (the transformers
-#      engines, Qwen2.5-0.5B shapes, 256 new tokens);
-#   4. cuda_grpo_run.py: the embedded task for 20 steps on one rank (NCCL, bf16, Triton head, packed rows), its
-#      step 1 replayed in float32 with the torch head on CPU;
-#   5. the tables.
-# The time boxes add up to 525 s (the probe aside, about 10 s). STEPS="1 4" runs only those steps (0 and 5
-# always run), e.g. to rerun one.
+#   3. bench_train_step.py (8 layers of Qwen2.5-1.5B, rows (a)..(e));
+#   4. cuda_grpo_run.py: the embedded task on one rank (NCCL, bf16, Triton head, packed rows) from the model
+#      gpu_prepare.sh warm-started on CPU, its step 1 replayed in float32 with the torch head on CPU;
+#   5. (only when asked: STEPS="5") bench_rollout.py, the transformers engines at Qwen2.5-0.5B shapes.
+# The boxes of steps 0-4 add up to 350 s, so that one rerun fits a 15-minute lease with the start-up.
 #
-# Usage, from the repository root:  OUT=/path/to/results bash benchmarks/gpu_session.sh
-# Everything is written under $WORK (default /tmp/lead_fast_gpu). After every step $OUT gets session.tgz (all of
-# $WORK) and summary.txt (what this script printed), so a session cut short still returns what it did.
-# Packages missing on the machine travel as wheels in .whl/ (all pure Python), made on a machine with pip:
-#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#       --platform manylinux_2_28_x86_64 -d .whl liger-kernel==0.8.5 cut-cross-entropy==25.1.1 \
-#       math-verify==0.9.0 latex2sympy2_extended==1.11.0 antlr4-python3-runtime==4.13.2
+# Prepare first, here:   bash benchmarks/gpu_prepare.sh        (fills .gpu_carry/: wheels and the model)
+# Check the plan:        bash benchmarks/gpu_session.sh --dry-run
+# On the GPU machine:    bash benchmarks/gpu_session.sh         (OUT=results; STEPS="1 4" reruns those steps)
+# Everything is written under $WORK (default /tmp/lead_fast_gpu). $OUT gets summary.txt first (what this
+# script prints: every step's result as it ends), then session.tgz (all of $WORK), remade after each step, so a
+# session cut short still returns what it did. The exit code is 0 only when every step asked for passed.
 set -u
-OUT=${OUT:-gpu_results}
-WORK=${WORK:-/tmp/lead_fast_gpu}
+cd "$(dirname "$0")/.."
+DRY=0
+[ "${1:-}" = "--dry-run" ] && DRY=1
+CARRY=${CARRY:-.gpu_carry}
 STEPS=${STEPS:-"1 2 3 4"}
+WORK=${WORK:-/tmp/lead_fast_gpu}
+MODEL=$CARRY/tiny_model
+WHEELS="liger_kernel cut_cross_entropy math_verify latex2sympy2_extended antlr4_python3_runtime"
+# step: box seconds and command; a step's output goes to $WORK/<name>.txt
+declare -A BOX=([probe]=15 [gate]=60 [bench]=110 [sweep]=30 [train_step]=50 [grpo]=85 [rollout]=40)
+declare -A CMD=(
+    [gate]="python3 -m pytest -q -x -p no:cacheprovider tests/ops/test_loss_head_gpu.py"
+    [bench]="python3 benchmarks/bench_loss_head.py --rep 100 --out $WORK/bench.json"
+    [sweep]="python3 benchmarks/bench_loss_head.py --sweep --rep 100 --shapes 8192x4096x151936 --out $WORK/sweep.json"
+    [train_step]="python3 benchmarks/bench_train_step.py --layers 8 --steps 2 --out $WORK/train_step.json"
+    [grpo]="python3 benchmarks/cuda_grpo_run.py --steps 12 --out $WORK/grpo -- --model $MODEL --run.warm_start_steps 0"
+    [rollout]="python3 benchmarks/bench_rollout.py --sizes 0.5b --max-new-tokens 256 --engines hf-generate,hf-continuous --out $WORK/rollout.json"
+)
+declare -A NAMES=([1]="gate" [2]="bench sweep" [3]="train_step" [4]="grpo" [5]="rollout")
+want() { [[ " $STEPS " == *" $1 "* ]]; }
+
+plan() {
+    local total=${BOX[probe]} n name
+    echo "plan (STEPS=\"$STEPS\", time boxes in seconds):"
+    echo "  0 probe        ${BOX[probe]} s"
+    for n in 1 2 3 4 5; do
+        want $n || continue
+        for name in ${NAMES[$n]}; do
+            printf '  %s %-12s %3d s  %s\n' "$n" "$name" "${BOX[$name]}" "${CMD[$name]}"
+            total=$((total + BOX[$name]))
+        done
+    done
+    echo "  in all: $total s of boxes"
+    TOTAL=$total
+}
+
+if [ $DRY = 1 ]; then
+    # Everything the session reads, checked here; nothing is run on a GPU.
+    bad=0
+    fail() { echo "MISSING: $*"; bad=1; }
+    for f in tests/ops/test_loss_head_gpu.py benchmarks/bench_loss_head.py benchmarks/bench_train_step.py \
+             benchmarks/cuda_grpo_run.py benchmarks/bench_rollout.py lead_fast/replay.py; do
+        [ -f "$f" ] || fail "$f"
+    done
+    for w in $WHEELS; do
+        compgen -G "$CARRY/wheels/${w}-*.whl" > /dev/null || fail "a $w wheel in $CARRY/wheels (bash benchmarks/gpu_prepare.sh)"
+    done
+    if [ -f "$MODEL/lead_fast_warmstart.json" ] && [ -f "$MODEL/config.json" ] && [ -f "$MODEL/model.safetensors" ] \
+            && [ -f "$MODEL/tokenizer.json" ]; then
+        echo "model: $MODEL, warm start $(cat "$MODEL/lead_fast_warmstart.json")"
+    else
+        fail "the warm-started model in $MODEL (bash benchmarks/gpu_prepare.sh)"
+    fi
+    size_kib=$(du -sk "$CARRY" 2>/dev/null | cut -f1)
+    echo "carry: $CARRY, $(( ${size_kib:-0} / 1024 )) MiB"
+    [ "${size_kib:-0}" -le $((64 * 1024)) ] || fail "room: $CARRY is over the 64 MiB a device call carries"
+    python3 -c "import lead_fast.replay, lead_fast.train" || fail "an importable lead_fast"
+    plan
+    # the default session must leave room for a rerun: 2 x (boxes + ~60 s start-up) within 900 s
+    if [ "$STEPS" = "1 2 3 4" ] && [ "$TOTAL" -gt 360 ]; then fail "time: the boxes add up to $TOTAL s (> 360 s)"; fi
+    [ $bad = 0 ] && echo "dry run: ready" || echo "dry run: NOT ready"
+    exit $bad
+fi
+
+OUT=${OUT:-gpu_results}
 mkdir -p "$OUT" "$WORK"
 OUT=$(cd "$OUT" && pwd)
 exec > >(tee -a "$OUT/summary.txt") 2>&1
 SITE=${SITE:-/tmp/lead_fast_site}
-if compgen -G ".whl/*.whl" > /dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl \
-        || echo "WARNING: the wheels in .whl/ did not install"
+if compgen -G "$CARRY/wheels/*.whl" > /dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
+        "$CARRY"/wheels/*.whl || echo "WARNING: the wheels in $CARRY/wheels did not install"
 fi
 export PYTHONPATH=$PWD:$SITE${PYTHONPATH:+:$PYTHONPATH}
 export LEAD_FAST_NO_INTERPRET=1 TRITON_DEFAULT_FP_FUSION=1 PYTHONUNBUFFERED=1
 unset TRITON_INTERPRET
-
 save() { tar czf "$OUT/session.tgz.tmp" -C "$WORK" . && mv "$OUT/session.tgz.tmp" "$OUT/session.tgz"; }
-want() { [[ " $STEPS " == *" $1 "* ]]; }
-took() { echo "($1 exit $2 after $((SECONDS - $3)) s)"; }
+FAILED=""
 
-echo "== 0. probe"
-{
-    date -u +%FT%TZ
-    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader
-    timeout 30 python3 - <<'PY'
-import importlib, importlib.metadata, torch, triton
-print("torch", torch.__version__, "cuda", torch.version.cuda, "triton", triton.__version__,
-      "device", torch.cuda.get_device_name() if torch.cuda.is_available() else "NONE")
-for dist in ("transformers", "liger-kernel", "cut-cross-entropy", "flash-attn", "vllm", "math-verify", "datasets"):
-    try:
-        importlib.import_module(dist.replace("-", "_"))
-        print(f"{dist}: {importlib.metadata.version(dist)}")
-    except Exception as e:  # noqa: BLE001  (a broken install raises anything)
-        print(f"{dist}: MISSING ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
-PY
-} > "$WORK/machine.txt" 2>&1
-cat "$WORK/machine.txt"
-save
+# run NAME: the step's command in its box; its last lines printed; a time-out (exit 124) is a failure
+run_step() {
+    local name=$1 t=$SECONDS code
+    echo "== $name (box ${BOX[$name]} s): ${CMD[$name]}"
+    timeout "${BOX[$name]}" bash -c "${CMD[$name]}" > "$WORK/$name.txt" 2>&1
+    code=$?
+    [ $code = 124 ] && echo "TIMED OUT after ${BOX[$name]} s"
+    echo "($name exit $code after $((SECONDS - t)) s)"
+    [ $code = 0 ] || FAILED="$FAILED $name"
+    return $code
+}
 
-if want 1; then
-    echo "== 1. GPU tests"; t=$SECONDS
-    timeout 100 python3 -m pytest -q -x -p no:cacheprovider tests/ops/test_loss_head_gpu.py > "$WORK/gpu_tests.txt" 2>&1
-    code=$?; took tests $code $t; tail -4 "$WORK/gpu_tests.txt"; save
-    if grep -qE "[0-9]+ (failed|error)" "$WORK/gpu_tests.txt" && [ "${FORCE:-0}" != 1 ]; then
-        echo "the kernel failed its GPU tests: stopping here (FORCE=1 runs the rest anyway)"
-        exit 1
-    fi
-fi
-
-if want 2; then
-    echo "== 2a. loss-head benchmark"; t=$SECONDS
-    timeout 140 python3 benchmarks/bench_loss_head.py --out "$WORK/bench.json" > "$WORK/bench.txt" 2> "$WORK/bench.log"
-    took bench $? $t; save
-    echo "== 2b. sweep"; t=$SECONDS
-    timeout 45 python3 benchmarks/bench_loss_head.py --sweep --shapes 8192x4096x151936 --out "$WORK/sweep.json" \
-        > "$WORK/sweep.txt" 2> "$WORK/sweep.log"
-    took sweep $? $t; save
-fi
-
-if want 3; then
-    echo "== 3a. training step"; t=$SECONDS
-    timeout 60 python3 benchmarks/bench_train_step.py --layers 8 --steps 2 --out "$WORK/train_step.json" \
-        > "$WORK/train_step.txt" 2> "$WORK/train_step.log"
-    took train_step $? $t; save
-    echo "== 3b. rollout"; t=$SECONDS
-    timeout 40 python3 benchmarks/bench_rollout.py --sizes 0.5b --max-new-tokens 256 --engines hf-generate,hf-continuous \
-        --out "$WORK/rollout.json" > "$WORK/rollout.txt" 2> "$WORK/rollout.log"
-    took rollout $? $t; save
-fi
-
-if want 4; then
-    echo "== 4. GRPO-LEAD on CUDA, 20 steps, step 1 replayed on CPU"; t=$SECONDS
-    timeout 120 python3 benchmarks/cuda_grpo_run.py --out "$WORK/grpo" > "$WORK/grpo.txt" 2>&1
-    took grpo $? $t; save
-fi
-
-# the tables from the JSON, which each benchmark rewrites after every shape (so a timed-out run still shows)
+# a benchmark's table from its JSON, which it rewrites after every shape (so a timed-out run still shows)
 table() {
     python3 - "$1" "$2" <<'PY'
 import json, sys
@@ -111,16 +124,48 @@ except (OSError, ValueError) as e:
 b.print_table(b.fastest_first(rows) if sys.argv[2] == "sweep" else rows)
 PY
 }
-echo "== 5. tables"
+
+plan
+echo "== probe"
+{
+    date -u +%FT%TZ
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader
+    timeout "${BOX[probe]}" python3 - <<'PY'
+import importlib, importlib.metadata, torch, triton
+print("torch", torch.__version__, "cuda", torch.version.cuda, "triton", triton.__version__,
+      "device", torch.cuda.get_device_name() if torch.cuda.is_available() else "NONE")
+for dist in ("transformers", "liger-kernel", "cut-cross-entropy", "flash-attn", "vllm", "math-verify", "datasets"):
+    try:
+        importlib.import_module(dist.replace("-", "_"))
+        print(f"{dist}: {importlib.metadata.version(dist)}")
+    except Exception as e:  # noqa: BLE001  (a broken install raises anything)
+        print(f"{dist}: MISSING ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+PY
+} > "$WORK/probe.txt" 2>&1
+cat "$WORK/probe.txt"
+save
+
+if want 1; then
+    run_step gate
+    tail -4 "$WORK/gate.txt"
+    save
+    if [ -n "$FAILED" ] && [ "${FORCE:-0}" != 1 ]; then
+        echo "the kernel did not pass its GPU tests: stopping here (FORCE=1 runs the rest anyway)"
+        exit 1
+    fi
+fi
 if want 2; then
-    echo "-- sweep (fastest first)"; table "$WORK/sweep.json" sweep | head -40
-    echo "-- benchmark"; table "$WORK/bench.json" bench
+    run_step bench; echo "-- loss head"; table "$WORK/bench.json" bench; save
+    run_step sweep; echo "-- sweep (fastest first)"; table "$WORK/sweep.json" sweep | head -25; save
 fi
 if want 3; then
-    echo "-- training step"; cat "$WORK/train_step.txt"
-    echo "-- rollout"; cat "$WORK/rollout.txt"
+    run_step train_step; cat "$WORK/train_step.txt" | tail -20; save
 fi
 if want 4; then
-    echo "-- GRPO-LEAD run"; sed -n '/^run: exit/,$p' "$WORK/grpo.txt"
+    run_step grpo; sed -n '/^run: exit/,$p' "$WORK/grpo.txt"; save
 fi
-save
+if want 5; then
+    run_step rollout; tail -20 "$WORK/rollout.txt"; save
+fi
+if [ -n "$FAILED" ]; then echo "== done: FAILED:$FAILED"; exit 1; fi
+echo "== done: every step passed"

@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -114,3 +115,30 @@ def test_step_time_model_by_hand():
     assert abs(r["colocated_s"] - (12288 / 40 + 256 * 6300 / (8 * 3000) + 10)) < 1e-9
     assert r["staleness1_gen_gpus"] == 3 and abs(r["staleness1_s"] - (12288 / 40 + 5)) < 1e-9
 
+
+
+def test_gpu_prepare_then_the_sessions_dry_run(tmp_path):
+    """gpu_prepare.sh fills a carry folder (the wheels from the package index, a warm-started model: 2 steps
+    here, 300 for real) and says its size; gpu_session.sh --dry-run then finds everything it reads, prints
+    each step's time box, and the default session fits in 360 s. Without the model it is not ready."""
+    import subprocess
+
+    carry = tmp_path / "carry"
+    env = dict(os.environ, CARRY=str(carry), WARM_STEPS="2")
+    env.pop("TRITON_INTERPRET", None)
+    prep = subprocess.run(["bash", "benchmarks/gpu_prepare.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert prep.returncode == 0, prep.stdout[-3000:] + prep.stderr[-3000:]
+    assert re.search(r"== .*carry: \d+ MiB \(\d+ KiB\) of the 64 MiB", prep.stdout), prep.stdout
+    dry = subprocess.run(["bash", "benchmarks/gpu_session.sh", "--dry-run"], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert dry.returncode == 0 and "dry run: ready" in dry.stdout, dry.stdout + dry.stderr
+    assert '"steps": 2' in dry.stdout
+    boxes = {m[1]: int(m[2]) for m in re.finditer(r"^  \d (\w+) +(\d+) s", dry.stdout, re.M)}
+    assert set(boxes) == {"probe", "gate", "bench", "sweep", "train_step", "grpo"}, dry.stdout
+    total = int(re.search(r"in all: (\d+) s", dry.stdout)[1])
+    assert total == sum(boxes.values()) <= 360, dry.stdout
+    (carry / "tiny_model" / "model.safetensors").unlink()
+    dry = subprocess.run(["bash", "benchmarks/gpu_session.sh", "--dry-run"], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert dry.returncode == 1 and "MISSING: the warm-started model" in dry.stdout and "NOT ready" in dry.stdout
