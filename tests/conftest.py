@@ -1,8 +1,14 @@
 import os
 
-# The Triton kernels run on CPU tensors under the interpreter; it must be set before triton is imported.
-if os.environ.get("LEAD_FAST_NO_INTERPRET") is None:
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+# Triton on CPU tensors needs its interpreter, a process-wide choice made before triton is imported. Without
+# CUDA it is on, so the real kernel code runs on CPU; on a CUDA machine it stays off, so the GPU tests compile
+# and run the kernel and the interpreted ones skip (TRITON_INTERPRET=1 runs those instead, and skips the GPU
+# ones). An explicit TRITON_INTERPRET, or LEAD_FAST_NO_INTERPRET=1, decides instead.
+if "TRITON_INTERPRET" not in os.environ and os.environ.get("LEAD_FAST_NO_INTERPRET") is None:
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ["TRITON_INTERPRET"] = "1"
 
 import json  # noqa: E402
 

@@ -12,6 +12,20 @@ HELPERS = ROOT / "tests" / "helpers"
 STANDIN = ROOT / "tests" / "standin"     # holds the `vllm` stand-in; put it on the path only where wanted
 
 
+def interpreted() -> bool:
+    """Triton runs under its interpreter in this test process (tests/conftest.py chooses)."""
+    return os.environ.get("TRITON_INTERPRET", "0") != "0"
+
+
+def skip_unless_interpreted() -> None:
+    """For a test that runs Triton kernels on CPU tensors."""
+    import pytest
+
+    if not interpreted():
+        pytest.skip("Triton on CPU tensors needs TRITON_INTERPRET=1 (off on a CUDA machine, where "
+                    "tests/ops/test_loss_head_gpu.py runs these cases on the GPU)")
+
+
 def env(**extra) -> dict:
     """The environment of a launched run: one thread per rank, no Triton interpreter unless ``extra`` sets
     it (the torch backend runs on CPU), unbuffered output."""

@@ -9,6 +9,7 @@ import torch
 
 from lead_fast.ops import LossParams
 from lead_fast.update import Sample, collate, plan_micro_batches
+from tests.launch import skip_unless_interpreted
 
 
 def _samples(lengths, seed=0):
@@ -251,7 +252,8 @@ def test_liger_kernels_are_patched_in_only_where_asked(tiny_model_dir):
         expected = load_model(tiny_model_dir, torch.float32, torch.device("cpu"))(ids).logits
     assert apply_liger_kernels(lm, "auto", torch.device("cpu")) == []          # CPU: off
     assert "Liger" not in type(lm.model.layers[0].mlp).forward.__qualname__
-    # tests run Triton under the interpreter, so "on" can patch a CPU model here (it does not run it)
+    # with Triton's interpreter on, "on" can patch a CPU model here (it does not run it)
+    skip_unless_interpreted()
     assert apply_liger_kernels(lm, "on", torch.device("cpu")) == ["rms_norm", "swiglu"]
     assert lm.model.norm.forward.__qualname__.startswith("LigerRMSNorm")
     assert lm.model.layers[0].mlp.forward.__qualname__.startswith("LigerSwiGLUMLP")
