@@ -61,8 +61,15 @@ def test_command_writes_samples_and_summary_and_resumes(embedded_model, arith_da
     assert set(rows[0]) >= {"problem_id", "sample", "text", "answer", "outcome", "length", "finish_reason"}
     summary = json.loads((out / "summary.json").read_text())
     assert summary["problems"] == 3 and summary["samples_per_problem"] == 2
-    for key in ("pass@1", "pass@2", "cons@2", "response_length/mean", "truncated_frac"):
-        assert key in summary, key
+    # every value from the samples: pass@1 the mean of c/n; pass@2 with n=2, any correct; cons@2 the vote,
+    # which with two samples is the first sample that has an answer (a tie goes to the first)
+    by = {i: sorted((r for r in rows if r["problem_id"] == i), key=lambda r: r["sample"]) for i in range(3)}
+    correct = {i: [r["outcome"] == 1 for r in s] for i, s in by.items()}
+    voted = {i: next((r["outcome"] == 1 for r in s if r["answer"] is not None), False) for i, s in by.items()}
+    assert summary["pass@1"] == pytest.approx(sum(sum(c) / 2 for c in correct.values()) / 3)
+    assert summary["pass@2"] == pytest.approx(sum(any(c) for c in correct.values()) / 3)
+    assert summary["cons@2"] == pytest.approx(sum(voted.values()) / 3)
+    assert summary["truncated_frac"] == pytest.approx(sum(r["finish_reason"] == "length" for r in rows) / 6)
     assert summary["response_length/mean"] == pytest.approx(sum(r["length"] for r in rows) / 6)
     assert "| pass@1 |" in p.stdout
     # the same command again: nothing new; a larger --limit adds only the new problems

@@ -4,33 +4,48 @@ import json
 import math
 
 import pytest
+import torch
 
 from tests.launch import HELPERS, STANDIN, TRAIN_DATA, check, torchrun
 
 
 OFFICIAL_AGG = ["--algo.loss_agg", "seq_mean_token_mean", "--algo.loss_norm", "sampled"]
+# what grpo_lead_14b's update does besides its aggregation
+OFFICIAL_UPDATE = [*OFFICIAL_AGG, "--optim.weight_decay", "0.01", "--model.activation_checkpointing", "true"]
 
 
 @pytest.fixture(scope="module", params=["token_mean", "official"])
 def update_results(request, tiny_model_dir, tmp_path_factory):
     out = {}
-    extra = OFFICIAL_AGG if request.param == "official" else []
+    extra = OFFICIAL_UPDATE if request.param == "official" else []
     for world in (1, 2):
         d = tmp_path_factory.mktemp(f"upd{world}")
         check(torchrun(world, [str(HELPERS / "dist_update.py"), tiny_model_dir, str(TRAIN_DATA), str(d / "res.json"),
                                *extra]))
-        out[world] = json.loads((d / "res.json").read_text())
+        out[world] = dict(json.loads((d / "res.json").read_text()), weights=str(d / "res.json.weights.pt"))
     return out
 
 
+def _weights_differ(a: dict, b: dict) -> float:
+    """Largest difference between the weights two helper runs had after their update."""
+    wa, wb = torch.load(a["weights"]), torch.load(b["weights"])
+    assert wa.keys() == wb.keys() and wa
+    return max((wa[k] - wb[k]).abs().max().item() for k in wa)
+
+
 def test_two_ranks_match_one_rank(update_results):
-    """The same global batch gives the same step on 1 and 2 ranks, with either loss aggregation."""
+    """The same global batch gives the same step on 1 and 2 ranks, with the default update and with the
+    official recipe's (sequence mean of token means over the sampled sequences, weight decay, activation
+    checkpointing): the same
+    loss, gradient norm and entropy, and the same weights after the optimizer step (FSDP2's sharded AdamW
+    against the unwrapped one)."""
     one, two = update_results[1], update_results[2]
     assert one["world"] == 1 and two["world"] == 2
     assert abs(one["loss"] - two["loss"]) <= 1e-5 * max(1.0, abs(one["loss"])), (one, two)
     assert abs(one["grad_norm"] - two["grad_norm"]) <= 1e-4 * one["grad_norm"], (one, two)
     assert abs(one["entropy"] - two["entropy"]) <= 1e-5 * one["entropy"]
-    assert one["grad_norm"] > 0
+    assert one["grad_norm"] > 0 and one["moved"] > 1e-4     # lr 1e-3: the update moved the weights
+    assert _weights_differ(one, two) <= 1e-6
 
 
 def test_sync_makes_engine_bit_identical(update_results):
@@ -87,7 +102,9 @@ def test_default_run_learns(tmp_path):
 
 def test_one_step_with_the_official_algorithm_settings(tiny_model_dir, tmp_path):
     """grpo_lead_14b's algorithm settings (stop at </think>, answer before it, unboxed is wrong, drop groups
-    with no correct answer, sequence mean of token means over sampled sequences) on the tiny model."""
+    with no correct answer, sequence mean of token means over sampled sequences) through a whole step on the
+    tiny model: its grading and its filter. A random model never closes </think>, so no group is kept here;
+    an update under the same update settings runs in ``test_two_ranks_match_one_rank[official]``."""
     out = tmp_path / "run"
     check(torchrun(1, ["-m", "lead_fast.train", "--preset", "tiny",
                        "--model", tiny_model_dir, "--data", str(TRAIN_DATA),
@@ -95,8 +112,7 @@ def test_one_step_with_the_official_algorithm_settings(tiny_model_dir, tmp_path)
                        "--optim.prompts_per_step", "2", "--rollout.n", "3", "--rollout.max_new_tokens", "10",
                        "--data.max_prompt_tokens", "200", "--data.eval_size", "2", "--rollout.eval_n", "2",
                        "--rollout.stop", "</think>", "--algo.answer_from", "before_think",
-                       "--algo.unboxed_is_wrong", "true", "--algo.drop_no_correct", "true", *OFFICIAL_AGG,
-                       "--optim.weight_decay", "0.01", "--model.activation_checkpointing", "true"]))
+                       "--algo.unboxed_is_wrong", "true", "--algo.drop_no_correct", "true", *OFFICIAL_UPDATE]))
     row = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]
     # a random model never closes </think>: every response is unanswered, so both groups have no correct one
     assert row["no_answer_frac"] + row["degenerate_frac"] == 1.0
@@ -106,7 +122,8 @@ def test_one_step_with_the_official_algorithm_settings(tiny_model_dir, tmp_path)
 
 def test_step_does_not_depend_on_packing_budget_or_world_size(tiny_model_dir, tmp_path):
     """One update of the same global batch (two prompts, four responses each): packed (budgets 96 and 100000
-    tokens, 1 and 2 ranks), padded with each prompt once per row (1 and 2 ranks), and one row per response."""
+    tokens, 1 and 2 ranks), padded with each prompt once per row (1 and 2 ranks), and one row per response:
+    the same loss, gradient norm and weights after the update."""
     on, off = ["--optim.packing", "on"], ["--optim.packing", "off"]
     variants = {"packed 96, 1 rank": (1, on), "packed 96, 2 ranks": (2, on),
                 "packed 100000, 2 ranks": (2, [*on, "--optim.micro_batch_tokens", "100000"]),
@@ -117,11 +134,13 @@ def test_step_does_not_depend_on_packing_budget_or_world_size(tiny_model_dir, tm
         (tmp_path / str(i)).mkdir()
         res = tmp_path / str(i) / "res.json"
         check(torchrun(world, [str(HELPERS / "dist_update.py"), tiny_model_dir, str(TRAIN_DATA), str(res), *extra]))
-        got[name] = json.loads(res.read_text())
+        got[name] = dict(json.loads(res.read_text()), weights=f"{res}.weights.pt")
     base = got["packed 96, 1 rank"]
+    assert base["moved"] > 1e-4
     for name, r in got.items():
         assert abs(r["loss"] - base["loss"]) <= 1e-5 * max(1.0, abs(base["loss"])), (name, r, base)
         assert abs(r["grad_norm"] - base["grad_norm"]) <= 1e-4 * base["grad_norm"], (name, r, base)
+        assert _weights_differ(r, base) <= 1e-6, name
 
 
 def test_steps_with_the_vllm_engine_stand_in(embedded_model, tmp_path):
