@@ -49,13 +49,12 @@ def test_two_ranks_match_one_rank(update_results):
 
 
 def test_sync_makes_engine_bit_identical(update_results):
-    for world, r in update_results.items():
-        assert r["sync_exact"], r
-        assert r["tensors"] == r["engine_tensors"]
-    # one rank: the transformers engine shares the policy's tensors, so an update is already the engine's
+    """Two ranks: the update leaves the engine behind, and the sync makes it equal to the gathered policy.
+    One rank: the engine holds the policy's own tensors (the same storage), so it is current without one."""
     one, two = update_results[1], update_results[2]
-    assert one["engine_shares_weights"] and one["engine_current_before_sync"], one
-    assert not two["engine_shares_weights"] and not two["engine_current_before_sync"], two
+    assert two["sync_exact"] and two["tensors"] == two["engine_tensors"], two
+    assert not two["engine_shares_weights"] and not two["engine_current_before_sync"] and not two["same_storage"], two
+    assert one["engine_shares_weights"] and one["same_storage"] and one["tensors"] == one["engine_tensors"], one
 
 
 def test_one_full_step_on_real_data(tiny_model_dir, tmp_path):

@@ -49,9 +49,25 @@ def test_non_strings_are_a_type_error():
         grade(None, "1")
 
 
-def test_math_verify_timeout_grades_wrong_instead_of_raising():
-    # math-verify's TimeoutException is a BaseException: it must not escape grade()
+def test_math_verify_timeout_grades_wrong_instead_of_raising(monkeypatch):
+    # math-verify's TimeoutException is a BaseException: it must not escape grade(). The timeout must
+    # really fire here (in verify: 10^10^10^10 against 1), or the test shows nothing
+    import math_verify
+    from math_verify.errors import TimeoutException
+
+    raised = []
+
+    def verify(*a, **kw):
+        try:
+            return real(*a, **kw)
+        except BaseException as e:
+            raised.append(type(e))
+            raise
+
+    real = math_verify.verify         # grade() imports it from the package when it runs
+    monkeypatch.setattr(math_verify, "verify", verify)
     assert grade("\\boxed{10^{10^{10^{10}}}}", "1", timeout_s=1) == 0
+    assert raised == [TimeoutException]
 
 
 def test_last_box_is_found_in_linear_time():

@@ -48,6 +48,8 @@ def main():
     eng = tr.engine.model.state_dict()
     # one rank: the engine generates with the policy's own tensors, current before any sync
     current = all(torch.equal(full.cpu(), eng[name].cpu()) for name, full in tr.policy.hf_named_tensors())
+    # the same storage, not only equal values (one rank: the engine generates with the policy's own tensors)
+    same_storage = all(eng[name].data_ptr() == t.data_ptr() for name, t in tr.policy.hf_named_tensors(local=True))
     tr.engine.update_weights(tr.policy.hf_named_tensors())
     exact, n, after = True, 0, {}
     for name, full in tr.policy.hf_named_tensors():
@@ -62,7 +64,7 @@ def main():
             json.dump(dict(loss=res["loss"], grad_norm=res["grad_norm"], clip_frac=res["clip_frac"],
                            entropy=res["entropy"], sync_exact=bool(exact), tensors=n, world=world,
                            engine_tensors=len(eng), tied_after_sharding=tied, engine_current_before_sync=current,
-                           engine_shares_weights=tr.engine_shares_weights,
+                           engine_shares_weights=tr.engine_shares_weights, same_storage=same_storage,
                            parameters=sum(1 for _ in tr.policy.parameters()),
                            fsdp_wrapped=hasattr(tr.policy, "set_requires_gradient_sync"), moved=moved), f)
     dist.barrier()

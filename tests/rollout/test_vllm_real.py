@@ -335,10 +335,73 @@ def test_disaggregated_staleness_1_with_vllm_resumes_exactly_after_sigterm(embed
     check(torchrun(3, _args(embedded_model, full, *extra)))
     a = _rows(full)
     assert [r["rollout/staleness"] for r in a if r["step"] > 0] == [0, 1, 1, 1, 1, 1]
-    # the correction sees the gap between generating and current weights, not the engine's numerics
-    assert all(r["rollout/is_weight_mean"] is not None for r in a if r["step"] > 0)
+    # the correction sees the gap between generating and current weights, not the engine's numerics: at
+    # staleness 0 the engine's log-probs are the trainer's to float rounding, one update behind they are not
+    fresh, stale = a[1], [r for r in a if r["step"] > 1]
+    assert fresh["rollout/logprob_gap"] < LOGPROB_ATOL, fresh
+    assert all(r["rollout/logprob_gap"] > 10 * max(fresh["rollout/logprob_gap"], 1e-6) for r in stale), \
+        [(r["rollout/logprob_gap"], r["rollout/is_weight_mean"]) for r in a]
+    assert all(r["rollout/is_weight_mean"] != 1.0 for r in stale), [r["rollout/is_weight_mean"] for r in a]
     p = check(torchrun(3, _args(embedded_model, part, *extra), LEAD_FAST_SIGTERM_IN_BATCH="3"))
     assert "stopped by signal after step 4" in p.stdout, p.stdout[-2000:]
     p = check(torchrun(3, _args(embedded_model, part, *extra, "--resume")))
     assert "resumed from" in p.stdout
     _same(a, _rows(part))
+
+
+def test_the_stand_in_keeps_vllms_names_and_signatures():
+    """``tests/standin/vllm`` stands in for vLLM on a CUDA machine (sleep mode); everything it offers must
+    exist in the installed vLLM under the same name: each class, each method's parameters with their
+    defaults, SamplingParams' and the outputs' fields, the engine arguments it accepts, the log-prob modes."""
+    import dataclasses
+    import importlib.util
+    import inspect
+
+    import vllm
+    from vllm.engine.arg_utils import EngineArgs
+
+    spec = importlib.util.spec_from_file_location("vllm_standin", ROOT / "tests" / "standin" / "vllm" / "__init__.py")
+    standin = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(standin)
+
+    def params(f):
+        return {n: p.default for n, p in inspect.signature(f).parameters.items()
+                if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+
+    def fields(cls):
+        """A class's field names and defaults: dataclass, msgspec struct, or its __init__."""
+        if dataclasses.is_dataclass(cls):
+            return {f.name: f.default for f in dataclasses.fields(cls)}
+        if hasattr(cls, "__struct_fields__"):          # msgspec.Struct
+            names, defaults = cls.__struct_fields__, cls.__struct_defaults__
+            pad = (inspect.Parameter.empty,) * (len(names) - len(defaults))
+            return dict(zip(names, pad + tuple(defaults)))
+        return {k: v for k, v in params(cls.__init__).items() if k != "self"}
+
+    import vllm.outputs as outputs
+    import vllm.sequence as sequence
+
+    real_classes = {"SamplingParams": vllm.SamplingParams, "CompletionOutput": outputs.CompletionOutput,
+                    "RequestOutput": outputs.RequestOutput, "Logprob": sequence.Logprob if hasattr(sequence, "Logprob")
+                    else __import__("vllm.logprobs", fromlist=["Logprob"]).Logprob}
+    for name, real in real_classes.items():
+        mine, theirs = fields(getattr(standin, name)), fields(real)
+        assert set(mine) <= set(theirs), (name, sorted(set(mine) - set(theirs)))
+        if name == "SamplingParams":       # the defaults a user relies on
+            differ = {k: (v, theirs[k]) for k, v in mine.items() if v != theirs[k]
+                      and not (v is None and theirs[k] in (None, inspect.Parameter.empty))}
+            assert not differ, differ
+    for method in ("__init__", "generate", "sleep", "wake_up", "reset_prefix_cache", "apply_model"):
+        mine, theirs = params(getattr(standin.LLM, method)), params(getattr(vllm.LLM, method))
+        assert set(mine) <= set(theirs), (method, sorted(set(mine) - set(theirs)))
+        for k, v in mine.items():
+            if v is not inspect.Parameter.empty and theirs[k] is not inspect.Parameter.empty:
+                assert v == theirs[k], (method, k, v, theirs[k])
+    engine_args = {f.name for f in dataclasses.fields(EngineArgs)}
+    assert standin._ENGINE_ARGS <= engine_args, sorted(standin._ENGINE_ARGS - engine_args)
+    from vllm.config.model import LogprobsMode
+
+    assert set(standin._LOGPROBS_MODES) == {m.value for m in LogprobsMode}
+    from vllm.platforms import current_platform
+
+    assert callable(current_platform.is_sleep_mode_available)
