@@ -8,6 +8,7 @@ import json
 import random
 import re
 import shutil
+import sys
 
 import pytest
 import torch
@@ -349,19 +350,21 @@ def test_disaggregated_staleness_1_with_vllm_resumes_exactly_after_sigterm(embed
     _same(a, _rows(part))
 
 
-def test_the_stand_in_keeps_vllms_names_and_signatures():
+def test_the_stand_in_keeps_vllms_names_and_signatures(monkeypatch):
     """``tests/standin/vllm`` stands in for vLLM on a CUDA machine (sleep mode); everything it offers must
     exist in the installed vLLM under the same name: each class, each method's parameters with their
     defaults, SamplingParams' and the outputs' fields, the engine arguments it accepts, the log-prob modes."""
     import dataclasses
     import importlib.util
     import inspect
+    import typing
 
     import vllm
     from vllm.engine.arg_utils import EngineArgs
 
     spec = importlib.util.spec_from_file_location("vllm_standin", ROOT / "tests" / "standin" / "vllm" / "__init__.py")
     standin = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "vllm_standin", standin)     # its dataclasses look their module up
     spec.loader.exec_module(standin)
 
     def params(f):
@@ -401,7 +404,7 @@ def test_the_stand_in_keeps_vllms_names_and_signatures():
     assert standin._ENGINE_ARGS <= engine_args, sorted(standin._ENGINE_ARGS - engine_args)
     from vllm.config.model import LogprobsMode
 
-    assert set(standin._LOGPROBS_MODES) == {m.value for m in LogprobsMode}
+    assert set(standin._LOGPROBS_MODES) == set(typing.get_args(LogprobsMode))
     from vllm.platforms import current_platform
 
     assert callable(current_platform.is_sleep_mode_available)
