@@ -10,6 +10,9 @@ once, with the first order. Nothing is staged through files.
 Both sides block: the rollout ranks read an order only when they have nothing they are allowed to
 generate, and the trainer's broadcast waits for them. That fixed order is what makes the schedule
 deterministic (batch ``j`` is generated with version ``max(0, j - max_staleness)``), and so resumable.
+
+The other way, a rollout rank sends each trainer rank its share of a step as a ``Batch``
+(``lead_fast.distributed.ObjectPost``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import torch
 import torch.distributed as dist
 
 from lead_fast.placement import Placement
+from lead_fast.rollout.graded import GradedRollouts
 
 WEIGHTS, EVAL, STOP = 1, 2, 4
 
@@ -81,3 +85,23 @@ class OrderWire:
             t = torch.empty(shape, dtype=dtype, device=self.device)
             dist.broadcast(t, self.p.lead_trainer, group=self.p.sync_group)
             yield name, t
+
+
+@dataclass
+class Batch:
+    """One trainer share of one step's rollouts, graded: what a rollout rank sends a trainer rank, and what
+    a checkpoint stores while it waits to be trained on."""
+
+    step: int
+    """The step (batch index) it belongs to."""
+    version: int
+    """Training steps the weights that generated it had had (``step - version`` is its staleness)."""
+    idx: list[int]
+    """Its prompts, as indices into the training prompts."""
+    rollouts: GradedRollouts
+    wait_s: float = 0.0
+    """Seconds the trainer rank waited for it."""
+    busy: tuple[float, float] = (0.0, 0.0)
+    """When its rollout rank started and finished generating and grading the step (wall clock)."""
+    stop: bool = False
+    """Its rollout rank had been asked to stop (SIGTERM / SIGINT)."""

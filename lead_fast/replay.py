@@ -78,7 +78,7 @@ def replay(output_dir: str, step: int = 1, *, model: str | None = None, device_t
 
     from lead_fast.distributed import setup_distributed
     from lead_fast.model import PolicyWithHead, apply_liger_kernels, load_model, load_tokenizer, shard
-    from lead_fast.trainer import update_settings
+    from lead_fast.update import update_settings
     from lead_fast.update import Updater, load_samples
 
     cfg = run_config(output_dir)

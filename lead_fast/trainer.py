@@ -34,7 +34,6 @@ import os
 import signal
 import time
 from collections import deque
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -47,19 +46,18 @@ from lead_fast.config import TrainConfig, check_world
 from lead_fast.data import prompts_for_step, tokenize_prompts
 from lead_fast.demo import prepare_model_dir
 from lead_fast.distributed import ObjectPost, all_max, all_sum, on_rank0, setup_distributed, step_seed
-from lead_fast.eval import generate_and_score
 from lead_fast.metrics import MetricsLogger, eval_counts, eval_metrics, plot_metrics, step_counts, step_metrics
 from lead_fast.model import (PolicyWithHead, apply_liger_kernels, check_context, load_model, load_tokenizer,
                              resolve_dtype, shard)
-from lead_fast.ops import LossParams
-from lead_fast.orders import EVAL, STOP, WEIGHTS, Order, OrderWire
+from lead_fast.orders import EVAL, STOP, WEIGHTS, Batch, Order, OrderWire
 from lead_fast.placement import place
 from lead_fast.preemption import StopRequest
 from lead_fast.pretrained import resolve_model_path
 from lead_fast.rollout import EngineMemory, SamplingSettings, make_engine
 from lead_fast.rollout.graded import GradedRollouts, rollout_and_grade
+from lead_fast.rollout.scoring import generate_and_score
 from lead_fast.task import load_task
-from lead_fast.update import Sample, Updater, UpdateSettings, save_samples
+from lead_fast.update import Sample, Updater, save_samples, update_settings
 
 BATCH_TAG, EVAL_TAG = 1, 2     # rollout rank -> trainer rank messages (lead_fast.distributed.ObjectPost)
 
@@ -256,7 +254,7 @@ class Trainer:
             stop=tuple(cfg.rollout.stop)), self.rules, num_workers=self.grade_workers, progress=self.rank == 0)
         return idx, rollouts
 
-    def learn(self, step: int, batch: "Batch", t0: float, sync_s: float) -> dict:
+    def learn(self, step: int, batch: Batch, t0: float, sync_s: float) -> dict:
         """4-8. One step's update on this trainer rank's share of a graded batch; returns the step's row."""
         cfg, algo = self.cfg, self.cfg.algo
         rollouts = batch.rollouts
@@ -464,41 +462,3 @@ class Trainer:
             self.engine.close()
         if self.metrics is not None:
             self.metrics.close()
-
-
-def update_settings(cfg: TrainConfig, device_type: str) -> tuple[UpdateSettings, LossParams]:
-    """The update's settings and the loss head's hyper-parameters from a run's config, on this device type:
-    what the trainer builds once, and what ``lead_fast.replay`` rebuilds to recompute a saved step."""
-    algo, optim = cfg.algo, cfg.optim
-    loss = LossParams(clip_low=algo.clip_low, clip_high=algo.clip_high, kl_coef=algo.kl_coef,
-                      entropy_coef=algo.entropy_coef, temperature=cfg.rollout.temperature, w_min=algo.w_min,
-                      w_max=algo.w_max, midpoint=algo.midpoint, steepness=algo.steepness,
-                      correction=algo.correction(cfg.rollout.logprobs), correction_cap=algo.rollout_correction_cap,
-                      correction_low=algo.rollout_correction_low)
-    attn = cfg.model.attn_implementation
-    settings = UpdateSettings(updates_per_batch=optim.updates_per_batch,
-                              micro_batch_tokens=optim.micro_batch_budget(device_type), packed=optim.packed(attn),
-                              shared_prompt=optim.shares_prompts(attn, device_type), grad_clip=optim.grad_clip,
-                              loss_agg=algo.loss_agg, loss_norm=algo.loss_norm, reweight=algo.reweight,
-                              seed=cfg.run.seed, max_nonfinite_steps=cfg.run.max_nonfinite_steps)
-    return settings, loss
-
-
-@dataclass
-class Batch:
-    """One trainer share of one step's rollouts, graded: what a rollout rank sends a trainer rank, and what
-    a checkpoint stores while it waits to be trained on."""
-
-    step: int
-    """The step (batch index) it belongs to."""
-    version: int
-    """Training steps the weights that generated it had had (``step - version`` is its staleness)."""
-    idx: list[int]
-    """Its prompts, as indices into the training prompts."""
-    rollouts: GradedRollouts
-    wait_s: float = 0.0
-    """Seconds the trainer rank waited for it."""
-    busy: tuple[float, float] = (0.0, 0.0)
-    """When its rollout rank started and finished generating and grading the step (wall clock)."""
-    stop: bool = False
-    """Its rollout rank had been asked to stop (SIGTERM / SIGINT)."""

@@ -21,6 +21,7 @@ import math
 import os
 import random
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
@@ -31,6 +32,9 @@ from lead_fast.distributed import all_max, all_sum, step_seed
 from lead_fast.errors import NonFiniteError
 from lead_fast.model import RowInputs
 from lead_fast.ops import LossParams, TokenInputs
+
+if TYPE_CHECKING:
+    from lead_fast.config import TrainConfig
 
 
 @dataclass
@@ -441,3 +445,21 @@ class Updater:
         if self.nonfinite_in_a_row >= limit:
             raise NonFiniteError(f"{self.nonfinite_in_a_row} steps in a row had a non-finite loss or gradient "
                                  f"(run.max_nonfinite_steps={limit}); stopping")
+
+
+def update_settings(cfg: "TrainConfig", device_type: str) -> tuple[UpdateSettings, LossParams]:
+    """The update's settings and the loss head's hyper-parameters from a run's config, on this device type:
+    what the trainer builds once, and what ``lead_fast.replay`` rebuilds to recompute a saved step."""
+    algo, optim = cfg.algo, cfg.optim
+    loss = LossParams(clip_low=algo.clip_low, clip_high=algo.clip_high, kl_coef=algo.kl_coef,
+                      entropy_coef=algo.entropy_coef, temperature=cfg.rollout.temperature, w_min=algo.w_min,
+                      w_max=algo.w_max, midpoint=algo.midpoint, steepness=algo.steepness,
+                      correction=algo.correction(cfg.rollout.logprobs), correction_cap=algo.rollout_correction_cap,
+                      correction_low=algo.rollout_correction_low)
+    attn = cfg.model.attn_implementation
+    settings = UpdateSettings(updates_per_batch=optim.updates_per_batch,
+                              micro_batch_tokens=optim.micro_batch_budget(device_type), packed=optim.packed(attn),
+                              shared_prompt=optim.shares_prompts(attn, device_type), grad_clip=optim.grad_clip,
+                              loss_agg=algo.loss_agg, loss_norm=algo.loss_norm, reweight=algo.reweight,
+                              seed=cfg.run.seed, max_nonfinite_steps=cfg.run.max_nonfinite_steps)
+    return settings, loss

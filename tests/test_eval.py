@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from lead_fast.eval import default_ks, main, majority_vote, pass_at_k
+from lead_fast.eval import main
+from lead_fast.rollout.scoring import default_ks, majority_vote, pass_at_k
 from tests.launch import DATA_DIR, check, python, torchrun
 
 

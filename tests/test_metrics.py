@@ -62,7 +62,7 @@ def test_step_counts_and_metrics_are_the_hand_computed_values():
 
 
 def test_eval_metrics_are_pass_at_1_and_majority_vote():
-    from lead_fast.eval import ProblemResult
+    from lead_fast.rollout.scoring import ProblemResult
 
     results = [ProblemResult(correct=1, n=2, vote_correct=True, lengths=[3, 5], correct_lengths=[3], truncated=0),
                ProblemResult(correct=0, n=2, vote_correct=False, lengths=[7, 9], correct_lengths=[], truncated=1)]

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from tests.launch import ROOT, check, python, torchrun
+from tests.launch import check, python, torchrun
 
 
 @pytest.fixture(scope="module")
