@@ -116,6 +116,12 @@ def _cause(e: BaseException) -> str:
     return lines[-1].strip() if lines else type(e).__name__
 
 
+def after_shards_written(step: int, rank: int) -> None:
+    """Called on every rank once a checkpoint's shards are written and before it is complete (no
+    ``trainer_state.json``, not renamed): a seam for tests (``tests/helpers/faults.py`` kills a run there).
+    Does nothing."""
+
+
 def save_checkpoint(output_dir: str, step: int, model, optimizer, trainer_state: dict, keep_last: int = 2, *,
                     group=None, rank_batches=None) -> str:
     """Collective over ``group`` (the ranks that hold the model; None: the world). Returns the final
@@ -189,11 +195,7 @@ def save_checkpoint(output_dir: str, step: int, model, optimizer, trainer_state:
     first = next((e for e in errors if e is not None), None)
     if first is not None:
         raise fail(local_error or first)
-    if os.environ.get("LEAD_FAST_KILL_DURING_SAVE") == str(step) and _rank(group) == 0:
-        # Fault injection for tests: die like a preempted job, shards written, checkpoint not yet complete.
-        import signal
-
-        os.kill(os.getpid(), signal.SIGKILL)
+    after_shards_written(step, _rank(group))
     if _rank(group) == 0:
         try:
             files = {n: os.path.getsize(os.path.join(tmp, n)) for n in sorted(os.listdir(tmp))}

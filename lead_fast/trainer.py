@@ -19,37 +19,32 @@ One step: sync weights into the rollout engine -> this rank's prompts -> rollout
 advantages (drop groups without signal) -> update -> metrics; eval (after its own sync) and checkpoints
 between steps.
 
-Disaggregated (``rollout.mode``): rollout ranks run ``serve_rollouts`` (generate and grade each trainer
-rank's share, send it, and between batches follow the lead trainer's orders: new weights, eval, stop);
-trainer ranks run ``train_disaggregated``, the same steps 4-8 on batches that arrive, up to
-``rollout.max_staleness`` updates old. Batch ``j`` is always generated with the weights of step
-``max(0, j - max_staleness)``, so the run is deterministic; a checkpoint keeps the batches already made with
-older weights than its own, so a resumed run is the same run (``lead_fast/orders.py``).
+Disaggregated (``rollout.mode``): rollout ranks generate and grade (steps 2-3, ``generate``), trainer ranks
+learn (steps 4-8, ``learn``) from batches up to ``rollout.max_staleness`` updates old; the two loops and
+their protocol are ``lead_fast/disaggregated.py``.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import signal
 import time
-from collections import deque
 
 import torch
 import torch.distributed as dist
 
-from lead_fast import run_dir
+from lead_fast import disaggregated, run_dir
 from lead_fast.algo import GradingRules, lead_advantages, lead_rewards, select_groups
 from lead_fast.algo.grading_pool import get_pool
 from lead_fast.checkpoint import Checkpointer
 from lead_fast.config import TrainConfig, check_world
 from lead_fast.data import prompts_for_step, tokenize_prompts
 from lead_fast.demo import prepare_model_dir
-from lead_fast.distributed import ObjectPost, all_max, all_sum, on_rank0, setup_distributed, step_seed
+from lead_fast.distributed import all_max, all_sum, on_rank0, setup_distributed, step_seed
 from lead_fast.metrics import MetricsLogger, eval_counts, eval_metrics, plot_metrics, step_counts, step_metrics
 from lead_fast.model import (PolicyWithHead, apply_liger_kernels, check_context, load_model, load_tokenizer,
                              resolve_dtype, shard)
-from lead_fast.orders import EVAL, STOP, WEIGHTS, Batch, Order, OrderWire
+from lead_fast.orders import Batch
 from lead_fast.placement import place
 from lead_fast.preemption import StopRequest
 from lead_fast.pretrained import resolve_model_path
@@ -58,8 +53,6 @@ from lead_fast.rollout.graded import GradedRollouts, rollout_and_grade
 from lead_fast.rollout.scoring import generate_and_score
 from lead_fast.task import load_task
 from lead_fast.update import Sample, Updater, save_samples, update_settings
-
-BATCH_TAG, EVAL_TAG = 1, 2     # rollout rank -> trainer rank messages (lead_fast.distributed.ObjectPost)
 
 
 class Trainer:
@@ -210,9 +203,9 @@ class Trainer:
         if not self.place.disaggregated:
             self.train_colocated()
         elif self.place.is_rollout:
-            self.serve_rollouts()
+            disaggregated.serve_rollouts(self)
         else:
-            self.train_disaggregated()
+            disaggregated.train_disaggregated(self)
         dist.barrier()
         if self.metrics is not None and self.metrics.enabled and os.path.exists(self.metrics.path):
             try:
@@ -338,124 +331,6 @@ class Trainer:
             counts = eval_counts(results)
             total = counts if total is None else {k: total[k] + counts[k] for k in total}
         return total
-
-    # ----------------------------------------------------------------------------------------------
-    # Disaggregated mode: the rollout ranks' loop, then the trainer ranks'.
-
-    def serve_rollouts(self) -> None:
-        """A rollout rank: generate every batch it is allowed to (its weights at most ``max_staleness``
-        steps behind the batch), send each trainer share to its trainer; when it may not, take the lead
-        trainer's next order (weights, eval, stop). Runs until told to stop."""
-        cfg, p = self.cfg, self.place
-        wire, post = OrderWire(p, self.device), ObjectPost(p.object_group)
-        shares, staleness = p.shares(self.rank), cfg.rollout.max_staleness
-        version = next_batch = None
-        with StopRequest() as stop:
-            while True:
-                if next_batch is not None and next_batch < cfg.run.max_steps and next_batch - staleness <= version:
-                    t0, made = time.time(), []
-                    for t in shares:
-                        made.append((t, *self.generate(next_batch, t, p.train_world)))
-                        if t == shares[0] and os.environ.get("LEAD_FAST_SIGTERM_IN_BATCH") == str(next_batch):
-                            # Fault injection for tests: preempted with this batch half made (its first share)
-                            os.kill(os.getpid(), signal.SIGTERM)
-                    busy = (t0, time.time())
-                    for t, idx, rollouts in made:
-                        post.send(Batch(next_batch, version, idx, rollouts, 0.0, busy, stop.requested),
-                                  p.trainer_ranks[t], BATCH_TAG)
-                    next_batch += 1
-                    continue
-                order, tensors = wire.receive()
-                if order.kind & WEIGHTS:
-                    self.engine.update_weights(tensors)
-                    version = order.version
-                    next_batch = order.next_batch if next_batch is None else next_batch
-                if order.kind & EVAL:
-                    t0 = time.time()
-                    counts = self.eval_shares(shares, p.train_world)
-                    post.send(dict(counts=counts, seconds=time.time() - t0), p.lead_trainer, EVAL_TAG)
-                if order.kind & STOP:
-                    break
-        post.flush()
-
-    def train_disaggregated(self) -> None:
-        """A trainer rank: take each step's share as it arrives and learn from it; after each step, the lead
-        sends the rollout ranks the new weights (all trainer ranks gather them). Before a checkpoint, it first
-        takes the batches already generated with older weights than the checkpoint's (they cannot be made
-        again after a resume) and stores them in it."""
-        cfg, p = self.cfg, self.place
-        lead, group = self.rank == p.lead_trainer, p.train_group
-        wire, post = OrderWire(p, self.device), ObjectPost(p.object_group)
-        source = p.rollout_ranks[p.train_rank % len(p.rollout_ranks)]
-        ready: deque[Batch] = deque(self.resumed_batches)
-        heard_stop = False
-
-        def receive() -> Batch:
-            nonlocal heard_stop
-            t0 = time.time()
-            batch = post.receive(source, BATCH_TAG)
-            batch.wait_s = time.time() - t0
-            heard_stop |= batch.stop
-            return batch
-
-        def order(kind: int, step: int) -> None:
-            """The lead sends, every trainer rank gathers the weights with it."""
-            tensors = self.policy.hf_named_tensors() if kind & WEIGHTS else None
-            if lead:
-                wire.send(Order(kind, step, step + len(ready)), tensors)
-            elif tensors is not None:
-                wire.drain(tensors)
-
-        def eval_row() -> dict:
-            """The eval counts of every rollout rank (lead only; the others log nothing)."""
-            if not lead:
-                return {}
-            parts = [post.receive(r, EVAL_TAG) for r in p.rollout_ranks]
-            tot = {k: sum(x["counts"][k] for x in parts) for k in parts[0]["counts"]}
-            return eval_metrics(tot, max(x["seconds"] for x in parts))
-
-        start = self.start_step
-        first_eval = bool(cfg.run.eval_every) and start == 0
-        order(WEIGHTS | (EVAL if first_eval else 0), start)
-        if first_eval:
-            self.metrics.log({"step": 0, **eval_row()})
-        if start >= cfg.run.max_steps:      # nothing left to train (a finished run resumed): let them go
-            order(STOP, start)
-        pending = None         # a row waiting for its eval, which the rollout ranks run while this rank trains
-        t_end = time.time()
-        with StopRequest() as stop:
-            for step in range(start, cfg.run.max_steps):
-                batch = ready.popleft() if ready else receive()
-                if batch.step != step:
-                    raise RuntimeError(f"trainer rank {self.rank} expected the batch of step {step}, got {batch.step}")
-                row = {"step": step + 1, **self.learn(step, batch, t_end, 0.0)}
-                t_end = time.time()     # a step's time runs from the end of one update's metrics to the next's
-                last = step + 1 == cfg.run.max_steps
-                interrupted = stop.agreed(self.device, group, elsewhere=heard_stop)
-                stopping = last or interrupted
-                eval_due = bool(cfg.run.eval_every) and ((step + 1) % cfg.run.eval_every == 0 or last)
-                saving = self.checkpointer.due(step + 1, last=last, force=interrupted)
-                if saving:
-                    while len(ready) < min(cfg.rollout.max_staleness, cfg.run.max_steps - step - 1):
-                        ready.append(receive())
-                kind = ((WEIGHTS if eval_due or not stopping else 0) | (EVAL if eval_due else 0)
-                        | (STOP if stopping else 0))
-                t_sync = time.time()
-                order(kind, step + 1)
-                row["time/sync_s"] = time.time() - t_sync
-                if pending is not None:
-                    pending.update(eval_row())
-                    self.metrics.log(pending)
-                    pending = None
-                if eval_due and not saving:
-                    pending = row
-                else:
-                    self.metrics.log({**row, **(eval_row() if eval_due else {})})
-                self.checkpointer.maybe_save(step + 1, last=last, force=interrupted, rank_batches=list(ready))
-                if interrupted:
-                    self.tlog(f"stopped by signal after step {step + 1}; continue with --resume")
-                if stopping:
-                    break
 
     def close(self) -> None:
         if self.engine is not None:

@@ -4,7 +4,7 @@ rollout.max_staleness updates apart. Real torchrun, gloo, the tiny model and the
 import json
 from pathlib import Path
 
-from tests.launch import check, torchrun
+from tests.launch import HELPERS, check, torchrun
 
 SAME = ("loss", "reward/mean", "accuracy", "response_length/mean", "grad_norm", "clip_frac", "entropy", "kl",
         "groups_dropped", "rollout/logprob_gap", "rollout/mismatch_kl", "rollout/is_weight_mean",
@@ -54,7 +54,7 @@ def test_staleness_1_overlaps_and_resumes_exactly_after_sigterm_mid_generation(e
     assert [r["rollout/staleness"] for r in a if r["step"] > 0] == [0, 1, 1, 1, 1, 1]
     assert sum(r["time/overlap_frac"] for r in a if r["step"] > 0) > 0
 
-    p = torchrun(3, _args(embedded_model, part, *extra), LEAD_FAST_SIGTERM_IN_BATCH="3")
+    p = torchrun(3, [str(HELPERS / "faults.py"), "sigterm_in_batch", "3", *_args(embedded_model, part, *extra)[2:]])
     check(p)
     assert "stopped by signal after step 4" in p.stdout, p.stdout[-2000:]
     saved = part / "checkpoints" / "step-00000004"

@@ -66,8 +66,8 @@ def test_resume_with_other_world_size(embedded_model, tmp_path):
 
 def test_sigkill_during_save_leaves_previous_checkpoint(embedded_model, tmp_path):
     out = tmp_path / "kill"
-    p = torchrun(2, _args(embedded_model, out, "--max-steps", "4", "--save-every", "1", "--run.keep_last", "5"),
-                 LEAD_FAST_KILL_DURING_SAVE="3")
+    p = torchrun(2, [str(HELPERS / "faults.py"), "kill_during_save", "3",
+                     *_args(embedded_model, out, "--max-steps", "4", "--save-every", "1", "--run.keep_last", "5")[2:]])
     assert p.returncode != 0
     ck = out / "checkpoints"
     names = sorted(os.listdir(ck))

@@ -19,7 +19,7 @@ from lead_fast.model import load_tokenizer
 from lead_fast.rollout import EngineMemory, SamplingSettings
 from lead_fast.rollout.base import stop_token_ids
 from lead_fast.rollout.factory import make_engine
-from tests.launch import ROOT, check, python, torchrun
+from tests.launch import HELPERS, ROOT, check, python, torchrun
 
 
 def _real_vllm():
@@ -343,7 +343,7 @@ def test_disaggregated_staleness_1_with_vllm_resumes_exactly_after_sigterm(embed
     assert all(r["rollout/logprob_gap"] > 10 * max(fresh["rollout/logprob_gap"], 1e-6) for r in stale), \
         [(r["rollout/logprob_gap"], r["rollout/is_weight_mean"]) for r in a]
     assert all(r["rollout/is_weight_mean"] != 1.0 for r in stale), [r["rollout/is_weight_mean"] for r in a]
-    p = check(torchrun(3, _args(embedded_model, part, *extra), LEAD_FAST_SIGTERM_IN_BATCH="3"))
+    p = check(torchrun(3, [str(HELPERS / "faults.py"), "sigterm_in_batch", "3", *_args(embedded_model, part, *extra)[2:]]))
     assert "stopped by signal after step 4" in p.stdout, p.stdout[-2000:]
     p = check(torchrun(3, _args(embedded_model, part, *extra, "--resume")))
     assert "resumed from" in p.stdout
