@@ -117,7 +117,7 @@ class RolloutConfig:
     mode: RolloutMode = "colocated"
     """colocated: every rank generates, then every rank trains (one phase at a time). disaggregated: the
     first rollout.ranks ranks only generate and grade, the others only train (their own FSDP2 group), and
-    the two overlap up to rollout.max_staleness updates apart. README says when each pays."""
+    the two overlap up to rollout.max_staleness updates apart. docs/disaggregated.md says when each pays."""
     ranks: int = 1
     """disaggregated only: how many ranks generate (each holds a whole engine); the rest train."""
     max_staleness: int = 0

@@ -231,7 +231,7 @@ def format_warm_up(source: str, out_dir: str, *, steps: int, seed: int, batch: i
     format, on the 100 one-digit sums (``format_solution``; the prompt is the task's, through the chat
     template when the tokenizer has one, and the loss covers the response and the EOS that ends it). A
     pretrained chat model answers sums right but chattily and never boxes: this is the short warm-up on
-    the format that README's smollm2 preset states (measured: benchmarks/smollm2_format_warmup.py)."""
+    the format that docs/training.md's smollm2 preset states (measured: benchmarks/smollm2_format_warmup.py)."""
 
     def build(tmp):
         tok = load_tokenizer(source)

