@@ -341,7 +341,8 @@ SECTIONS = ("model", "data", "rollout", "algo", "optim", "run")
 RANGES: dict[str, tuple] = {
     "data.eval_size": (lambda v: v >= 1, ">= 1"),
     "data.max_prompt_tokens": (lambda v: v >= 1, ">= 1"),
-    "rollout.n": (lambda v: v >= 1, ">= 1"),
+    "rollout.n": (lambda v: v >= 2, ">= 2 (GRPO compares the responses to one prompt: with one per prompt "
+                                    "every advantage is 0, every group is dropped and nothing trains)"),
     "rollout.temperature": (lambda v: v > 0, "> 0"),
     "rollout.top_p": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "rollout.max_new_tokens": (lambda v: v >= 1, ">= 1"),

@@ -52,6 +52,7 @@ def test_grpo_lead_14b_preset_uses_the_shipped_data():
     ("--optim.grad_clip", "nan", "optim.grad_clip must be a finite number"),
     ("--data.eval_size", "0", "data.eval_size must be >= 1"),
     ("--data.eval_size", "-1", "data.eval_size must be >= 1"),
+    ("--rollout.n", "1", r"rollout.n must be >= 2 \(GRPO compares the responses to one prompt"),
 ])
 def test_values_that_would_train_wrongly_are_refused(flag, value, message):
     with pytest.raises(ConfigError, match=message):
