@@ -63,6 +63,7 @@ def serve_rollouts(tr) -> None:
                 break
     post.flush()
 
+
 def train_disaggregated(tr) -> None:
     """A trainer rank: take each step's share as it arrives and learn from it; after each step, the lead
     sends the rollout ranks the new weights (all trainer ranks gather them). Before a checkpoint, it first

@@ -172,6 +172,15 @@ def read_metrics(path: str) -> list[dict]:
     return rows
 
 
+def plot_finished_run(metrics_path: str, out_png: str, log) -> None:
+    """``plot_metrics`` after a run, said through ``log``; the run is finished and saved, so a plot that
+    fails is reported, never raised."""
+    try:
+        log(f"wrote {metrics_path} and {plot_metrics(metrics_path, out_png)}")
+    except Exception as e:  # noqa: BLE001 - matplotlib and the file system raise anything
+        log(f"wrote {metrics_path}; the plot failed ({type(e).__name__}: {e}), the run did not")
+
+
 def plot_metrics(metrics_path: str, out_png: str) -> str:
     """Accuracy, reward and response length over steps (train and eval) as one PNG."""
     import matplotlib

@@ -103,3 +103,13 @@ def samples_files(output_dir: str, step: int) -> list[str]:
     """Every trainer rank's saved update inputs of step ``step``, in rank order (empty when none were saved)."""
     found = glob.glob(os.path.join(output_dir, SAMPLES_DIR, f"step-{step:06d}.rank-*.pt"))
     return sorted(found, key=lambda p: int(re.search(r"rank-(\d+)\.pt$", p).group(1)))
+
+
+def write_config(output_dir: str, config: dict) -> str:
+    """``OUTPUT_DIR/config.yaml``: the resolved config, which the eval and replay commands read back."""
+    import yaml
+
+    path = os.path.join(output_dir, "config.yaml")
+    with open(path, "w") as f:
+        yaml.safe_dump(config, f, sort_keys=False)
+    return path

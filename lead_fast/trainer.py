@@ -26,33 +26,28 @@ their protocol are ``lead_fast/disaggregated.py``.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 
 import torch
 import torch.distributed as dist
 
-from lead_fast import disaggregated, run_dir
+from lead_fast import build, disaggregated, run_dir
 from lead_fast.algo import GradingRules, lead_advantages, lead_rewards, select_groups
 from lead_fast.algo.grading_pool import get_pool
-from lead_fast.checkpoint import Checkpointer
 from lead_fast.config import TrainConfig, check_world
-from lead_fast.data import prompts_for_step, tokenize_prompts
-from lead_fast.demo import prepare_model_dir
+from lead_fast.data import prompts_for_step
 from lead_fast.distributed import all_max, all_sum, on_rank0, setup_distributed, step_seed
-from lead_fast.metrics import MetricsLogger, eval_counts, eval_metrics, plot_metrics, step_counts, step_metrics
-from lead_fast.model import (PolicyWithHead, apply_liger_kernels, check_context, load_model, load_tokenizer,
-                             resolve_dtype, shard)
-from lead_fast.orders import Batch
+from lead_fast.metrics import eval_counts, eval_metrics, plot_finished_run, step_counts, step_metrics
+from lead_fast.model import load_tokenizer, resolve_dtype
+from lead_fast.orders import Batch   # also what checkpoints pickled as lead_fast.trainer.Batch load as
 from lead_fast.placement import place
 from lead_fast.preemption import StopRequest
-from lead_fast.pretrained import resolve_model_path
-from lead_fast.rollout import EngineMemory, SamplingSettings, make_engine
+from lead_fast.rollout import SamplingSettings, make_engine
 from lead_fast.rollout.graded import GradedRollouts, rollout_and_grade
 from lead_fast.rollout.scoring import generate_and_score
 from lead_fast.task import load_task
-from lead_fast.update import Sample, Updater, save_samples, update_settings
+from lead_fast.update import Sample, save_samples
 
 
 class Trainer:
@@ -74,37 +69,26 @@ class Trainer:
         cfg.make_paths_absolute()
         task = load_task(cfg.data, cfg.run.seed)
         on_rank0(lambda: run_dir.prepare(cfg.run.output_dir, resume=cfg.run.resume, overwrite=cfg.run.overwrite))
-        # The model: a directory, one built from the package index (pretrained:NAME), or the embedded tiny
-        # model; a warm start (generated task only) writes OUTPUT_DIR/base_model from it.
-        source = resolve_model_path(cfg.model.path, log=self.log)
-        if source is None or cfg.run.warm_start_steps:
-            self.model_dir = prepare_model_dir(cfg.run.output_dir, steps=cfg.run.warm_start_steps, seed=cfg.run.seed,
-                                               source=source, log=self.log)
-        else:
-            self.model_dir = source
-        check_context(self.model_dir, cfg.data.max_prompt_tokens, cfg.rollout.max_new_tokens,
-                      flags="--data.max_prompt_tokens or --rollout.max_new_tokens")
+        self.model_dir = build.model_dir(cfg, self.log)
         self.tok = load_tokenizer(self.model_dir, log=self.log)
-        prompt_kw = dict(instruction=task.instruction, template=cfg.data.template, max_tokens=cfg.data.max_prompt_tokens,
-                         preset=cfg.preset, log=self.log)
-        self.train = tokenize_prompts(task.train, self.tok, what="training", **prompt_kw)
-        self.eval = tokenize_prompts(task.eval, self.tok, what="eval", **prompt_kw)
-        if cfg.run.epochs > 0:
-            cfg.run.max_steps = math.ceil(cfg.run.epochs * len(self.train) / cfg.optim.prompts_per_step)
-            self.log(f"run.epochs {cfg.run.epochs}: {cfg.run.max_steps} steps of {cfg.optim.prompts_per_step} prompts "
-                     f"over {len(self.train)} training prompts")
+        self.train, self.eval = build.prompts(cfg, task, self.tok, self.log)
 
         dtype = resolve_dtype(cfg.model.dtype, self.device)
         self.policy = self.updater = self.checkpointer = self.engine = self.metrics = None
         self.start_step, self.resumed_batches = 0, []
         self._busy: list[tuple[float, float]] = []      # this trainer rank's last updates (start, end)
         if self.place.is_trainer:
-            self._build_trainer(dtype)
+            side = build.training_side(cfg, self.place, self.model_dir, self.tok, self.device, dtype,
+                                       is_lead=self.rank == self.place.lead_trainer, log=self.tlog)
+            self.policy, self.sched, self.updater = side.policy, side.sched, side.updater
+            self.checkpointer, self.metrics = side.checkpointer, side.metrics
+            self.start_step, self.resumed_batches = side.start_step, side.resumed_batches
         if self.place.is_rollout:
             self.engine = make_engine(cfg.rollout, self.model_dir, device=self.device, dtype=dtype, tokenizer=self.tok,
                                       seed=cfg.run.seed,
                                       max_model_len=cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens,
-                                      memory=self._engine_memory(), colocated=not self.place.disaggregated,
+                                      memory=build.engine_memory(cfg, self.place.train_world, len(self.eval)),
+                                      colocated=not self.place.disaggregated,
                                       # vLLM builds its groups over the whole default group, which here is
                                       # torchrun's world with the trainer ranks in it: its own process instead
                                       own_process=self.place.disaggregated and cfg.rollout.engine == "vllm")
@@ -116,80 +100,9 @@ class Trainer:
             self.engine.share_weights(self.policy.hf_named_tensors(local=True))
             self.log("rollout engine: the transformers engine generates with the policy's own weights (one rank, "
                      "float32): no copy, no sync")
-        # grading workers share this node's cores with the other ranks on it (not the whole world's)
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", self.world))
-        self.grade_workers = cfg.algo.grade_workers or max(1, (os.cpu_count() or 1) // local_world)
+        self.grade_workers = build.grade_workers(cfg, self.world)
         self.rules = GradingRules(require_think=cfg.algo.require_think, answer_from=cfg.algo.answer_from,
                                   unboxed_is_wrong=cfg.algo.unboxed_is_wrong, timeout_s=cfg.algo.grade_timeout_s)
-
-    def _build_trainer(self, dtype: torch.dtype) -> None:
-        """The training side: policy, reference, optimizer, updater, checkpoints (resumed), metrics."""
-        cfg, group = self.cfg, self.place.train_group
-        # Policy: fp32 master weights; on CUDA bf16 compute via FSDP2's mixed precision.
-        lm = load_model(self.model_dir, torch.float32, self.device, cfg.model.attn_implementation)
-        kernels = apply_liger_kernels(lm, cfg.model.liger_kernels, self.device, log=self.tlog)
-        self.tlog(f"Liger kernels: {', '.join(kernels) or 'off'}")
-        # one checkpoint: fp32 weights and AdamW's two moments, plus 5% for metadata and the rest
-        need = int(1.05 * 12 * sum(p.numel() for p in lm.parameters()))
-        on_rank0(lambda: run_dir.check_free_space(cfg.run.output_dir, need), group)
-        head = dict(backend=cfg.optim.loss_backend, chunk_size=cfg.optim.loss_chunk_size or None)
-        self.policy = shard(PolicyWithHead(lm, **head), self.device, dtype, cfg.model.activation_checkpointing, group)
-        ref = None
-        if cfg.algo.kl_coef > 0:
-            ref_lm = load_model(self.model_dir, torch.float32, self.device, cfg.model.attn_implementation)
-            apply_liger_kernels(ref_lm, cfg.model.liger_kernels, self.device)
-            ref = shard(PolicyWithHead(ref_lm.requires_grad_(False), **head), self.device, dtype, group=group)
-        opt = torch.optim.AdamW(self.policy.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
-                                weight_decay=cfg.optim.weight_decay)
-        warm = cfg.optim.warmup_steps
-        self.sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda n: min(1.0, (n + 1) / warm) if warm else 1.0)
-        settings, loss = update_settings(cfg, self.device.type)
-        self.updater = Updater(self.policy, ref, opt, self.sched, settings, loss, pad_id=self.tok.pad_token_id,
-                               device=self.device, rank=self.place.train_rank, world=self.place.train_world,
-                               group=group, log=self.tlog)
-
-        # Resume: weights, optimizer, scheduler and counters. The engine loaded the base model from disk;
-        # from here on it receives weights only by sync, before every generate.
-        self.checkpointer = Checkpointer(cfg.run.output_dir, save_every=cfg.run.save_every, keep_last=cfg.run.keep_last,
-                                         model=self.policy, optimizer=opt, state=self._state, group=group,
-                                         log=self.tlog)
-        resumed = self.checkpointer.resume() if cfg.run.resume else None
-        if resumed:
-            self.sched.load_state_dict(resumed["scheduler"])
-            self.start_step = resumed["step"]
-            self.updater.nonfinite_in_a_row = resumed.get("nonfinite_in_a_row", 0)
-            self.resumed_batches = resumed["batches"] or []
-            if resumed.get("train_world", self.place.train_world) != self.place.train_world:
-                # each trainer rank stored its own share; with another number of shares they are not ours
-                self.tlog(f"WARNING: the checkpoint's stored rollout batches are for {resumed['train_world']} trainer "
-                          f"ranks, this run has {self.place.train_world}: they are dropped, and the run is not exact")
-                self.resumed_batches = []
-        lead = self.rank == self.place.lead_trainer
-        self.metrics = MetricsLogger(cfg.run.output_dir, enabled=lead,
-                                     resume_from_step=self.start_step if resumed else None,
-                                     report_to=tuple(cfg.run.report_to), config=cfg.to_dict(),
-                                     max_steps=cfg.run.max_steps)
-        if lead:
-            import yaml
-
-            with open(os.path.join(cfg.run.output_dir, "config.yaml"), "w") as f:
-                yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
-
-    def _engine_memory(self) -> EngineMemory:
-        """The vLLM engine's memory: the config's settings, and the KV cache this rank's largest batch
-        (training rollouts or its share of the eval) needs."""
-        cfg = self.cfg
-        shares = self.place.train_world     # one generate call per trainer rank's share
-        sequences = max(-(-cfg.optim.prompts_per_step // shares) * cfg.rollout.n,
-                        -(-len(self.eval) // shares) * cfg.rollout.eval_n)
-        return EngineMemory(gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
-                            kv_cache_gib=cfg.rollout.kv_cache_gib,
-                            batch_tokens=sequences * (cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens))
-
-    def _state(self) -> dict:
-        """What a checkpoint keeps besides the weights and the optimizer."""
-        return dict(scheduler=self.sched.state_dict(), nonfinite_in_a_row=self.updater.nonfinite_in_a_row,
-                    config=self.cfg.to_dict(), train_world=self.place.train_world)
 
     # ----------------------------------------------------------------------------------------------
     def fit(self) -> None:
@@ -208,11 +121,7 @@ class Trainer:
             disaggregated.train_disaggregated(self)
         dist.barrier()
         if self.metrics is not None and self.metrics.enabled and os.path.exists(self.metrics.path):
-            try:
-                png = plot_metrics(self.metrics.path, os.path.join(cfg.run.output_dir, "metrics.png"))
-                self.tlog(f"wrote {self.metrics.path} and {png}")
-            except Exception as e:  # noqa: BLE001 - the run is finished and saved; a plot must not fail it
-                self.tlog(f"wrote {self.metrics.path}; the plot failed ({type(e).__name__}: {e}), the run did not")
+            plot_finished_run(self.metrics.path, os.path.join(cfg.run.output_dir, "metrics.png"), self.tlog)
 
     def train_colocated(self) -> None:
         cfg = self.cfg
