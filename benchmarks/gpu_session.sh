@@ -159,7 +159,7 @@ if want 2; then
     run_step sweep; echo "-- sweep (fastest first)"; table "$WORK/sweep.json" sweep | head -25; save
 fi
 if want 3; then
-    run_step train_step; cat "$WORK/train_step.txt" | tail -20; save
+    run_step train_step; tail -20 "$WORK/train_step.txt"; save
 fi
 if want 4; then
     run_step grpo; sed -n '/^run: exit/,$p' "$WORK/grpo.txt"; save
