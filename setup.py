@@ -21,7 +21,7 @@ setup(
         "matplotlib>=3.8",
     ],
     extras_require={
-        "test": ["pytest>=8", "liger-kernel>=0.6", "tensorboard>=2.14", "wandb>=0.17", "gguf>=0.10", "accelerate>=0.26"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "liger-kernel>=0.6", "tensorboard>=2.14", "wandb>=0.17", "gguf>=0.10", "accelerate>=0.26"],
         # python -m lead_fast.pretrained (a real model from a GGUF file on the package index)
         "pretrained": ["gguf>=0.10", "accelerate>=0.26"],
         "tracking": ["tensorboard>=2.14", "wandb>=0.17"],

@@ -14,7 +14,7 @@ import json  # noqa: E402
 
 import pytest  # noqa: E402
 
-from tests.launch import DATA_DIR  # noqa: E402
+from tests.helpers.launch import DATA_DIR  # noqa: E402
 
 
 def pytest_configure(config):

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from lead_fast.algo import grade, grade_batch
-from tests.launch import ROOT, env
+from tests.helpers.launch import ROOT, env
 
 
 def test_grade_batch_matches_grade(train_data):

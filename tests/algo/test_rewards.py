@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lead_fast.algo import difficulty_weight, groups_without_signal, lead_advantages, lead_rewards
-from tests.reference import loop_advantages, loop_rewards
+from tests.helpers.reference import loop_advantages, loop_rewards
 
 
 def _case(sizes, seed, outcome_pool=(1, 0, -1, -2), shuffle=True):

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from lead_fast.ops import grpo_loss, token_logprobs
-from tests.launch import interpreted, skip_unless_interpreted
-from tests.ops.cases import BACKENDS, CASES, compare, make_inputs, run_loss
-from tests.reference import naive_grpo_loss
+from tests.helpers.launch import interpreted, skip_unless_interpreted
+from tests.helpers.loss_cases import BACKENDS, CASES, compare, make_inputs, run_loss
+from tests.helpers.reference import naive_grpo_loss
 
 
 def _skip_no_triton(backend):

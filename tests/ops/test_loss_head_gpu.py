@@ -5,8 +5,8 @@ import os
 import pytest
 import torch
 from lead_fast.ops import grpo_loss, token_logprobs
-from tests.ops.cases import CASES, compare, make_inputs
-from tests.reference import naive_grpo_loss
+from tests.helpers.loss_cases import CASES, compare, make_inputs
+from tests.helpers.reference import naive_grpo_loss
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET", "0") != "0",

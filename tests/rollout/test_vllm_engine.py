@@ -16,7 +16,7 @@ from lead_fast.config import RolloutConfig
 from lead_fast.model import load_tokenizer
 from lead_fast.rollout import SamplingSettings
 from lead_fast.rollout.factory import make_engine
-from tests.launch import STANDIN
+from tests.helpers.launch import STANDIN
 
 
 @pytest.fixture

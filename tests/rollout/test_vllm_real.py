@@ -19,7 +19,7 @@ from lead_fast.model import load_tokenizer
 from lead_fast.rollout import EngineMemory, SamplingSettings
 from lead_fast.rollout.base import stop_token_ids
 from lead_fast.rollout.factory import make_engine
-from tests.launch import HELPERS, ROOT, check, python, torchrun
+from tests.helpers.launch import HELPERS, ROOT, check, python, torchrun
 
 
 def _real_vllm():
@@ -312,15 +312,17 @@ def test_disaggregated_staleness_0_with_vllm_is_colocated_vllm(embedded_model, t
     """1 rollout rank whose vLLM engine runs in its own process (outside torchrun's world) + 2 trainer
     ranks: the same losses, rewards, log-prob gaps and evals as 2 colocated ranks with in-process engines
     (each trainer's share is generated in its own call, with its own seed, at the same weights)."""
-    from tests.test_disaggregated import _args, _rows, _same
+    from tests.core.test_disaggregated import _args
+    from tests.helpers.compare import assert_same_learning
+    from tests.helpers.runs import rows
 
     colo, dis = tmp_path / "colo", tmp_path / "dis"
     check(torchrun(2, _args(embedded_model, colo, "--max-steps", "3", "--rollout.engine", "vllm")))
     p = check(torchrun(3, _args(embedded_model, dis, "--max-steps", "3", "--rollout.engine", "vllm",
                                 "--rollout.mode", "disaggregated")))
     assert "lead_fast vllm rollout engine pid=" in p.stdout + p.stderr       # vLLM's log prefix: the child
-    a, b = _rows(colo), _rows(dis)
-    _same(a, b)
+    a, b = rows(colo), rows(dis)
+    assert_same_learning(a, b)
     assert all(0 <= r["rollout/logprob_gap"] < LOGPROB_ATOL for r in b if r["step"] > 0)
 
 
@@ -328,13 +330,15 @@ def test_disaggregated_staleness_1_with_vllm_resumes_exactly_after_sigterm(embed
     """max_staleness 1 with vLLM on the rollout rank: batch k+1 generated while batch k trains; SIGTERM to
     the rollout rank halfway through batch 3 (the rank finishes the share with its engine process), the
     run stops after step 4 with the next batch in the checkpoint, and --resume logs the unbroken run's rows."""
-    from tests.test_disaggregated import _args, _rows, _same
+    from tests.core.test_disaggregated import _args
+    from tests.helpers.compare import assert_same_learning
+    from tests.helpers.runs import rows
 
     full, part = tmp_path / "full", tmp_path / "part"
     extra = ("--rollout.engine", "vllm", "--rollout.mode", "disaggregated", "--rollout.max_staleness", "1",
              "--max-steps", "6")
     check(torchrun(3, _args(embedded_model, full, *extra)))
-    a = _rows(full)
+    a = rows(full)
     assert [r["rollout/staleness"] for r in a if r["step"] > 0] == [0, 1, 1, 1, 1, 1]
     # the correction sees the gap between generating and current weights, not the engine's numerics: at
     # staleness 0 the engine's log-probs are the trainer's to float rounding, one update behind they are not
@@ -347,7 +351,7 @@ def test_disaggregated_staleness_1_with_vllm_resumes_exactly_after_sigterm(embed
     assert "stopped by signal after step 4" in p.stdout, p.stdout[-2000:]
     p = check(torchrun(3, _args(embedded_model, part, *extra, "--resume")))
     assert "resumed from" in p.stdout
-    _same(a, _rows(part))
+    assert_same_learning(a, rows(part))
 
 
 def test_the_stand_in_keeps_vllms_names_and_signatures(monkeypatch):

@@ -6,8 +6,7 @@ import math
 import pytest
 import torch
 
-from tests.launch import HELPERS, STANDIN, TRAIN_DATA, check, torchrun
-
+from tests.helpers.launch import HELPERS, STANDIN, TRAIN_DATA, check, torchrun
 
 OFFICIAL_AGG = ["--algo.loss_agg", "seq_mean_token_mean", "--algo.loss_norm", "sampled"]
 # what grpo_lead_14b's update does besides its aggregation
@@ -69,7 +68,7 @@ def test_one_full_step_on_real_data(tiny_model_dir, tmp_path):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1]
     last = rows[-1]
-    # the values, not just the keys (tests/test_metrics.py checks each against hand-computed ones)
+    # the values, not just the keys (tests/core/test_metrics.py checks each against hand-computed ones)
     assert last["groups"] == 4 and last["groups_dropped"] == 0                 # drop_no_signal false: all kept
     assert last["groups_dropped/all_equal"] == last["groups_dropped/no_correct"] == 0
     assert last["lr"] == 1e-4 and last["kl"] == 0.0 and last["nonfinite_skipped"] == 0   # no reference model

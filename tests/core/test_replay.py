@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.launch import ROOT, check, python
+from tests.helpers.launch import ROOT, check, python
 
 
 @pytest.fixture(scope="module")

@@ -1,14 +1,18 @@
-"""A step's parts in-process, without torchrun: the group filter, then the step's counts and its metrics
-row, checked against values worked out by hand."""
+"""Metrics: the group filter and a step's counts and row against values worked out by hand; the trackers
+(TensorBoard, W&B offline); a failing plot never failing a finished run."""
 
 import math
 
+import pytest
 import torch
 
 from lead_fast.algo import CORRECT, DEGENERATE, NO_ANSWER, WRONG, lead_rewards, select_groups
+from lead_fast.checkpoint import latest_checkpoint
 from lead_fast.metrics import eval_counts, eval_metrics, step_counts, step_metrics
 from lead_fast.rollout.base import Completion
 from lead_fast.rollout.graded import GradedRollouts
+from tests.helpers.launch import check, python
+from tests.helpers.runs import rows, tiny_args, train
 
 
 def _rollouts():
@@ -69,3 +73,31 @@ def test_eval_metrics_are_pass_at_1_and_majority_vote():
     m = eval_metrics(eval_counts(results), seconds=2.5)
     assert m == {"eval/accuracy": 0.25, "eval/pass@1": 0.25, "eval/cons@n": 0.5, "eval/response_length": 6.0,
                  "time/eval_s": 2.5}
+
+
+def test_tensorboard_and_wandb_offline(embedded_model, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "tracked"
+    p = check(python(["-m", "lead_fast.train", *tiny_args(embedded_model, out, "--max-steps", "2",
+                                                         "--run.report_to", '["tensorboard", "wandb"]')[2:]],
+                     WANDB_MODE="offline", WANDB_SILENT="true"))
+    assert "ETA" in p.stdout and "elapsed" in p.stdout
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"loss", "reward/mean", "eval/accuracy", "eval/pass@1", "time/step_s"} <= tags
+    logged = [e.value for e in events.Scalars("eval/accuracy")]
+    assert logged == pytest.approx([r["eval/accuracy"] for r in rows(out) if r.get("eval/accuracy") is not None])
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(runs[0].glob("*.wandb"))
+
+
+def test_a_failing_plot_does_not_fail_a_finished_run(embedded_model, tmp_path):
+    broken = tmp_path / "site" / "matplotlib"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text('raise RuntimeError("a broken matplotlib")\n')
+    out = tmp_path / "o"
+    p = check(train(embedded_model, out, "--max-steps", "1", PYTHONPATH=str(tmp_path / "site")))
+    assert "the plot failed" in p.stdout and "the run did not" in p.stdout
+    assert len(rows(out)) == 1 and latest_checkpoint(str(out)) is not None

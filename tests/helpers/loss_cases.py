@@ -4,7 +4,7 @@ loss-head tests."""
 import torch
 
 from lead_fast.ops import grpo_loss
-from tests.reference import naive_grpo_loss
+from tests.helpers.reference import naive_grpo_loss
 
 BACKENDS = ["torch", "triton"]
 

@@ -1,10 +1,12 @@
-"""Data loading, prompts and prompt order, and the model directory checks, in-process."""
+"""Data loading, prompts and prompt order, the model directory checks, and budgets beyond the model's
+context or prompts all over the budget refused before any work."""
 
 import pytest
 
 from lead_fast.data import DataError, load_problems, prompts_for_step, tokenize_prompts
 from lead_fast.model import ModelError, load_tokenizer
-from tests.launch import DATA_DIR
+from tests.helpers.launch import DATA_DIR
+from tests.helpers.runs import refused, train
 
 
 def test_shipped_files_load():
@@ -109,3 +111,18 @@ def test_hub_name_offline_is_one_paragraph(monkeypatch):
     with pytest.raises(DataError, match="is not a local file or directory, and loading it as a Hugging Face hub "
                                         "dataset failed .*Without network access"):
         load_problems("some-org/some-math-set")
+
+
+def test_budget_beyond_the_models_context_is_refused_before_work(embedded_model, tmp_path):
+    """The embedded model has 256 positions: 32 prompt + 300 response tokens do not fit (vLLM would refuse
+    to start; transformers would generate past the positions the model knows, silently)."""
+    msg = refused(train(embedded_model, tmp_path / "o", "--rollout.max_new_tokens", "300"))
+    assert "32 + 300 = 332 tokens, exceeds the model's context of 256 positions" in msg
+    assert "--data.max_prompt_tokens or --rollout.max_new_tokens" in msg
+    assert not (tmp_path / "o" / "metrics.jsonl").exists()
+
+
+def test_prompts_all_over_the_budget_name_the_preset_and_the_flag(embedded_model, tmp_path):
+    msg = refused(train(embedded_model, tmp_path / "o", "--data.max_prompt_tokens", "4"))
+    assert "longer than data.max_prompt_tokens=4 tokens (the tiny preset's value unless you set it)" in msg
+    assert "raise the limit with --data.max_prompt_tokens" in msg

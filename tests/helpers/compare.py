@@ -11,10 +11,6 @@ import torch
 VARYING = ("time/", "tokens_per_s", "rollout/tokens_per_s")
 
 
-def rows(out) -> list[dict]:
-    return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
-
-
 def assert_same_rows(a: list[dict], b: list[dict], *, skip_prefixes=VARYING) -> None:
     """The same steps with the same keys, and the same values (NaN equal to NaN) but for the wall-clock ones;
     a key in one row only fails."""
@@ -27,6 +23,20 @@ def assert_same_rows(a: list[dict], b: list[dict], *, skip_prefixes=VARYING) -> 
             x, y = ra[k], rb[k]
             same = x == y or (isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y))
             assert same, (ra["step"], k, x, y)
+
+
+# what two runs that should learn the same must log the same (disaggregated against colocated)
+LEARNED = ("loss", "reward/mean", "accuracy", "response_length/mean", "grad_norm", "clip_frac", "entropy", "kl",
+           "groups_dropped", "rollout/logprob_gap", "rollout/mismatch_kl", "rollout/is_weight_mean",
+           "eval/accuracy", "eval/cons@n", "eval/response_length")
+
+
+def assert_same_learning(a: list[dict], b: list[dict], keys=LEARNED) -> None:
+    """The same steps, and in each the same value of every key in ``keys`` (a key missing in both is equal)."""
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(a, b):
+        for k in keys:
+            assert ra.get(k) == rb.get(k), (ra["step"], k, ra.get(k), rb.get(k))
 
 
 def load_checkpoint_files(path) -> dict:

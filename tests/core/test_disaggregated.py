@@ -1,31 +1,15 @@
 """Disaggregated mode (rollout.mode disaggregated): rollout ranks generate, trainer ranks train, up to
 rollout.max_staleness updates apart. Real torchrun, gloo, the tiny model and the transformers engine."""
 
-import json
-from pathlib import Path
 
-from tests.launch import HELPERS, check, torchrun
-
-SAME = ("loss", "reward/mean", "accuracy", "response_length/mean", "grad_norm", "clip_frac", "entropy", "kl",
-        "groups_dropped", "rollout/logprob_gap", "rollout/mismatch_kl", "rollout/is_weight_mean",
-        "eval/accuracy", "eval/cons@n", "eval/response_length")
+from tests.helpers.compare import assert_same_learning
+from tests.helpers.launch import HELPERS, check, torchrun
+from tests.helpers.runs import rows, tiny_args
 
 
 def _args(model, out, *extra):
-    return ["-m", "lead_fast.train", "--preset", "tiny", "--model", model, "--output-dir", str(out),
-            "--optim.prompts_per_step", "8", "--eval-every", "2", "--data.eval_size", "8", "--rollout.eval_n", "1",
-            "--rollout.logprobs", "true", *extra]
-
-
-def _rows(out):
-    return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
-
-
-def _same(a, b, keys=SAME):
-    assert [r["step"] for r in a] == [r["step"] for r in b]
-    for ra, rb in zip(a, b):
-        for k in keys:
-            assert ra.get(k) == rb.get(k), (ra["step"], k, ra.get(k), rb.get(k))
+    # with the engine's log-probs, so that the rollout-correction metrics are compared too
+    return tiny_args(model, out, "--rollout.logprobs", "true", *extra)
 
 
 def test_staleness_0_is_colocated(embedded_model, tmp_path):
@@ -35,8 +19,8 @@ def test_staleness_0_is_colocated(embedded_model, tmp_path):
     check(torchrun(2, _args(embedded_model, colo, "--max-steps", "3")))
     p = check(torchrun(3, _args(embedded_model, dis, "--max-steps", "3", "--rollout.mode", "disaggregated")))
     assert "1 rollout + 2 trainer rank(s), max_staleness 0" in p.stdout
-    a, b = _rows(colo), _rows(dis)
-    _same(a, b)
+    a, b = rows(colo), rows(dis)
+    assert_same_learning(a, b)
     assert a[-1]["loss"] is not None and a[-1]["eval/accuracy"] is not None
     train = [r for r in b if r["step"] > 0]
     assert all(r["rollout/staleness"] == 0 and r["time/overlap_frac"] == 0 for r in train)  # in turn, never both
@@ -50,7 +34,7 @@ def test_staleness_1_overlaps_and_resumes_exactly_after_sigterm_mid_generation(e
     full, part = tmp_path / "full", tmp_path / "part"
     extra = ("--rollout.mode", "disaggregated", "--rollout.max_staleness", "1", "--max-steps", "6")
     check(torchrun(3, _args(embedded_model, full, *extra)))
-    a = _rows(full)
+    a = rows(full)
     assert [r["rollout/staleness"] for r in a if r["step"] > 0] == [0, 1, 1, 1, 1, 1]
     assert sum(r["time/overlap_frac"] for r in a if r["step"] > 0) > 0
 
@@ -61,4 +45,4 @@ def test_staleness_1_overlaps_and_resumes_exactly_after_sigterm_mid_generation(e
     assert (saved / "batches-rank0.pt").exists() and (saved / "batches-rank1.pt").exists()
     p = check(torchrun(3, _args(embedded_model, part, *extra, "--resume")))
     assert "resumed from" in p.stdout
-    _same(a, _rows(part))
+    assert_same_learning(a, rows(part))

@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DATA_DIR = ROOT / "data" / "grpo_lead"
 TRAIN_DATA = DATA_DIR / "train_stage2_3.json"
 HELPERS = ROOT / "tests" / "helpers"

@@ -1,4 +1,5 @@
-"""Micro-batch planning and collation (the update's bookkeeping), in-process."""
+"""The update: micro-batch planning and collation, packed / padded / shared-prompt rows giving the same
+log-probs and gradients, activation checkpointing, rollout-correction weights, the non-finite guard."""
 
 import json
 import random
@@ -9,7 +10,7 @@ import torch
 
 from lead_fast.ops import LossParams
 from lead_fast.update import Sample, collate, plan_micro_batches
-from tests.launch import skip_unless_interpreted
+from tests.helpers.launch import HELPERS, check, torchrun
 
 
 def _samples(lengths, seed=0):
@@ -237,71 +238,6 @@ def test_activation_checkpointing_keeps_less_and_changes_nothing(tiny_model_dir)
         torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7)
 
 
-def test_liger_kernels_are_patched_in_only_where_asked(tiny_model_dir):
-    """Liger's kernels go into the one model instance asked for; transformers' Qwen2 module (its classes,
-    its rotary function) is as it was, so a model built afterwards (the reference, a rollout engine) runs
-    transformers' own code and gives transformers' outputs."""
-    import transformers.models.qwen2.modeling_qwen2 as qwen2
-
-    from lead_fast.model import apply_liger_kernels, load_model
-
-    before = dict(vars(qwen2))
-    lm = load_model(tiny_model_dir, torch.float32, torch.device("cpu"))
-    ids = torch.arange(2, 40).reshape(2, 19)
-    with torch.no_grad():
-        expected = load_model(tiny_model_dir, torch.float32, torch.device("cpu"))(ids).logits
-    assert apply_liger_kernels(lm, "auto", torch.device("cpu")) == []          # CPU: off
-    assert "Liger" not in type(lm.model.layers[0].mlp).forward.__qualname__
-    # with Triton's interpreter on, "on" can patch a CPU model here (it does not run it)
-    skip_unless_interpreted()
-    assert apply_liger_kernels(lm, "on", torch.device("cpu")) == ["rms_norm", "swiglu"]
-    assert lm.model.norm.forward.__qualname__.startswith("LigerRMSNorm")
-    assert lm.model.layers[0].mlp.forward.__qualname__.startswith("LigerSwiGLUMLP")
-    assert lm.lm_head.forward.__qualname__.startswith("Linear")              # the head is ours, not Liger's
-    changed = sorted(k for k in set(before) | set(vars(qwen2)) if vars(qwen2).get(k) is not before.get(k))
-    assert changed == [], changed
-    later = load_model(tiny_model_dir, torch.float32, torch.device("cpu"))
-    assert not any("Liger" in type(m).__name__ or "forward" in vars(m) for m in later.modules())
-    with torch.no_grad():
-        torch.testing.assert_close(later(ids).logits, expected, rtol=0, atol=0)
-
-
-def test_liger_failing_to_import_or_patch_is_one_line_and_auto_goes_on(tiny_model_dir, monkeypatch):
-    """liger-kernel imports its patch functions lazily, so a version mismatch with transformers surfaces only
-    when one is looked up, or inside it: ``auto`` says why in one line and trains without Liger, ``on``
-    refuses in one paragraph. (A device of type cuda is only named here, nothing runs on it.)"""
-    import liger_kernel.transformers as liger
-
-    from lead_fast.errors import ModelError
-    from lead_fast.model import apply_liger_kernels, load_model
-
-    lm = load_model(tiny_model_dir, torch.float32, torch.device("cpu"))
-    cuda = torch.device("cuda")
-
-    def lazy_import_fails(name):
-        raise ImportError("cannot import name 'Qwen2Model' from 'transformers.models.qwen2.modeling_qwen2'")
-
-    if "apply_liger_kernel_to_qwen2" in vars(liger):      # looked up (and so cached) by an earlier test
-        monkeypatch.delattr(liger, "apply_liger_kernel_to_qwen2")
-    monkeypatch.setattr(liger, "__getattr__", lazy_import_fails, raising=False)
-    lines = []
-    assert apply_liger_kernels(lm, "auto", cuda, log=lines.append) == []
-    assert lines == ["Liger kernels off: liger-kernel does not import: ImportError: cannot import name 'Qwen2Model' "
-                     "from 'transformers.models.qwen2.modeling_qwen2'"]
-    with pytest.raises(ModelError, match=r"^model.liger_kernels=on: liger-kernel does not import: ImportError"):
-        apply_liger_kernels(lm, "on", cuda)
-
-    def patch_fails(**kw):
-        raise AttributeError("'Qwen2Model' object has no attribute 'norm'")
-
-    monkeypatch.setitem(vars(liger), "apply_liger_kernel_to_qwen2", patch_fails)
-    lines.clear()
-    assert apply_liger_kernels(lm, "auto", cuda, log=lines.append) == []
-    assert lines == ["Liger kernels off: liger-kernel could not patch the qwen2 model: AttributeError: 'Qwen2Model' "
-                     "object has no attribute 'norm'"]
-    assert "forward" not in vars(lm.model.norm)
-
-
 def _expected_mismatch(lengths, mode, cap=2.0, low=0.5):
     """The mismatch metrics worked out by hand from the helper's per-token offsets (ratio exp(-delta))."""
     import math
@@ -338,7 +274,7 @@ def test_a_synthetic_mismatch_gives_the_hand_computed_weights_and_masks(tiny_mod
     and the k3 mismatch equal the hand-computed ones, padded and packed, on 1 and 2 ranks."""
     import json
 
-    from tests.launch import HELPERS, TRAIN_DATA, check, torchrun
+    from tests.helpers.launch import HELPERS, TRAIN_DATA, check, torchrun
 
     out = tmp_path / "res.json"
     check(torchrun(world, [str(HELPERS / "correction_update.py"), tiny_model_dir, str(TRAIN_DATA), str(out),
@@ -355,20 +291,9 @@ def test_a_synthetic_mismatch_gives_the_hand_computed_weights_and_masks(tiny_mod
         assert res["logprob_gap"] == pytest.approx(want["gap"], rel=1e-5), mode
 
 
-@pytest.mark.parametrize("policy", ["lead_fast", "fsdp2_default"])
-def test_fsdp2_mixed_precision_keeps_the_heads_inputs_float32(tied_model_dir, tmp_path, policy):
-    """FSDP2 with bfloat16 parameters (gloo on CPU, one rank): the loss head gets bfloat16 hidden states and
-    weight, and the per-token inputs (advantages, weights, old / reference log-probs, correct ratios) in
-    float32. FSDP2's default policy casts every float tensor passed to the root's forward, dataclass fields
-    included: the negative control shows that this test sees it."""
-    from tests.launch import HELPERS, check, torchrun
-
-    out = tmp_path / "dtypes.json"
-    check(torchrun(1, [str(HELPERS / "mixed_precision_inputs.py"), tied_model_dir, str(out),
-                       "fixed" if policy == "lead_fast" else "default"], timeout=300))
-    seen = json.loads(out.read_text())
-    assert seen["hidden"] == seen["weight"] == "torch.bfloat16" and seen["param_dtype"] == "torch.float32"
-    assert seen["loss_finite"]
-    per_token = {k: seen[k] for k in ("advantages", "token_weights", "old_logprobs", "ref_logprobs", "correct_ratio")}
-    want = "torch.float32" if policy == "lead_fast" else "torch.bfloat16"
-    assert set(per_token.values()) == {want}, per_token
+def test_nonfinite_step_is_skipped_and_counted(embedded_model, tmp_path):
+    res = tmp_path / "nf.json"
+    check(torchrun(2, [str(HELPERS / "nonfinite_update.py"), embedded_model, str(res)]))
+    r = json.loads(res.read_text())
+    assert r["skipped"] == 1 and not r["updated"] and r["unchanged"]
+    assert "2 steps in a row" in r["stopped"]

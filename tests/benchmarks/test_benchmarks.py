@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from tests.launch import skip_unless_interpreted
+from tests.helpers.launch import skip_unless_interpreted
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _load(name):
@@ -53,7 +53,7 @@ def test_bench_loss_head_sweep_small():
 
 def test_bench_train_step_quick(tmp_path):
     """The step benchmark on CPU: every row that runs computes the same first-step loss."""
-    from tests.launch import check, python
+    from tests.helpers.launch import check, python
 
     out = tmp_path / "s.json"
     p = check(python([str(ROOT / "benchmarks" / "bench_train_step.py"), "--quick", "--out", str(out),

@@ -219,7 +219,7 @@ def test_readme_lists_what_each_preset_changes():
 
     from lead_fast.presets import preset_table
 
-    readme = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "docs" / "training.md").read_text()
     assert preset_table() in readme, "docs/training.md's preset table is stale: paste presets.preset_table()'s output"
 
 

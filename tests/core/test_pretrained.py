@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from tests.launch import check, python, torchrun
+from tests.helpers.launch import check, python, torchrun
 
 
 @pytest.fixture(scope="module")
