@@ -104,7 +104,8 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--out", default="bench_mismatch.json")
     a = ap.parse_args(argv)
     from lead_fast.data import build_prompt
-    from lead_fast.demo import TASK_INSTRUCTION, build_embedded_model, synthetic_problems
+    from lead_fast.task import TASK_INSTRUCTION, synthetic_problems
+    from lead_fast.warm_start import build_embedded_model
     from lead_fast.model import load_tokenizer
 
     torch.set_num_threads(os.cpu_count() or 1)

@@ -81,7 +81,7 @@ class RSS:
 
 
 def problems():
-    from lead_fast.demo import TASK_INSTRUCTION, synthetic_problems
+    from lead_fast.task import TASK_INSTRUCTION, synthetic_problems
 
     return synthetic_problems((10, 100)), TASK_INSTRUCTION
 

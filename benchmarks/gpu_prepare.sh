@@ -25,7 +25,7 @@ ls "$CARRY/wheels"
 echo "== the tiny model after a $WARM_STEPS-step warm start (about 1-5 minutes on 2 cores; reused when built)"
 python3 - "$CARRY/tiny_model" "$WARM_STEPS" <<'PY'
 import sys
-from lead_fast.demo import build_embedded_model
+from lead_fast.warm_start import build_embedded_model
 build_embedded_model(sys.argv[1], steps=int(sys.argv[2]), seed=0, log=lambda m: print(m, flush=True))
 PY
 

@@ -4,7 +4,7 @@
     python benchmarks/smollm2_format_warmup.py --steps 0       # the model as shipped
 
 Builds (or reuses) the model with ``lead_fast.pretrained``, runs the smollm2 preset's answer-format warm-up
-(``lead_fast.demo.format_warm_up``: ``--steps`` supervised steps on the 100 one-digit sums, half answered
+(``lead_fast.warm_start.format_warm_up``: ``--steps`` supervised steps on the 100 one-digit sums, half answered
 ``a + b = c. The answer is \\boxed{c}.`` and half restated and checked; chat template, the task's
 instruction, loss on the response and ``<|im_end|>`` only), then samples ``--n`` responses at
 ``--temperature`` for 16 problems of each operand range with the transformers engine and grades them with
@@ -34,7 +34,8 @@ RANGES = ((0, 10), (10, 50), (50, 100), (10, 100), (100, 500))
 def main(argv=None) -> list[dict]:
     from lead_fast.algo import grade_batch
     from lead_fast.data import build_prompt
-    from lead_fast.demo import TASK_INSTRUCTION, format_warm_up
+    from lead_fast.task import TASK_INSTRUCTION
+    from lead_fast.warm_start import format_warm_up
     from lead_fast.config import RolloutConfig
     from lead_fast.model import load_tokenizer
     from lead_fast.pretrained import model_dir

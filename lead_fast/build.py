@@ -15,7 +15,7 @@ from lead_fast import run_dir
 from lead_fast.checkpoint import Checkpointer
 from lead_fast.config import TrainConfig
 from lead_fast.data import tokenize_prompts
-from lead_fast.demo import prepare_model_dir
+from lead_fast.warm_start import prepare_model_dir
 from lead_fast.distributed import on_rank0
 from lead_fast.metrics import MetricsLogger
 from lead_fast.model import PolicyWithHead, apply_liger_kernels, check_context, load_model, shard

@@ -1,13 +1,26 @@
 """The task a run trains and evaluates on: the user's problems (``data.path``), or, without a path, the
-generated sums of the demo. This is the one place that rule lives; data.py reads files and knows no demo."""
+generated sums. This is the one place that rule lives; data.py reads files and knows no generated task."""
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 from lead_fast.config import DataConfig
 from lead_fast.data import Problem, load_problems, split_eval
-from lead_fast.demo import TASK_INSTRUCTION, synthetic_problems
+
+TASK_INSTRUCTION = "Put the final answer within \\boxed{}."
+TASK_MAX = 20  # operands in [0, TASK_MAX)
+
+
+def synthetic_problems(operands: tuple[int, int] = (0, TASK_MAX), limit: int = 2000) -> list[Problem]:
+    """Every ``a + b`` problem with both operands in ``[lo, hi)``, in a fixed order (the default range
+    gives the embedded task's 400); more than ``limit`` pairs: a fixed seeded sample of ``limit``."""
+    lo, hi = operands
+    pairs = [(a, b) for a in range(lo, hi) for b in range(lo, hi)]
+    if len(pairs) > limit:
+        pairs = sorted(random.Random(lo * 100_003 + hi).sample(pairs, limit))
+    return [Problem(f"What is {a} + {b}?", str(a + b)) for a, b in pairs]
 
 
 @dataclass(frozen=True)

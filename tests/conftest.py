@@ -32,7 +32,7 @@ def train_data():
 def tiny_model_dir(tmp_path_factory, train_data):
     """A real model directory: a BPE tokenizer trained on the GRPO-LEAD problems and a random-init
     Qwen2-style model, saved and loaded back by the code under test."""
-    from lead_fast.demo import build_tiny_model, train_tokenizer
+    from lead_fast.warm_start import build_tiny_model, train_tokenizer
 
     out = tmp_path_factory.mktemp("tiny_model")
     texts = [r["problem"] for r in train_data[:1500]] + [r.get("solution") or "" for r in train_data[:300]]
@@ -45,7 +45,7 @@ def tiny_model_dir(tmp_path_factory, train_data):
 def tied_model_dir(tmp_path_factory):
     """A model directory whose output head is its input embedding (tie_word_embeddings), with a tokenizer
     that fits the embedded task."""
-    from lead_fast.demo import build_tiny_model, synthetic_corpus, train_tokenizer
+    from lead_fast.warm_start import build_tiny_model, synthetic_corpus, train_tokenizer
 
     out = tmp_path_factory.mktemp("tied_model")
     texts = [p.problem + " " + sol for p, sol in synthetic_corpus(400, seed=0)]
@@ -57,7 +57,7 @@ def tied_model_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def embedded_model(tmp_path_factory):
     """The embedded task's model after a short warm start (built once, passed with --model)."""
-    from lead_fast.demo import build_embedded_model
+    from lead_fast.warm_start import build_embedded_model
 
     d = tmp_path_factory.mktemp("embedded") / "base_model"
     build_embedded_model(str(d), steps=150, seed=0, log=lambda m: None)
@@ -67,7 +67,7 @@ def embedded_model(tmp_path_factory):
 @pytest.fixture(scope="session")
 def arith_data(tmp_path_factory):
     """The embedded task's problems as a data file (short prompts, inside the embedded model's context)."""
-    from lead_fast.demo import synthetic_problems
+    from lead_fast.task import synthetic_problems
 
     path = tmp_path_factory.mktemp("arith") / "arith.json"
     path.write_text(json.dumps([{"problem": p.problem, "answer": p.answer} for p in synthetic_problems()[:40]]))

@@ -234,7 +234,7 @@ def test_smollm2_preset_and_the_generated_task():
 
 
 def test_generated_task_operands():
-    from lead_fast.demo import synthetic_problems
+    from lead_fast.task import synthetic_problems
 
     assert len(synthetic_problems()) == 400 and synthetic_problems()[0].problem == "What is 0 + 0?"
     big = synthetic_problems((10, 100))

@@ -70,7 +70,7 @@ def test_a_replay_that_differs_fails(saved_run, embedded_model, tmp_path):
     """The comparison can fail: the same step on a model that is not the one the run started from."""
     from transformers import AutoTokenizer
 
-    from lead_fast.demo import build_tiny_model
+    from lead_fast.warm_start import build_tiny_model
 
     other = tmp_path / "other"      # the embedded model's tokenizer and shape, fresh random weights
     build_tiny_model(AutoTokenizer.from_pretrained(embedded_model), str(other), seed=1)

@@ -1,10 +1,12 @@
-"""The embedded demo: a task, a tokenizer and a tiny model built locally, and a supervised warm start.
+"""Warm starts: supervised steps that give a model something for GRPO-LEAD to improve, built once and cached.
 
-The task is ``What is a + b?`` for ``0 <= a, b < 20``. The tokenizer (byte-level BPE, digits split) is
+For the embedded task (``What is a + b?`` for ``0 <= a, b < 20``, ``lead_fast.task``) a tokenizer and a tiny
+model are built locally. The tokenizer (byte-level BPE, digits split) is
 trained on its text; the model is a random-init Qwen2-style causal LM saved as a real model directory;
 the warm start (GRPO-LEAD's own stage 1 is an SFT too) teaches it worked solutions of deliberately mixed
 length and quality, so GRPO-LEAD has both accuracy and length to win. Everything derives from the seed:
-rank 0 builds the directory once and the other ranks load it.
+rank 0 builds the directory once and the other ranks load it. For a pretrained model, the format warm-up
+(``format_warm_up``) teaches only the boxed answer.
 """
 
 from __future__ import annotations
@@ -21,20 +23,7 @@ import torch
 from lead_fast.data import Problem, build_prompt
 from lead_fast.distributed import on_rank0
 from lead_fast.model import load_model, load_tokenizer
-
-TASK_INSTRUCTION = "Put the final answer within \\boxed{}."
-TASK_MAX = 20  # operands in [0, TASK_MAX)
-
-
-def synthetic_problems(operands: tuple[int, int] = (0, TASK_MAX), limit: int = 2000) -> list[Problem]:
-    """Every ``a + b`` problem with both operands in ``[lo, hi)``, in a fixed order (the default range
-    gives the embedded task's 400); more than ``limit`` pairs: a fixed seeded sample of ``limit``."""
-    lo, hi = operands
-    pairs = [(a, b) for a in range(lo, hi) for b in range(lo, hi)]
-    if len(pairs) > limit:
-        pairs = sorted(random.Random(lo * 100_003 + hi).sample(pairs, limit))
-    return [Problem(f"What is {a} + {b}?", str(a + b)) for a, b in pairs]
-
+from lead_fast.task import TASK_INSTRUCTION, synthetic_problems
 
 def synthetic_solution(a: int, b: int, rng: random.Random) -> str:
     """One worked solution, drawn from a deliberately mixed distribution.
