@@ -20,6 +20,7 @@ setup(
         "safetensors>=0.4",
         "matplotlib>=3.8",
     ],
+    entry_points={"console_scripts": ["lead-fast = lead_fast.launch:main"]},
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3.5", "liger-kernel>=0.6", "tensorboard>=2.14", "wandb>=0.17", "gguf>=0.10", "accelerate>=0.26"],
         # python -m lead_fast.pretrained (a real model from a GGUF file on the package index)

@@ -13,6 +13,7 @@ import ast
 import dataclasses
 import importlib.util
 import inspect
+import os
 import textwrap
 import types
 import typing
@@ -155,30 +156,56 @@ def load_yaml(cfg: TrainConfig, path: str) -> set[str]:
     return keys
 
 
+def _syntax_example(key: str, typ) -> str:
+    """How to write a list or a pair on the command line (other values are written as they read)."""
+    origin = typing.get_origin(typ)
+    if origin is list:
+        return f"; a list: --{key} '[a, b]', or one item alone"
+    if origin is tuple:
+        return f"; a pair: --{key} x,y"
+    return ""
+
+
+def invoked_as() -> str:
+    """The command line that started this process, as --help's usage line shows it."""
+    if os.environ.get("LEAD_FAST_LAUNCHER"):            # set by lead_fast.launch for the ranks it starts
+        return "lead-fast"
+    if os.environ.get("TORCHELASTIC_RUN_ID") or os.environ.get("LOCAL_RANK"):
+        return "torchrun --nproc_per_node=N -m lead_fast.train"
+    return "python -m lead_fast.train"
+
+
 def help_text() -> str:
     lines = ["Config fields (set with --section.field VALUE; defaults shown are the dataclass defaults):"]
     for s in SECTIONS:
         cls = type(getattr(TrainConfig(), s))
-        docs = field_docs(cls)
+        docs, hints = field_docs(cls), typing.get_type_hints(cls)
         lines.append(f"\n  [{s}]")
         for f in dataclasses.fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             allowed = choices_of(cls, f.name)
             one_of = f"; one of {', '.join(allowed)}" if allowed else ""
-            lines.append(f"    --{s}.{f.name} (default {default!r}{one_of})\n        {docs.get(f.name, '')}")
+            syntax = _syntax_example(f"{s}.{f.name}", hints[f.name])
+            lines.append(f"    --{s}.{f.name} (default {default!r}{one_of}{syntax})")
+            doc = " ".join(docs.get(f.name, "").split())    # one paragraph, however the docstring was wrapped
+            lines.extend(textwrap.wrap(doc, 110, initial_indent=" " * 8, subsequent_indent=" " * 8))
     short = ", ".join(f"{k} = --{v}" for k, v in SHORT_FLAGS.items())
-    lines.append(f"\n  Short flags: {short}")
+    lines.append("")
+    lines.extend(textwrap.wrap(f"Short flags: {short}", 110, initial_indent="  ", subsequent_indent=" " * 8))
     lines.append("\n  Presets (--preset NAME; without it: tiny, or defaults when a model is given):")
     for name, make in PRESETS.items():
         changed = ", ".join(f"{k}={v}" for k, v in preset_changes(name).items()) or "nothing"
-        lines.append(f"    {name}: {' '.join(make.__doc__.split())}\n        sets: {changed}")
+        lines.extend(textwrap.wrap(f"{name}: {' '.join(make.__doc__.split())}", 110, initial_indent="    ",
+                                   subsequent_indent=" " * 8))
+        lines.extend(textwrap.wrap(f"sets: {changed}", 110, initial_indent=" " * 8, subsequent_indent=" " * 8))
     return "\n".join(lines)
 
 
-def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    """Build the config from ``--preset``, ``--config`` and overrides. Raises ConfigError on bad input."""
+def parse_args(argv: list[str] | None = None, prog: str | None = None) -> TrainConfig:
+    """Build the config from ``--preset``, ``--config`` and overrides. Raises ConfigError on bad input.
+    ``prog``: the command --help's usage line names (default: how this process was started)."""
     ap = argparse.ArgumentParser(
-        prog="torchrun -m lead_fast.train", description="GRPO-LEAD training with lead_fast.",
+        prog=prog or invoked_as(), description="GRPO-LEAD training with lead_fast.",
         epilog=help_text(), formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     ap.add_argument("--preset", help=f"named preset: {', '.join(PRESETS)} (default: tiny, or defaults when a model "
                                      "is given with --model, --model.path or the config file)")

@@ -284,6 +284,10 @@ class RunConfig:
     answer format on one-digit sums (a \\boxed{} answer, concise or checked), whatever data it then trains on."""
     max_nonfinite_steps: int = 3
     """Stop after this many steps in a row with a non-finite loss or gradient (each is skipped)."""
+    max_no_signal_steps: int = 20
+    """Stop after this many steps in a row in which every group was dropped (all of a group's rewards equal,
+    or, with algo.drop_no_correct, none correct). Such a step updates nothing, so the next one samples the
+    same policy: a run that had this many in a row would go on training nothing. 0: never stop."""
     save_samples: int = 0
     """Save the update inputs of the first this many steps (each trainer rank's samples: prompt and response
     token ids, advantages, correct ratios, the engine's log-probs) to OUTPUT_DIR/samples/, so that
@@ -383,6 +387,7 @@ RANGES: dict[str, tuple] = {
     "run.seed": (lambda v: v >= 0, ">= 0"),
     "run.warm_start_steps": (lambda v: v >= 0, ">= 0"),
     "run.max_nonfinite_steps": (lambda v: v >= 1, ">= 1"),
+    "run.max_no_signal_steps": (lambda v: v >= 0, ">= 0"),
     "run.save_samples": (lambda v: v >= 0, ">= 0 (0: none)"),
 }
 

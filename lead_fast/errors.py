@@ -67,6 +67,12 @@ class NonFiniteError(LeadFastError, RuntimeError):
     exit_code = 1
 
 
+class NoSignalError(LeadFastError, RuntimeError):
+    """Every group of ``run.max_no_signal_steps`` steps in a row was dropped: nothing trained, nothing would."""
+
+    exit_code = 1
+
+
 def describe_os_error(e: OSError) -> str:
     """A short human cause for an OSError from writing files."""
     if e.errno == errno.ENOSPC:

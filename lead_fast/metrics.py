@@ -12,6 +12,7 @@ import time
 import torch
 
 from lead_fast.algo import CORRECT, DEGENERATE, NO_ANSWER, GroupFilter
+from lead_fast.errors import NoSignalError
 from lead_fast.rollout.graded import GradedRollouts
 
 
@@ -96,6 +97,41 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def no_signal(row: dict) -> str | None:
+    """Why a step trained nothing (every group dropped), as the console says it; None when something trained."""
+    groups = row.get("groups", 0)
+    if not groups or row.get("groups_dropped") != groups:
+        return None
+    equal, none_correct = row.get("groups_dropped/all_equal", 0), row.get("groups_dropped/no_correct", 0)
+    return (f"no update: all {groups} groups dropped ({equal} with all rewards equal, {none_correct} without a "
+            f"correct response)")
+
+
+class NoSignalWatch:
+    """Counts steps in a row that trained nothing (``no_signal``); ``limit`` of them stop the run."""
+
+    def __init__(self, limit: int, log_row=None):
+        self.limit, self.in_a_row, self.log_row = limit, 0, log_row
+
+    def check(self, step: int, row: dict) -> dict:
+        """Step ``step``'s ``row``, after counting it; at the limit, logs it (``log_row``) and raises
+        ``NoSignalError`` with advice."""
+        self.in_a_row = self.in_a_row + 1 if no_signal(row) else 0
+        if self.limit and self.in_a_row >= self.limit:
+            if self.log_row is not None:
+                self.log_row({"step": step, **row})
+            acc = row.get("accuracy", 0)
+            cause = ("no response was correct: the model cannot yet give the answer format or solve these "
+                     "problems; a warm start (--run.warm_start_steps) or easier problems give it a start"
+                     if acc == 0 else "every response of a group got the same reward: more responses per prompt "
+                     "(--rollout.n) or a higher --rollout.temperature give groups a spread"
+                     if acc < 1 else "every response was correct: the problems are too easy for this model")
+            raise NoSignalError(f"{self.in_a_row} steps in a row (up to step {step}) trained nothing: every "
+                                f"group was dropped; {cause}. (--run.max_no_signal_steps {self.limit}; 0 never stops; "
+                                f"--algo.drop_no_correct false keeps groups without a correct response)")
+        return row
+
+
 class MetricsLogger:
     """Writes on rank 0 only. ``resume_from_step`` drops rows past a checkpoint so a resumed run's
     file reads as one unbroken run."""
@@ -146,7 +182,11 @@ class MetricsLogger:
         if self.wandb is not None:
             self.wandb.log(scalars, step=step)
         parts = [f"step {step}"]
-        parts += [f"{k}={_fmt(row[k])}" for k in self.CONSOLE_KEYS if k in row]
+        why = no_signal(row)
+        if why:         # loss, gradient norm and clip fraction of an update that did not happen: said instead
+            parts.append(why)
+        parts += [f"{k}={_fmt(row[k])}" for k in self.CONSOLE_KEYS
+                  if k in row and not (why and k in ("loss", "grad_norm", "clip_frac", "groups_dropped"))]
         elapsed = time.time() - self.t0
         parts.append(f"elapsed {elapsed:.0f}s")
         done = step - self.first_step

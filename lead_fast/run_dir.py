@@ -39,6 +39,17 @@ def ensure_writable(output_dir: str) -> None:
                              "pass another --output-dir") from None
 
 
+def remove_if_unused(output_dir: str) -> None:
+    """Remove ``output_dir`` when it holds nothing but empty folders: what a start that failed or was
+    interrupted before writing anything leaves (``ensure_writable`` made it)."""
+    if not os.path.isdir(output_dir):
+        return
+    for root, _, files in os.walk(output_dir):
+        if files:
+            return
+    shutil.rmtree(output_dir, ignore_errors=True)
+
+
 def existing_run(output_dir: str) -> str | None:
     """What another run left in ``output_dir`` (a phrase), or None when it holds none."""
     found = [f for f in RUN_FILES + RUN_DIRS if os.path.exists(os.path.join(output_dir, f))]

@@ -7,6 +7,7 @@ non-zero exit, before any training starts.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 from lead_fast.cli import parse_args
@@ -19,6 +20,11 @@ def _error(msg: str) -> None:
         print(f"lead_fast: {msg}", file=sys.stderr, flush=True)
 
 
+def _interrupted() -> int:
+    _error("interrupted before training started; nothing was saved (a half-built model directory is removed)")
+    return 130
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         cfg = parse_args(argv)
@@ -29,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     # the trainer's imports (transformers, the engines) only once the config is good
     import torch.distributed as dist
 
+    from lead_fast import run_dir
     from lead_fast.trainer import Trainer
 
     def done(code: int) -> int:
@@ -36,14 +43,36 @@ def main(argv: list[str] | None = None) -> int:
             dist.destroy_process_group()
         return code
 
+    interrupted = []
+
+    def on_sigint(signum, frame):
+        interrupted.append(signum)
+        raise KeyboardInterrupt
+
+    out = cfg.run.output_dir
+    new_dir = not os.path.exists(out)   # a start that fails before writing anything leaves no folder behind
+
+    def not_started(code: int) -> int:
+        if new_dir and os.environ.get("RANK", "0") == "0":
+            run_dir.remove_if_unused(out)
+        return code
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
     try:
         trainer = Trainer(cfg)
     except LeadFastError as e:
         _error(f"cannot start: {e}")
-        return done(e.exit_code)
+        return not_started(done(e.exit_code))
+    except Exception:
+        if not interrupted:
+            raise
+        # Ctrl-C reached every rank; one waiting in a collective sees its peer leave (gloo: "Connection reset by
+        # peer") before its own KeyboardInterrupt: the same interruption, said once by rank 0
+        return not_started(_interrupted())
     except KeyboardInterrupt:
-        _error("interrupted before training started; nothing was saved (a half-built model directory is removed)")
-        return 130
+        return not_started(_interrupted())
+    finally:
+        signal.signal(signal.SIGINT, previous)
     try:
         trainer.fit()
     except LeadFastError as e:          # training began: whatever stops it now is not bad input

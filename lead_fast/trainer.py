@@ -38,7 +38,7 @@ from lead_fast.algo.grading_pool import get_pool
 from lead_fast.config import TrainConfig, check_world
 from lead_fast.data import prompts_for_step
 from lead_fast.distributed import all_max, all_sum, on_rank0, setup_distributed, step_seed
-from lead_fast.metrics import eval_counts, eval_metrics, plot_finished_run, step_counts, step_metrics
+from lead_fast.metrics import NoSignalWatch, eval_counts, eval_metrics, plot_finished_run, step_counts, step_metrics
 from lead_fast.model import load_tokenizer, resolve_dtype
 from lead_fast.orders import Batch   # also what checkpoints pickled as lead_fast.trainer.Batch load as
 from lead_fast.placement import place
@@ -77,6 +77,7 @@ class Trainer:
         self.policy = self.updater = self.checkpointer = self.engine = self.metrics = None
         self.start_step, self.resumed_batches = 0, []
         self._busy: list[tuple[float, float]] = []      # this trainer rank's last updates (start, end)
+        self.no_signal = NoSignalWatch(cfg.run.max_no_signal_steps, log_row=lambda row: self.metrics.log(row))
         if self.place.is_trainer:
             side = build.training_side(cfg, self.place, self.model_dir, self.tok, self.device, dtype,
                                        is_lead=self.rank == self.place.lead_trainer, log=self.tlog)
@@ -204,7 +205,8 @@ class Trainer:
         seconds = dict(rollout=rollouts.rollout_s, grade=rollouts.grade_s, update=update_s, sync=sync_s,
                        slowest_rollout=all_max(rollouts.rollout_s, self.device, group), step=step_s,
                        wait=batch.wait_s, overlap=overlap)
-        return step_metrics(tot, update, seconds, lr=self.sched.get_last_lr()[0], shares=self.place.train_world)
+        return self.no_signal.check(step + 1, step_metrics(tot, update, seconds, lr=self.sched.get_last_lr()[0],
+                                                           shares=self.place.train_world))
 
     def sync_engine(self) -> float:
         """Hand the rollout engine the policy's current weights (a collective); returns seconds. Called

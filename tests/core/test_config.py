@@ -107,7 +107,7 @@ BAD = {
     "optim.prompts_per_step": "0", "optim.updates_per_batch": "0", "optim.micro_batch_tokens": "-1",
     "optim.loss_chunk_size": "-1", "run.max_steps": "-1", "run.epochs": "-1", "run.save_every": "-1",
     "run.keep_last": "-1", "run.eval_every": "-1", "run.seed": "-1", "run.warm_start_steps": "-1",
-    "run.max_nonfinite_steps": "0",
+    "run.max_nonfinite_steps": "0", "run.max_no_signal_steps": "-1",
     "run.save_samples": "-1",
 }
 NON_FINITE = {"algo.alpha": "nan", "optim.lr": "inf", "algo.correct_reward": "nan", "algo.incorrect_reward": "-inf",

@@ -101,3 +101,23 @@ def test_a_failing_plot_does_not_fail_a_finished_run(embedded_model, tmp_path):
     p = check(train(embedded_model, out, "--max-steps", "1", PYTHONPATH=str(tmp_path / "site")))
     assert "the plot failed" in p.stdout and "the run did not" in p.stdout
     assert len(rows(out)) == 1 and latest_checkpoint(str(out)) is not None
+
+
+def test_a_step_that_trained_nothing_says_why_and_enough_of_them_stop_the_run():
+    from lead_fast.errors import NoSignalError
+    from lead_fast.metrics import NoSignalWatch, no_signal
+
+    dropped = {"groups": 16, "groups_dropped": 16, "groups_dropped/all_equal": 12,
+               "groups_dropped/no_correct": 4, "accuracy": 0.0}
+    assert no_signal(dropped) == "no update: all 16 groups dropped (12 with all rewards equal, 4 without a correct response)"
+    assert no_signal({**dropped, "groups_dropped": 15}) is None and no_signal({"step": 0}) is None
+    watch = NoSignalWatch(3)
+    watch.check(1, dropped), watch.check(2, dropped)
+    watch.check(3, {**dropped, "groups_dropped": 2})          # a step with signal starts the count again
+    watch.check(4, dropped), watch.check(5, dropped)
+    with pytest.raises(NoSignalError, match=r"3 steps in a row \(up to step 6\) trained nothing: every group was "
+                                            r"dropped; no response was correct.*--run.warm_start_steps"):
+        watch.check(6, dropped)
+    never = NoSignalWatch(0)
+    for _ in range(50):
+        never.check(1, dropped)

@@ -15,7 +15,7 @@ from lead_fast.config import RolloutConfig
 from lead_fast.model import PolicyWithHead, RowInputs, load_model, load_tokenizer
 from lead_fast.ops import LossParams, TokenInputs
 from lead_fast.rollout import SamplingSettings, make_engine
-from tests.helpers import compare
+from tests.helpers import compare, runs
 from tests.helpers.launch import HELPERS, TRAIN_DATA, check, python, skip_unless_interpreted, torchrun
 from tests.helpers.runs import RUN, refused, train
 
@@ -114,7 +114,7 @@ def test_train_resume_export_and_eval_keep_the_tie(tied_model_dir, arith_data, t
                   "--max-steps", "3", "--resume"]))
     # the resumed run is the unbroken one: every logged value, and the step-3 checkpoints tensor for tensor
     # (the tied weight, AdamW's moments and steps after the restored optimizer's update, scheduler, RNG)
-    rows, want = compare.rows(out), compare.rows(ref)
+    rows, want = runs.rows(out), runs.rows(ref)
     compare.assert_same_rows(rows, want)
     assert all(r["grad_norm"] > 0 for r in rows if r["step"] > 0)
     step3 = "checkpoints/step-00000003"

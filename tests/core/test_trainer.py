@@ -157,3 +157,19 @@ def test_steps_with_the_vllm_engine_stand_in(embedded_model, tmp_path):
         assert 0 <= r["rollout/logprob_gap"] < 1e-4, r
         assert 0 <= r["rollout/truncated_frac"] <= 1 and r["rollout/tokens_per_s"] > 0
     assert rows[2]["eval/accuracy"] is not None and rows[3]["loss"] is not None
+
+
+def test_a_run_that_trains_nothing_says_so_and_stops(tmp_path):
+    """The embedded model before any warm start answers nothing right: every group is dropped. Each step says
+    so instead of loss=nan, and run.max_no_signal_steps of them in a row stop the run with advice (exit 1)."""
+    from tests.helpers.launch import python
+
+    out = tmp_path / "run"
+    p = python(["-m", "lead_fast.train", "--output-dir", str(out), "--run.warm_start_steps", "0", "--eval-every", "0",
+                "--optim.prompts_per_step", "4", "--run.max_no_signal_steps", "3"])
+    assert p.returncode == 1, p.stderr[-3000:]
+    said = [line for line in p.stdout.splitlines() if line.startswith("step ")]
+    assert len(said) == 3 and all("| no update: all 4 groups dropped (" in line for line in said), p.stdout[-2000:]
+    assert not any("loss=" in line for line in said)
+    assert "lead_fast: stopped: 3 steps in a row (up to step 3) trained nothing" in p.stderr, p.stderr[-2000:]
+    assert "Traceback" not in p.stderr
