@@ -15,14 +15,15 @@ from lead_fast import run_dir
 from lead_fast.checkpoint import Checkpointer
 from lead_fast.config import TrainConfig
 from lead_fast.data import tokenize_prompts
-from lead_fast.warm_start import prepare_model_dir
 from lead_fast.distributed import on_rank0
 from lead_fast.metrics import MetricsLogger
 from lead_fast.model import PolicyWithHead, apply_liger_kernels, check_context, load_model, shard
+from lead_fast.orders import BATCH_TYPES
 from lead_fast.placement import Placement
 from lead_fast.pretrained import resolve_model_path
 from lead_fast.rollout import EngineMemory
 from lead_fast.update import Updater, update_settings
+from lead_fast.warm_start import prepare_model_dir
 
 
 def model_dir(cfg: TrainConfig, log) -> str:
@@ -117,7 +118,7 @@ def training_side(cfg: TrainConfig, place: Placement, path: str, tok, device: to
 
     # The engine loaded the base model from disk; from here on it receives weights only by sync.
     checkpointer = Checkpointer(cfg.run.output_dir, save_every=cfg.run.save_every, keep_last=cfg.run.keep_last,
-                                model=policy, optimizer=opt, state=state, group=group, log=log)
+                                model=policy, optimizer=opt, state=state, group=group, log=log, batch_types=BATCH_TYPES)
     resumed = checkpointer.resume() if cfg.run.resume else None
     start_step, batches = 0, []
     if resumed:

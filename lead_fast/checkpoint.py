@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import shutil
 import sys
@@ -58,9 +59,16 @@ def read_state(path: str) -> dict:
     return state
 
 
-def damage(path: str) -> str | None:
+def load_batches(path: str, batch_types: tuple = ()) -> list:
+    """A ``batches-rank*.pt`` file: tensors, plain values and instances of ``batch_types`` only. The file is
+    data, not code: anything else in it is refused (``pickle.UnpicklingError``) before it can run."""
+    with torch.serialization.safe_globals(list(batch_types)):
+        return torch.load(path, weights_only=True)
+
+
+def damage(path: str, batch_types: tuple | None = None) -> str | None:
     """What is wrong with the checkpoint at ``path``, or None when every file it lists is there, whole
-    and readable."""
+    and readable. With ``batch_types``, its stored rollout batches must also hold only those (``load_batches``)."""
     try:
         state = read_state(path)
     except CheckpointError as e:
@@ -80,6 +88,13 @@ def damage(path: str) -> str | None:
             return f"{name} is unreadable ({e.strerror})"
         if size is not None and actual != size:
             return f"{name} has {actual} bytes, {size} were written"
+        if batch_types is not None and name.startswith("batches-rank"):
+            try:
+                load_batches(p, batch_types)
+            except pickle.UnpicklingError as e:
+                what = str(e).split("\n\n")[-1].strip().splitlines()[0][:200]
+                return (f"{name} holds objects other than rollout batches and was not loaded: loading it would run "
+                        f"code from the file ({what})")
     return None
 
 
@@ -230,7 +245,7 @@ def _prune(output_dir: str, keep_last: int, run_id: str | None, just_written: st
             shutil.rmtree(path, ignore_errors=True)
 
 
-def load_checkpoint(path: str, model, optimizer, group=None) -> dict:
+def load_checkpoint(path: str, model, optimizer, group=None, batch_types: tuple = ()) -> dict:
     """Collective over ``group``. Loads model and optimizer state in place (any world size) and returns
     trainer_state, with this rank's stored rollout batches under ``batches`` (None when there are none)."""
     import torch.distributed.checkpoint as dcp
@@ -244,10 +259,10 @@ def load_checkpoint(path: str, model, optimizer, group=None) -> dict:
     if state.get("optimizer_stepped") is False:     # saved before the first step (see save_checkpoint)
         optimizer.state.clear()
     batches = os.path.join(path, f"batches-rank{_rank(group)}.pt")
-    state["batches"] = torch.load(batches, weights_only=False) if os.path.exists(batches) else None
+    state["batches"] = load_batches(batches, batch_types) if os.path.exists(batches) else None
     rng = os.path.join(path, f"rng-rank{_rank(group)}.pt")
     if os.path.exists(rng):
-        saved = torch.load(rng)
+        saved = torch.load(rng, weights_only=True)
         torch.set_rng_state(saved["torch"])
         if "cuda" in saved and torch.cuda.is_available():
             torch.cuda.set_rng_state(saved["cuda"])
@@ -262,8 +277,9 @@ class Checkpointer:
     """
 
     def __init__(self, output_dir: str, *, save_every: int, keep_last: int, model, optimizer,
-                 state: Callable[[], dict], group=None, log=print):
+                 state: Callable[[], dict], group=None, log=print, batch_types: tuple = ()):
         self.output_dir, self.save_every, self.keep_last = output_dir, save_every, keep_last
+        self.batch_types = batch_types      # what stored rollout batches may hold (``load_batches``)
         self.model, self.optimizer, self.state, self.log = model, optimizer, state, log
         self.group = group      # the ranks that hold the model (None: the world)
         self.run_id = from_rank0(uuid.uuid4().hex, group)
@@ -288,12 +304,12 @@ class Checkpointer:
         trainer state (with ``path``), or None when there is none. Damaged ones are skipped, warned about."""
         candidates = [p for _, p in reversed(list_checkpoints(self.output_dir))]
         for path in candidates:
-            broken = from_rank0(damage(path) if _rank(self.group) == 0 else None, self.group)
+            broken = from_rank0(damage(path, self.batch_types) if _rank(self.group) == 0 else None, self.group)
             if broken:
                 self.log(f"WARNING: skipping damaged checkpoint {path}: {broken}")
                 continue
             try:
-                state = load_checkpoint(path, self.model, self.optimizer, self.group)
+                state = load_checkpoint(path, self.model, self.optimizer, self.group, self.batch_types)
             except (KeyboardInterrupt, SystemExit):
                 raise
             except BaseException as e:  # DCP raises its CheckpointException (a BaseException) on every rank

@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 
 from lead_fast.placement import Placement
+from lead_fast.rollout.base import Completion
 from lead_fast.rollout.graded import GradedRollouts
 
 WEIGHTS, EVAL, STOP = 1, 2, 4
@@ -105,3 +106,7 @@ class Batch:
     """When its rollout rank started and finished generating and grading the step (wall clock)."""
     stop: bool = False
     """Its rollout rank had been asked to stop (SIGTERM / SIGINT)."""
+
+
+# what a checkpoint's stored batches may hold besides tensors and plain values (``checkpoint.load_batches``)
+BATCH_TYPES = (Batch, GradedRollouts, Completion)

@@ -208,9 +208,9 @@ def _process_state_kept():
 
 @contextlib.contextmanager
 def _default_group_kept(keep: bool):
-    """vLLM's in-process ``EngineCore.shutdown`` ends with ``destroy_process_group()``. Under torchrun that
-    is the trainer's (or the eval command's) default group, which must outlive the engine (``keep``); only
-    vLLM's own groups go. Without a launcher vLLM made the default group itself and takes it down."""
+    """vLLM's in-process ``EngineCore.shutdown`` ends with ``destroy_process_group()``. A default group that
+    existed before the engine is the caller's and must outlive it (``keep``): only vLLM's own groups go.
+    Where none existed vLLM made the default group itself and takes it down."""
     import torch.distributed as dist
 
     real = dist.destroy_process_group
@@ -236,10 +236,15 @@ class VLLMEngine:
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         import torch.distributed as dist
 
-        under_launcher = dist.is_available() and dist.is_initialized()
+        # A default group that exists is the caller's (the trainer's, the eval command's) and outlives the
+        # engine. It is a launcher's world (torchrun's: MASTER_ADDR set, or more than one rank) that
+        # ExecutorWithExternalLauncher joins; a world of one made in-process (setup_distributed without
+        # torchrun) has no rendezvous to join, and vLLM runs its own ('uni') beside it.
+        callers_group = dist.is_available() and dist.is_initialized()
+        under_launcher = callers_group and ("MASTER_ADDR" in os.environ or dist.get_world_size() > 1)
         if under_launcher:
-            # ExecutorWithExternalLauncher joins torchrun's world; it reads these and needs the engine core
-            # in this process (which also makes the worker's model reachable through apply_model).
+            # ExecutorWithExternalLauncher reads these and needs the engine core in this process (which
+            # also makes the worker's model reachable through apply_model).
             os.environ.setdefault("RANK", str(dist.get_rank()))
             os.environ.setdefault("LOCAL_RANK", os.environ["RANK"])
         # The engine core in this process, always: a spawned core would re-import the caller's __main__,
@@ -255,7 +260,7 @@ class VLLMEngine:
         vllm_log_filter()
         on_cpu = current_platform.is_cpu()
         self.can_sleep = current_platform.is_sleep_mode_available()
-        self.dtype, self.logprobs, self.joined_world = dtype, logprobs, under_launcher
+        self.dtype, self.logprobs, self.keeps_group = dtype, logprobs, callers_group
         self.sleeps = sleep and self.can_sleep
         self.stop_token_ids = list(stop_token_ids)
         per_token = kv_bytes_per_token(model_path, dtype)
@@ -349,7 +354,7 @@ class VLLMEngine:
     def close(self) -> None:
         llm, self.llm = self.llm, None
         if llm is not None:
-            with _default_group_kept(self.joined_world), _process_state_kept():
+            with _default_group_kept(self.keeps_group), _process_state_kept():
                 llm.llm_engine.engine_core.shutdown()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

@@ -210,3 +210,43 @@ def test_no_room_for_a_checkpoint_is_refused_before_work(embedded_model, tmp_pat
         assert "MiB free, but one checkpoint needs about" in msg
     finally:
         subprocess.run(["umount", str(mnt)])
+
+
+class _RunsCode:
+    """What a hostile file would carry: unpickling it runs a shell command."""
+
+    def __init__(self, cmd):
+        self.cmd = cmd
+
+    def __reduce__(self):
+        return (os.system, (self.cmd,))
+
+
+def test_a_checkpoint_is_data_not_code(three_steps, embedded_model, tmp_path):
+    """Stored rollout batches load with weights_only: lead_fast's own batches come back equal; a file that
+    carries anything else is refused by name, nothing of it runs, and --resume falls back to the step before."""
+    from lead_fast.checkpoint import load_batches
+    from lead_fast.orders import BATCH_TYPES, Batch
+    from lead_fast.rollout.base import Completion
+    from lead_fast.rollout.graded import GradedRollouts
+
+    mine = [Batch(3, 2, [5, 7], GradedRollouts([Completion([1, 2], "stop", [-0.5, -0.25])], ["x"], torch.tensor([0]),
+                                               [1], 0, 1.5, 0.25), 0.5, (1.0, 2.0))]
+    torch.save(mine, tmp_path / "mine.pt")
+    back = load_batches(str(tmp_path / "mine.pt"), BATCH_TYPES)
+    assert repr(back) == repr(mine)     # dataclasses with a tensor inside: compared field by field as printed
+
+    out = copy_run(three_steps, tmp_path)
+    newest = out / "checkpoints" / "step-00000003"
+    ran = tmp_path / "ran"
+    torch.save([_RunsCode(f"touch {ran}")], newest / "batches-rank0.pt")
+    state = json.loads((newest / "trainer_state.json").read_text())
+    state["files"]["batches-rank0.pt"] = (newest / "batches-rank0.pt").stat().st_size
+    (newest / "trainer_state.json").write_text(json.dumps(state))
+    said = damage(str(newest), BATCH_TYPES)
+    assert said.startswith("batches-rank0.pt holds objects other than rollout batches and was not loaded"), said
+    assert not ran.exists()
+    p = check(train(embedded_model, out, "--max-steps", "4", "--save-every", "1", "--resume"))
+    assert f"skipping damaged checkpoint {newest}: batches-rank0.pt holds objects other than" in p.stdout + p.stderr
+    assert "resumed from" in p.stdout and "step-00000002" in p.stdout
+    assert not ran.exists()

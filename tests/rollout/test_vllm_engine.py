@@ -6,6 +6,7 @@ its guards are checked here. Everything the CPU build can do is tested against v
 The stand-in generates with a real transformers model and raises where real vLLM would go silently wrong.
 """
 
+import os
 import re
 import sys
 
@@ -123,3 +124,26 @@ def test_eval_engine_does_not_sleep(vllm, embedded_model):
     assert not any(c[0] == "sleep" for c in eng.llm.calls) and eng.llm.warnings == []
     eng.close()
     assert eng.llm is None
+
+
+def test_a_world_of_one_made_in_process_is_not_joined(vllm, embedded_model, monkeypatch):
+    """A caller's own world of one (setup_distributed without torchrun; an earlier in-process test leaves
+    one in the suite's process) has no rendezvous: vLLM runs its own executor beside it, and no rank
+    variables are written for child processes to inherit (they would take them for torchrun's)."""
+    import torch.distributed as dist
+
+    from lead_fast.distributed import setup_distributed
+
+    for var in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    made = not dist.is_initialized()
+    setup_distributed("cpu")
+    try:
+        eng, _, tok = _engines(embedded_model, colocated=False)
+        eng.generate([_prompt(tok, "What is 1 + 2?")], SamplingSettings(max_new_tokens=4))
+        eng.close()
+        assert dist.is_initialized()
+        assert [v for v in ("RANK", "LOCAL_RANK") if v in os.environ] == []
+    finally:
+        if made:
+            dist.destroy_process_group()
