@@ -412,3 +412,11 @@ def test_the_stand_in_keeps_vllms_names_and_signatures(monkeypatch):
     from vllm.platforms import current_platform
 
     assert callable(current_platform.is_sleep_mode_available)
+
+
+def test_beside_a_world_of_one_made_in_process(embedded_model):
+    """A caller's own world of one (setup_distributed without torchrun): vLLM runs its own executor beside
+    it, generates, and its close leaves the caller's group standing, with no rank variables written. In a
+    process of its own: vLLM keeps its parallel state per process."""
+    p = check(python([str(HELPERS / "engine_beside_own_group.py"), embedded_model, "vllm"], timeout=600))
+    assert p.stdout.strip().endswith("ok")
