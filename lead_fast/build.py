@@ -84,11 +84,11 @@ class TrainingSide:
 
 
 def training_side(cfg: TrainConfig, place: Placement, path: str, tok, device: torch.device, dtype: torch.dtype,
-                  *, is_lead: bool, log: Callable[[str], None]) -> TrainingSide:
+                  *, is_lead: bool, held_out: list, log: Callable[[str], None]) -> TrainingSide:
     """Collective over the trainer group. Policy in float32 master weights (on CUDA ``dtype`` compute through
     FSDP2's mixed precision), the frozen reference when KL is on, AdamW with linear warmup, the updater,
     checkpoints (resumed with ``run.resume``: weights, optimizer, scheduler, counters) and the metrics
-    logger; the lead writes ``config.yaml``."""
+    logger; the lead writes ``config.yaml`` and the eval problems (``held_out``, ``eval_problems.jsonl``)."""
     group = place.train_group
     lm = load_model(path, torch.float32, device, cfg.model.attn_implementation)
     kernels = apply_liger_kernels(lm, cfg.model.liger_kernels, device, log=log)
@@ -135,4 +135,5 @@ def training_side(cfg: TrainConfig, place: Placement, path: str, tok, device: to
                             report_to=tuple(cfg.run.report_to), config=cfg.to_dict(), max_steps=cfg.run.max_steps)
     if is_lead:
         run_dir.write_config(cfg.run.output_dir, cfg.to_dict())
+        run_dir.write_eval_problems(cfg.run.output_dir, held_out)
     return TrainingSide(policy, sched, updater, checkpointer, metrics, start_step, batches)

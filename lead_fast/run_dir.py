@@ -1,6 +1,7 @@
 """The output directory: usable (writable, room for a checkpoint) and not someone else's run.
 
-A run's files are ``config.yaml``, ``metrics.jsonl``, ``metrics.png``, ``checkpoints/`` and, when asked
+A run's files are ``config.yaml``, ``eval_problems.jsonl``, ``metrics.jsonl``, ``metrics.png``,
+``checkpoints/`` and, when asked
 (``run.save_samples``), ``samples/``. A new run
 refuses to start in a directory that holds them unless told what to do: ``--resume`` (continue that run)
 or ``--run.overwrite`` (remove its files first). ``base_model/`` (the embedded demo's model) is a cache,
@@ -18,7 +19,7 @@ from lead_fast.checkpoint import checkpoint_root, list_checkpoints
 from lead_fast.errors import OutputDirError, describe_os_error
 from lead_fast.pretrained import cached_dir
 
-RUN_FILES = ("config.yaml", "metrics.jsonl", "metrics.png")
+RUN_FILES = ("config.yaml", "eval_problems.jsonl", "metrics.jsonl", "metrics.png")
 SAMPLES_DIR = "samples"
 """Each saved step's update inputs, one file per trainer rank (``samples_file``)."""
 RUN_DIRS = ("tensorboard", "wandb", SAMPLES_DIR)
@@ -123,4 +124,17 @@ def write_config(output_dir: str, config: dict) -> str:
     path = os.path.join(output_dir, "config.yaml")
     with open(path, "w") as f:
         yaml.safe_dump(config, f, sort_keys=False)
+    return path
+
+
+def write_eval_problems(output_dir: str, problems) -> str:
+    """``OUTPUT_DIR/eval_problems.jsonl``: the run's eval problems (held out from training, or read from
+    ``data.eval_path``), one ``{"problem", "answer"}`` per line, so that the eval command can score the
+    trained model on exactly them (``--data`` this file, ``--run-dir`` the run)."""
+    import json
+
+    path = os.path.join(output_dir, "eval_problems.jsonl")
+    with open(path, "w") as f:
+        for p in problems:
+            f.write(json.dumps({"problem": p.problem, "answer": p.answer}) + "\n")
     return path

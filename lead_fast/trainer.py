@@ -15,9 +15,8 @@ definitions):
 - every rank generates, grades and computes advantages for its own prompts (groups never span ranks);
   all sampling and shuffling derive from ``(seed, step, rank)``, so a resumed run repeats exactly.
 
-One step: sync weights into the rollout engine -> this rank's prompts -> rollouts -> grade -> rewards ->
-advantages (drop groups without signal) -> update -> metrics; eval (after its own sync) and checkpoints
-between steps.
+One step: sync weights into the rollout engine -> this rank's prompts -> rollouts -> grade -> rewards -> advantages
+(drop groups without signal) -> update -> metrics; eval (after its own sync) and checkpoints between steps.
 
 Disaggregated (``rollout.mode``): rollout ranks generate and grade (steps 2-3, ``generate``), trainer ranks
 learn (steps 4-8, ``learn``) from batches up to ``rollout.max_staleness`` updates old; the two loops and
@@ -80,7 +79,8 @@ class Trainer:
         self.no_signal = NoSignalWatch(cfg.run.max_no_signal_steps, log_row=lambda row: self.metrics.log(row))
         if self.place.is_trainer:
             side = build.training_side(cfg, self.place, self.model_dir, self.tok, self.device, dtype,
-                                       is_lead=self.rank == self.place.lead_trainer, log=self.tlog)
+                                       is_lead=self.rank == self.place.lead_trainer, held_out=task.eval,
+                                       log=self.tlog)
             self.policy, self.sched, self.updater = side.policy, side.sched, side.updater
             self.checkpointer, self.metrics = side.checkpointer, side.metrics
             self.start_step, self.resumed_batches = side.start_step, side.resumed_batches

@@ -56,11 +56,19 @@ def tied_model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def embedded_model(tmp_path_factory):
-    """The embedded task's model after a short warm start (built once, passed with --model)."""
+    """The embedded task's model after a short warm start (passed with --model). Built once per test run:
+    under pytest-xdist the workers share it (the run's base temp, a lock while the first builds it), as
+    it costs a minute of CPU and no test writes into it."""
+    from filelock import FileLock
+
     from lead_fast.warm_start import build_embedded_model
 
-    d = tmp_path_factory.mktemp("embedded") / "base_model"
-    build_embedded_model(str(d), steps=150, seed=0, log=lambda m: None)
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    d = shared / "embedded" / "base_model"
+    d.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(d.parent / "build.lock")):
+        build_embedded_model(str(d), steps=150, seed=0, log=lambda m: None)   # reused where already built
     return str(d)
 
 

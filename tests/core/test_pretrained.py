@@ -58,10 +58,10 @@ def test_missing_wheel_is_one_paragraph(tmp_path):
     assert p.returncode == 2 and "no such file" in p.stderr and "Traceback" not in p.stderr
 
 
-def test_smollm2_preset_two_ranks_resume_export_and_eval(smollm2_dir, arith_data, tmp_path):
+def test_smollm2_preset_two_ranks_resume_export_and_eval(smollm2_dir, tmp_path):
     """The smollm2 preset as README runs it (pretrained:smollm2, the format warm-up, the generated task), cut
     to CI's size: two steps on two ranks, a third by --resume, export, eval of the export with the run's
-    prompt settings."""
+    prompt settings on the run's held-out problems."""
     out = tmp_path / "run"
     run = ["-m", "lead_fast.train", "--preset", "smollm2", "--output-dir", str(out), "--run.warm_start_steps", "2",
            "--rollout.max_new_tokens", "24", "--optim.prompts_per_step", "4", "--rollout.n", "2",
@@ -75,8 +75,11 @@ def test_smollm2_preset_two_ranks_resume_export_and_eval(smollm2_dir, arith_data
     exp = tmp_path / "export"
     check(python(["-m", "lead_fast.export", "--output-dir", str(out), "--out", str(exp)]))
     assert json.loads((exp / "config.json").read_text())["tie_word_embeddings"] is True
-    check(python(["-m", "lead_fast.eval", "--model", str(exp), "--data", arith_data, "--output-dir",
-                  str(tmp_path / "ev"), "--run-dir", str(out), "--n", "1", "--temperature", "0",
+    # README's eval command: the run's own held-out problems (eval_problems.jsonl), its prompt settings
+    held_out = [json.loads(line) for line in (out / "eval_problems.jsonl").read_text().splitlines()]
+    assert len(held_out) == 4 and all(set(r) == {"problem", "answer"} for r in held_out)
+    check(python(["-m", "lead_fast.eval", "--model", str(exp), "--data", str(out / "eval_problems.jsonl"),
+                  "--output-dir", str(tmp_path / "ev"), "--run-dir", str(out), "--n", "1", "--temperature", "0",
                   "--max-new-tokens", "24", "--limit", "2"], timeout=600))
     summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
     assert summary["problems"] == 2
