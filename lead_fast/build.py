@@ -21,7 +21,7 @@ from lead_fast.model import PolicyWithHead, apply_liger_kernels, check_context, 
 from lead_fast.orders import BATCH_TYPES
 from lead_fast.placement import Placement
 from lead_fast.pretrained import resolve_model_path
-from lead_fast.rollout import EngineMemory
+from lead_fast.rollout import EngineMemory, RolloutEngine, make_engine
 from lead_fast.update import Updater, update_settings
 from lead_fast.warm_start import prepare_model_dir
 
@@ -34,7 +34,7 @@ def model_dir(cfg: TrainConfig, log) -> str:
     path = source
     if source is None or cfg.run.warm_start_steps:
         path = prepare_model_dir(cfg.run.output_dir, steps=cfg.run.warm_start_steps, seed=cfg.run.seed, source=source,
-                                 log=log)
+                                 cache=cfg.run.warm_start_cache, log=log)
     check_context(path, cfg.data.max_prompt_tokens, cfg.rollout.max_new_tokens,
                   flags="--data.max_prompt_tokens or --rollout.max_new_tokens")
     return path
@@ -52,6 +52,17 @@ def prompts(cfg: TrainConfig, task, tok, log) -> tuple[list, list]:
         log(f"run.epochs {cfg.run.epochs}: {cfg.run.max_steps} steps of {cfg.optim.prompts_per_step} prompts "
             f"over {len(train)} training prompts")
     return train, evals
+
+
+def engine(cfg: TrainConfig, place: Placement, path: str, tok, device: torch.device, dtype: torch.dtype,
+           num_eval: int) -> RolloutEngine:
+    """A rollout rank's engine for ``path``, its vLLM memory sized by ``engine_memory``. Disaggregated vLLM runs
+    in a process of its own: vLLM builds its groups over the whole default group, which here is torchrun's
+    world with the trainer ranks in it."""
+    return make_engine(cfg.rollout, path, device=device, dtype=dtype, tokenizer=tok, seed=cfg.run.seed,
+                       max_model_len=cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens,
+                       memory=engine_memory(cfg, place.train_world, num_eval), colocated=not place.disaggregated,
+                       own_process=place.disaggregated and cfg.rollout.engine == "vllm")
 
 
 def engine_memory(cfg: TrainConfig, shares: int, num_eval: int) -> EngineMemory:

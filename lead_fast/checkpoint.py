@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from lead_fast.distributed import from_rank0
-from lead_fast.errors import CheckpointError, describe_os_error
+from lead_fast.errors import CheckpointError, RolloutError, describe_os_error
 
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 STATE_FILE = "trainer_state.json"
@@ -298,6 +298,21 @@ class Checkpointer:
                                group=self.group, rank_batches=rank_batches)
         self.log(f"saved {path} in {time.time() - t0:.1f}s")
         return path
+
+    def saved_for(self, step: int, failure: str, *, started_at: int, rank_batches=None) -> RolloutError:
+        """Collective. Generating or grading failed after ``step`` completed steps (the run started or resumed
+        at ``started_at``): saves step ``step`` unless it is on disk already, and returns the error every rank
+        raises, which says so."""
+        on_disk = from_rank0(dict(list_checkpoints(self.output_dir)).get(step) if _rank(self.group) == 0 else None,
+                             self.group)
+        if on_disk:
+            kept = f"step {step}'s checkpoint is on disk ({on_disk})"
+        elif step > started_at:
+            kept = f"step {step} was saved first ({self.maybe_save(step, last=False, force=True, rank_batches=rank_batches)})"
+        else:
+            kept = "no step had completed, so there was nothing to save"
+        return RolloutError(f"the rollouts of step {step + 1} failed ({failure}); {kept}. Remove the cause, "
+                            f"then continue with --resume.")
 
     def resume(self) -> dict | None:
         """Collective. Loads the newest intact checkpoint into the model and optimizer and returns its

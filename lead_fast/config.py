@@ -282,6 +282,10 @@ class RunConfig:
     """Supervised warm-start steps before GRPO, written to OUTPUT_DIR/base_model (built once, reused on
     resume): the embedded tiny model learns worked solutions of mixed quality; a given model learns the
     answer format on one-digit sums (a \\boxed{} answer, concise or checked), whatever data it then trains on."""
+    warm_start_cache: str = "auto"
+    """Where finished warm starts are kept, keyed by what they depend on (base model, steps, seed, settings), so
+    that a later run with another output_dir copies one instead of building it again. "auto":
+    $LEAD_FAST_CACHE/warm_starts (default ~/.cache/lead_fast/warm_starts); "off": no cache; else a directory."""
     max_nonfinite_steps: int = 3
     """Stop after this many steps in a row with a non-finite loss or gradient (each is skipped)."""
     max_no_signal_steps: int = 20

@@ -14,11 +14,13 @@ metrics they drive (not imported here: the trainer imports this module).
 from __future__ import annotations
 
 import time
+import traceback
 from collections import deque
 
-from lead_fast.distributed import ObjectPost
+from lead_fast.distributed import ObjectPost, all_max, first_failure
+from lead_fast.errors import LeadFastError, RolloutError
 from lead_fast.metrics import eval_metrics
-from lead_fast.orders import EVAL, STOP, WEIGHTS, Batch, Order, OrderWire
+from lead_fast.orders import ABORT, EVAL, STOP, WEIGHTS, Batch, Order, OrderWire
 from lead_fast.preemption import StopRequest
 
 BATCH_TAG, EVAL_TAG = 1, 2     # rollout rank -> trainer rank messages (lead_fast.distributed.ObjectPost)
@@ -41,9 +43,12 @@ def serve_rollouts(tr) -> None:
         while True:
             if next_batch is not None and next_batch < cfg.run.max_steps and next_batch - staleness <= version:
                 t0, made = time.time(), []
-                for t in shares:
-                    made.append((t, *tr.generate(next_batch, t, p.train_world)))
-                    after_share(next_batch, t)
+                try:
+                    for t in shares:
+                        made.append((t, *tr.generate(next_batch, t, p.train_world)))
+                        after_share(next_batch, t)
+                except Exception as e:      # noqa: BLE001  (the engine's process died, say: the trainers save)
+                    _fail(tr, wire, post, shares, next_batch, version, _said(tr, e), e)
                 busy = (t0, time.time())
                 for t, idx, rollouts in made:
                     post.send(Batch(next_batch, version, idx, rollouts, 0.0, busy, stop.requested),
@@ -57,11 +62,42 @@ def serve_rollouts(tr) -> None:
                 next_batch = order.next_batch if next_batch is None else next_batch
             if order.kind & EVAL:
                 t0 = time.time()
-                counts = tr.eval_shares(shares, p.train_world)
+                try:
+                    counts = tr.eval_shares(shares, p.train_world)
+                except Exception as e:      # noqa: BLE001  (as a failed batch: the trainers save and stop)
+                    failure = _said(tr, e)
+                    post.send(dict(failure=failure), p.lead_trainer, EVAL_TAG)
+                    if order.kind & STOP:
+                        raise RolloutError(failure) from e
+                    _fail(tr, wire, post, shares, next_batch, version, failure, e)
                 post.send(dict(counts=counts, seconds=time.time() - t0), p.lead_trainer, EVAL_TAG)
             if order.kind & STOP:
                 break
-    post.flush()
+    if not order.kind & ABORT:       # after a failed rollout some batches will never be taken
+        post.flush()
+
+
+def _fail(tr, wire: OrderWire, post: ObjectPost, shares: list[int], batch: int, version: int, failure: str,
+          error: Exception):
+    """A rollout rank that could not make batch ``batch``: tells its trainer ranks (they save the steps they
+    completed), follows their orders without acting on them until STOP, then raises ``RolloutError``."""
+    for t in shares:
+        post.send(Batch(batch, version, [], None, failure=failure), tr.place.trainer_ranks[t], BATCH_TAG)
+    while True:
+        order, tensors = wire.receive()
+        for _ in tensors or ():      # weights sent before the trainers heard: taken off the wire, not loaded
+            pass
+        if order.kind & EVAL:
+            post.send(dict(failure=failure), tr.place.lead_trainer, EVAL_TAG)
+        if order.kind & STOP:
+            raise RolloutError(failure) from error
+
+
+def _said(tr, error: Exception) -> str:
+    """A rollout rank's failure as the trainers report it (a bug's traceback printed here, on its rank)."""
+    if not isinstance(error, LeadFastError):
+        traceback.print_exc()
+    return f"rank {tr.rank}: {type(error).__name__}: {error}"
 
 
 def train_disaggregated(tr) -> None:
@@ -97,6 +133,10 @@ def train_disaggregated(tr) -> None:
         if not lead:
             return {}
         parts = [post.receive(r, EVAL_TAG) for r in p.rollout_ranks]
+        failed = [x["failure"] for x in parts if "failure" in x]
+        if failed:
+            tr.tlog(f"WARNING: no eval for this row: {failed[0]}")
+            return {}
         tot = {k: sum(x["counts"][k] for x in parts) for k in parts[0]["counts"]}
         return eval_metrics(tot, max(x["seconds"] for x in parts))
 
@@ -112,6 +152,12 @@ def train_disaggregated(tr) -> None:
     with StopRequest() as stop:
         for step in range(start, cfg.run.max_steps):
             batch = ready.popleft() if ready else receive()
+            failure = first_failure(batch.failure, tr.device, group)
+            if failure is not None:           # no rollouts for this step: save the steps done, stop the rollouts
+                if pending is not None:
+                    tr.metrics.log({**pending, **eval_row()})
+                order(STOP | ABORT, step)
+                raise tr.checkpointer.saved_for(step, failure, started_at=start, rank_batches=list(ready))
             if batch.step != step:
                 raise RuntimeError(f"trainer rank {tr.rank} expected the batch of step {step}, got {batch.step}")
             row = {"step": step + 1, **tr.learn(step, batch, t_end, 0.0)}
@@ -122,10 +168,16 @@ def train_disaggregated(tr) -> None:
             eval_due = bool(cfg.run.eval_every) and ((step + 1) % cfg.run.eval_every == 0 or last)
             saving = tr.checkpointer.due(step + 1, last=last, force=interrupted)
             if saving:
-                while len(ready) < min(cfg.rollout.max_staleness, cfg.run.max_steps - step - 1):
+                while len(ready) < min(cfg.rollout.max_staleness, cfg.run.max_steps - step - 1) and not (
+                        ready and ready[-1].failure):
                     ready.append(receive())
+                failure = first_failure(next((b.failure for b in ready if b.failure), None), tr.device, group)
+                if failure is not None:     # keep the batches every trainer rank has whole; save, then stop
+                    good = -all_max(-next((i for i, b in enumerate(ready) if b.failure), len(ready)), tr.device, group)
+                    ready = deque(list(ready)[:good])
+                    stopping, eval_due = True, False
             kind = ((WEIGHTS if eval_due or not stopping else 0) | (EVAL if eval_due else 0)
-                    | (STOP if stopping else 0))
+                    | (STOP if stopping else 0) | (ABORT if failure else 0))
             t_sync = time.time()
             order(kind, step + 1)
             row["time/sync_s"] = time.time() - t_sync
@@ -138,6 +190,8 @@ def train_disaggregated(tr) -> None:
             else:
                 tr.metrics.log({**row, **(eval_row() if eval_due else {})})
             tr.checkpointer.maybe_save(step + 1, last=last, force=interrupted, rank_batches=list(ready))
+            if failure is not None:
+                raise tr.checkpointer.saved_for(step + 1, failure, started_at=start)     # saved just above
             if interrupted:
                 tr.tlog(f"stopped by signal after step {step + 1}; continue with --resume")
             if stopping:

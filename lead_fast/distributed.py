@@ -6,12 +6,13 @@ import atexit
 import os
 import pickle
 import sys
+import traceback
 from typing import Callable, NoReturn, TypeVar
 
 import torch
 import torch.distributed as dist
 
-from lead_fast.errors import LeadFastError
+from lead_fast.errors import LeadFastError, RolloutError
 
 T = TypeVar("T")
 
@@ -49,6 +50,35 @@ def all_max(value: int | float, device: torch.device, group=None) -> int | float
     t = torch.tensor([value], dtype=torch.float64 if isinstance(value, float) else torch.int64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
     return type(value)(t.item())
+
+
+def together(work: Callable[[], T], device: torch.device, group=None) -> T:
+    """``work()`` that each rank of ``group`` (None: every rank) does on its own: generating, grading. If it
+    fails on any rank, every rank raises ``RolloutError`` naming the first failing rank and its error, before
+    the next collective (a rank that failed and left would make the others wait in it forever). A bug's
+    traceback is printed by its own rank. One int all-reduce when nothing failed."""
+    try:
+        out, error = work(), None
+    except Exception as e:       # noqa: BLE001  (said by every rank)
+        out, error = None, e
+        if not isinstance(e, LeadFastError):
+            traceback.print_exc()
+    failure = first_failure(error, device, group)
+    if failure is not None:
+        raise RolloutError(failure) from error
+    return out
+
+
+def first_failure(error: BaseException | str | None, device: torch.device, group=None) -> str | None:
+    """Collective over ``group`` (None: every rank): None when no rank has an ``error``, else the first failing
+    rank's, on every rank: an exception as ``"rank R: Type: message"``, a text (a failure another rank
+    reported) as it is. One int all-reduce when nothing failed."""
+    if all_max(int(error is not None), device, group) == 0:
+        return None
+    texts: list[str | None] = [None] * dist.get_world_size(group)
+    text = error if isinstance(error, str) or error is None else f"rank {dist.get_rank()}: {type(error).__name__}: {error}"
+    dist.all_gather_object(texts, text, group=group)
+    return next(t for t in texts if t is not None)
 
 
 class ObjectPost:

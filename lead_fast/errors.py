@@ -73,6 +73,13 @@ class NoSignalError(LeadFastError, RuntimeError):
     exit_code = 1
 
 
+class RolloutError(LeadFastError, RuntimeError):
+    """Generating or grading failed during training (the engine's process died, say): the last completed step
+    was saved first, and the message says where and how to continue."""
+
+    exit_code = 1
+
+
 def describe_os_error(e: OSError) -> str:
     """A short human cause for an OSError from writing files."""
     if e.errno == errno.ENOSPC:

@@ -1,7 +1,8 @@
 """Disaggregated mode's control wire: the lead trainer rank tells the rollout ranks what to do next, by
 broadcast over the sync group (``Placement.sync_group``), and streams them the weights.
 
-An order is three integers: what to do (``WEIGHTS`` | ``EVAL`` | ``STOP``, combinable), the version of the
+An order is three integers: what to do (``WEIGHTS`` | ``EVAL`` | ``STOP``, combinable; ``STOP | ABORT`` after a
+failed rollout: stop without waiting for the batches no trainer will take), the version of the
 weights (the number of training steps they have had) and the next batch to generate (read from the first
 order only: a resumed run starts after the batches its checkpoint holds). With ``WEIGHTS`` the full tensors
 follow, one broadcast each, in ``PolicyWithHead.hf_named_tensors`` order; their names, shapes and dtypes go
@@ -27,13 +28,14 @@ from lead_fast.placement import Placement
 from lead_fast.rollout.base import Completion
 from lead_fast.rollout.graded import GradedRollouts
 
-WEIGHTS, EVAL, STOP = 1, 2, 4
+WEIGHTS, EVAL, STOP, ABORT = 1, 2, 4, 8
 
 
 @dataclass(frozen=True)
 class Order:
     kind: int
-    """``WEIGHTS`` | ``EVAL`` | ``STOP``: load the weights that follow, then evaluate them, then stop."""
+    """``WEIGHTS`` | ``EVAL`` | ``STOP`` (| ``ABORT``): load the weights that follow, then evaluate them, then
+    stop (without waiting for undelivered batches)."""
     version: int
     """Training steps the weights have had (the weights sent with this order, or the ones held)."""
     next_batch: int
@@ -99,13 +101,16 @@ class Batch:
     """Training steps the weights that generated it had had (``step - version`` is its staleness)."""
     idx: list[int]
     """Its prompts, as indices into the training prompts."""
-    rollouts: GradedRollouts
+    rollouts: GradedRollouts | None
     wait_s: float = 0.0
     """Seconds the trainer rank waited for it."""
     busy: tuple[float, float] = (0.0, 0.0)
     """When its rollout rank started and finished generating and grading the step (wall clock)."""
     stop: bool = False
     """Its rollout rank had been asked to stop (SIGTERM / SIGINT)."""
+    failure: str | None = None
+    """Its rollout rank could not make it (``"rank R: Type: message"``; ``rollouts`` is then None): the trainer
+    ranks save what they have and stop the run."""
 
 
 # what a checkpoint's stored batches may hold besides tensors and plain values (``checkpoint.load_batches``)

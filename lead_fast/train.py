@@ -6,6 +6,7 @@ non-zero exit, before any training starts.
 
 from __future__ import annotations
 
+import datetime
 import os
 import signal
 import sys
@@ -14,10 +15,22 @@ from lead_fast.cli import parse_args
 from lead_fast.errors import ConfigError, LeadFastError
 
 
-def _error(msg: str) -> None:
+def _error(msg: str, speaker: int = 0) -> None:
     # Input errors are the same on every rank: say it once.
-    if os.environ.get("RANK", "0") == "0":
+    if os.environ.get("RANK", "0") == str(speaker):
         print(f"lead_fast: {msg}", file=sys.stderr, flush=True)
+
+
+def _leave_together() -> None:
+    """Wait (at most 30 s) until every rank is here, so rank 0 has said why before any rank exits: a launcher
+    stops the other ranks as soon as one exits with an error, and rank 0's paragraph would be lost."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        try:
+            dist.barrier(async_op=True).wait(timeout=datetime.timedelta(seconds=30))
+        except Exception:       # noqa: BLE001  (a rank that is not coming: leave anyway)
+            pass
 
 
 def _interrupted() -> int:
@@ -76,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         trainer.fit()
     except LeadFastError as e:          # training began: whatever stops it now is not bad input
-        _error(f"stopped: {e}")
+        # said by the lead trainer (rank 0 when colocated; disaggregated, rollout ranks come first)
+        _error(f"stopped: {e}", speaker=cfg.rollout.ranks if cfg.rollout.mode == "disaggregated" else 0)
+        _leave_together()
         return done(1)
     finally:
         trainer.close()

@@ -36,13 +36,14 @@ from lead_fast.algo import GradingRules, lead_advantages, lead_rewards, select_g
 from lead_fast.algo.grading_pool import get_pool
 from lead_fast.config import TrainConfig, check_world
 from lead_fast.data import prompts_for_step
-from lead_fast.distributed import all_max, all_sum, on_rank0, setup_distributed, step_seed
+from lead_fast.distributed import all_max, all_sum, on_rank0, setup_distributed, step_seed, together
+from lead_fast.errors import RolloutError
 from lead_fast.metrics import NoSignalWatch, eval_counts, eval_metrics, plot_finished_run, step_counts, step_metrics
 from lead_fast.model import load_tokenizer, resolve_dtype
 from lead_fast.orders import Batch   # also what checkpoints pickled as lead_fast.trainer.Batch load as
 from lead_fast.placement import place
 from lead_fast.preemption import StopRequest
-from lead_fast.rollout import SamplingSettings, make_engine
+from lead_fast.rollout import SamplingSettings
 from lead_fast.rollout.graded import GradedRollouts, rollout_and_grade
 from lead_fast.rollout.scoring import generate_and_score
 from lead_fast.task import load_task
@@ -85,14 +86,7 @@ class Trainer:
             self.checkpointer, self.metrics = side.checkpointer, side.metrics
             self.start_step, self.resumed_batches = side.start_step, side.resumed_batches
         if self.place.is_rollout:
-            self.engine = make_engine(cfg.rollout, self.model_dir, device=self.device, dtype=dtype, tokenizer=self.tok,
-                                      seed=cfg.run.seed,
-                                      max_model_len=cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens,
-                                      memory=build.engine_memory(cfg, self.place.train_world, len(self.eval)),
-                                      colocated=not self.place.disaggregated,
-                                      # vLLM builds its groups over the whole default group, which here is
-                                      # torchrun's world with the trainer ranks in it: its own process instead
-                                      own_process=self.place.disaggregated and cfg.rollout.engine == "vllm")
+            self.engine = build.engine(cfg, self.place, self.model_dir, self.tok, self.device, dtype, len(self.eval))
         # One colocated rank holds the whole policy, in float32 like a CPU engine: the transformers engine
         # generates with the policy's own weights (no second copy; the optimizer's steps are its updates)
         self.engine_shares_weights = (self.place.is_trainer and self.place.is_rollout and self.place.train_world == 1
@@ -128,15 +122,21 @@ class Trainer:
         cfg = self.cfg
         with StopRequest() as stop:
             for step in range(self.start_step, cfg.run.max_steps):
-                if cfg.run.eval_every and step == self.start_step == 0:
-                    self.metrics.log({"step": 0, **self.evaluate()})
-                t0 = time.time()
-                sync_s = self.sync_engine()          # 1. the engine gets the current weights
-                idx, rollouts = self.generate(step, self.rank, self.world)
-                row = {"step": step + 1, **self.learn(step, Batch(step, step, idx, rollouts, 0.0), t0, sync_s)}
-                last = step + 1 == cfg.run.max_steps
-                if cfg.run.eval_every and ((step + 1) % cfg.run.eval_every == 0 or last):
-                    row.update(self.evaluate())
+                done, row = step, None           # completed steps: what a failed rollout below saves
+                try:
+                    if cfg.run.eval_every and step == self.start_step == 0:
+                        self.metrics.log({"step": 0, **self.evaluate()})
+                    t0 = time.time()
+                    sync_s = self.sync_engine()          # 1. the engine gets the current weights
+                    idx, rollouts = together(lambda: self.generate(step, self.rank, self.world), self.device)
+                    row = {"step": step + 1, **self.learn(step, Batch(step, step, idx, rollouts, 0.0), t0, sync_s)}
+                    done, last = step + 1, step + 1 == cfg.run.max_steps
+                    if cfg.run.eval_every and ((step + 1) % cfg.run.eval_every == 0 or last):
+                        row.update(self.evaluate())
+                except RolloutError as e:            # the engine's process died, say: keep what was trained
+                    if row is not None:
+                        self.metrics.log(row)
+                    raise self.checkpointer.saved_for(done, str(e), started_at=self.start_step) from None
                 self.metrics.log(row)
                 # SIGTERM / SIGINT on any rank (preemption, Ctrl-C): finish this step, save, stop.
                 interrupted = stop.agreed(self.device)
@@ -224,7 +224,7 @@ class Trainer:
         from the weights alone. ``eval/accuracy`` is pass@1."""
         t0 = time.time()
         self.sync_engine()
-        counts = self.eval_shares([self.rank], self.world)
+        counts = together(lambda: self.eval_shares([self.rank], self.world), self.device)
         return eval_metrics(all_sum(counts, self.device), time.time() - t0)
 
     def eval_shares(self, shares: list[int], num_shares: int) -> dict:

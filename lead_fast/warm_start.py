@@ -11,7 +11,9 @@ rank 0 builds the directory once and the other ranks load it. For a pretrained m
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 import random
 import shutil
@@ -89,10 +91,12 @@ def build_tiny_model(tokenizer, out_dir: str, *, hidden: int = 128, layers: int 
     return model
 
 
-def prepare_model_dir(output_dir: str, *, steps: int, seed: int, source: str | None = None, log=print) -> str:
+def prepare_model_dir(output_dir: str, *, steps: int, seed: int, source: str | None = None, cache: str = "auto",
+                      log=print) -> str:
     """Collective: rank 0 builds (or reuses) ``OUTPUT_DIR/base_model``; every rank returns its path.
     ``source`` None: the embedded tiny model after ``steps`` warm-start steps; a model directory: that
-    model after ``steps`` steps of the answer-format warm-up (``format_warm_up``)."""
+    model after ``steps`` steps of the answer-format warm-up (``format_warm_up``). ``cache``: the
+    ``run.warm_start_cache`` setting (``cache_dir``)."""
     path = os.path.join(output_dir, "base_model")
 
     def build():
@@ -100,9 +104,9 @@ def prepare_model_dir(output_dir: str, *, steps: int, seed: int, source: str | N
         torch.set_num_threads(os.cpu_count() or 1)  # the other ranks wait: give the warm start every core
         try:
             if source is None:
-                build_embedded_model(path, steps=steps, seed=seed, log=log)
+                build_embedded_model(path, steps=steps, seed=seed, cache=cache_dir(cache), log=log)
             else:
-                format_warm_up(source, path, steps=steps, seed=seed, log=log)
+                format_warm_up(source, path, steps=steps, seed=seed, cache=cache_dir(cache), log=log)
         finally:
             torch.set_num_threads(threads)
 
@@ -113,15 +117,61 @@ def prepare_model_dir(output_dir: str, *, steps: int, seed: int, source: str | N
 MARKER = "lead_fast_warmstart.json"
 
 
-def _built_once(out_dir: str, marker: str, spec: dict, label: str, build, log) -> str:
-    """``out_dir`` as ``build(tmp)`` writes it, unless a marker there already holds ``spec``: built beside it
-    and renamed, so an interrupted build (Ctrl-C or an error) leaves no half-built directory behind."""
+def cache_dir(setting: str) -> str | None:
+    """The directory of finished warm starts for a ``run.warm_start_cache`` setting ("auto", "off" or a path)."""
+    if setting == "off":
+        return None
+    if setting == "auto":
+        return os.path.join(os.environ.get("LEAD_FAST_CACHE", os.path.expanduser("~/.cache/lead_fast")), "warm_starts")
+    return os.path.abspath(os.path.expanduser(setting))
+
+
+def _marked(out_dir: str, marker: str, spec: dict) -> bool:
     path = os.path.join(out_dir, marker)
-    if os.path.exists(path):
-        with open(path) as f:
-            if json.load(f) == spec:
-                log(f"[{label}] reusing {out_dir}")
-                return out_dir
+    if not os.path.exists(path):
+        return False
+    with open(path) as f:
+        return json.load(f) == spec
+
+
+def _copy_tree(src: str, dst: str) -> None:
+    """``dst`` as a copy of ``src``, written beside it and renamed (files hard-linked where the filesystem
+    allows: a warm start is never written to in place, only replaced whole)."""
+    tmp = f"{dst}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+
+    def link_or_copy(a, b):
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    try:
+        shutil.copytree(src, tmp, copy_function=link_or_copy)
+        if os.path.exists(dst):
+            shutil.rmtree(dst)
+        os.replace(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _built_once(out_dir: str, marker: str, spec: dict, label: str, build, log, cache: str | None = None) -> str:
+    """``out_dir`` as ``build(tmp)`` writes it, unless a marker there already holds ``spec``: built beside it
+    and renamed, so an interrupted build (Ctrl-C or an error) leaves no half-built directory behind. With a
+    ``cache`` directory, a build is kept there under a name derived from ``spec``, and a later call with the
+    same ``spec`` (another run's ``out_dir``) copies it instead of building."""
+    if _marked(out_dir, marker, spec):
+        log(f"[{label}] reusing {out_dir}")
+        return out_dir
+    cached = None
+    if cache is not None:
+        key = hashlib.sha256(json.dumps([marker, spec], sort_keys=True).encode()).hexdigest()[:16]
+        cached = os.path.join(cache, f"{label.replace(' ', '_')}-{key}")
+        if _marked(cached, marker, spec):
+            _copy_tree(cached, out_dir)
+            log(f"[{label}] copied from the cache {cached} (--run.warm_start_cache off builds it anew)")
+            return out_dir
     t0 = time.time()
     tmp = out_dir + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -137,10 +187,17 @@ def _built_once(out_dir: str, marker: str, spec: dict, label: str, build, log) -
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)
     log(f"[{label}] built {out_dir} in {time.time() - t0:.1f}s")
+    if cached is not None:
+        try:
+            os.makedirs(cache, exist_ok=True)
+            _copy_tree(out_dir, cached)
+            log(f"[{label}] kept in the cache {cached}: later runs with the same settings copy it")
+        except OSError as e:       # a cache that cannot be written costs the next run a build, nothing more
+            log(f"[{label}] WARNING: not cached ({cached}: {e.strerror or e})")
     return out_dir
 
 
-def build_embedded_model(out_dir: str, *, steps: int, seed: int, log=print) -> str:
+def build_embedded_model(out_dir: str, *, steps: int, seed: int, cache: str | None = None, log=print) -> str:
     """Build (or reuse) ``out_dir``: tokenizer + tiny Qwen2-style model after ``steps`` SFT steps."""
 
     def build(tmp):
@@ -155,7 +212,7 @@ def build_embedded_model(out_dir: str, *, steps: int, seed: int, log=print) -> s
                  schedule=lambda s: min(1.0, (s + 1) / 20) * max(0.1, 1 - s / steps), log=log)
         model.save_pretrained(tmp)
 
-    return _built_once(out_dir, MARKER, dict(steps=steps, seed=seed, version=1), "warm start", build, log)
+    return _built_once(out_dir, MARKER, dict(steps=steps, seed=seed, version=1), "warm start", build, log, cache)
 
 
 def _sft(model, examples: list[tuple[list[int], list[int]]], *, pad_id: int, steps: int, seed: int, batch: int,
@@ -167,7 +224,7 @@ def _sft(model, examples: list[tuple[list[int], list[int]]], *, pad_id: int, ste
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     model.train()
-    bar = None
+    bar, t0, last_line = None, time.time(), -math.inf
     if sys.stderr.isatty():  # a bar with ETA on a terminal; the log lines below for logs and CI
         from tqdm import tqdm
 
@@ -193,8 +250,11 @@ def _sft(model, examples: list[tuple[list[int], list[int]]], *, pad_id: int, ste
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.4f}")
-        elif step % max(1, steps // 6) == 0 or step == steps - 1:
-            log(f"[{label}] step {step + 1}/{steps} loss {loss.item():.4f}")
+        elif step == 0 or step == steps - 1 or step % max(1, steps // 10) == 0 or time.time() - last_line > 30:
+            # at least every tenth of the way and every 30 s, with the time left at this pace
+            last_line, spent = time.time(), time.time() - t0
+            left = spent / (step + 1) * (steps - step - 1)
+            log(f"[{label}] step {step + 1}/{steps} loss {loss.item():.4f} ({spent:.0f} s, ~{left:.0f} s left)")
     if bar is not None:
         bar.close()
     model.eval()
@@ -215,7 +275,7 @@ FORMAT_MARKER = "lead_fast_format_warmup.json"
 
 
 def format_warm_up(source: str, out_dir: str, *, steps: int, seed: int, batch: int = 16, lr: float = 2e-5,
-                   log=print) -> str:
+                   cache: str | None = None, log=print) -> str:
     """Build (or reuse) ``out_dir``: the model in ``source`` after ``steps`` supervised steps on the answer
     format, on the 100 one-digit sums (``format_solution``; the prompt is the task's, through the chat
     template when the tokenizer has one, and the loss covers the response and the EOS that ends it). A
@@ -242,4 +302,4 @@ def format_warm_up(source: str, out_dir: str, *, steps: int, seed: int, batch: i
             shutil.copy(os.path.join(source, "generation_config.json"), tmp)   # every EOS id of the model
 
     spec = dict(source=os.path.abspath(source), steps=steps, seed=seed, batch=batch, lr=lr, version=1)
-    return _built_once(out_dir, FORMAT_MARKER, spec, "format warm-up", build, log)
+    return _built_once(out_dir, FORMAT_MARKER, spec, "format warm-up", build, log, cache)

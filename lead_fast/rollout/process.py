@@ -36,6 +36,7 @@ from typing import Callable, Iterable
 
 import torch
 
+from lead_fast.errors import LeadFastError
 from lead_fast.rollout.base import Completion, RolloutEngine, SamplingSettings
 
 # torchrun's per-rank variables: with them vLLM would take the child for a rank of torchrun's world
@@ -45,8 +46,10 @@ LAUNCHER_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_
                  "TORCHELASTIC_USE_AGENT_STORE", "TORCHELASTIC_ERROR_FILE", "TORCH_NCCL_ASYNC_ERROR_HANDLING")
 
 
-class EngineProcessError(RuntimeError):
-    """The engine's process died or could not be started."""
+class EngineProcessError(LeadFastError, RuntimeError):
+    """The engine's process died or could not be started (the message says how, and what to lower)."""
+
+    exit_code = 1
 
 
 def _die_with_parent() -> None:

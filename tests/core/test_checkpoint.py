@@ -14,7 +14,7 @@ from lead_fast.checkpoint import damage, latest_checkpoint, list_checkpoints, lo
 from lead_fast.distributed import setup_distributed
 from tests.helpers.compare import assert_same_checkpoint, assert_same_rows
 from tests.helpers.launch import HELPERS, ROOT, check, env, python, torchrun
-from tests.helpers.runs import copy_run, mount_tmpfs, refused, rows, tiny_args, train
+from tests.helpers.runs import copy_run, mount_tmpfs, refused, rows, said_under_torchrun, tiny_args, train
 
 
 def _model_and_opt():
@@ -54,7 +54,7 @@ def test_save_before_the_first_step_leaves_the_optimizer_untouched(tmp_path):
 def test_resume_is_exact(embedded_model, tmp_path):
     """A run stopped after step 2 and resumed ends where the unbroken run ends: the step-4 checkpoints are
     equal tensor for tensor (weights, AdamW's moments and step counts, scheduler, every rank's RNG), and
-    every logged value of every step is equal by key."""
+    every logged value of every step is equal by key. So does a run whose rollout engine died in step 4."""
     full, part = tmp_path / "full", tmp_path / "part"
     check(torchrun(2, tiny_args(embedded_model, full, "--max-steps", "4", "--save-every", "2")))
     check(torchrun(2, tiny_args(embedded_model, part, "--max-steps", "2", "--save-every", "2")))
@@ -67,6 +67,21 @@ def test_resume_is_exact(embedded_model, tmp_path):
     assert a[3]["loss"] is not None and a[4]["loss"] is not None and "lr" in a[3]  # the compared steps did update
     step4 = "checkpoints/step-00000004"
     assert assert_same_checkpoint(full / step4, part / step4) > 20
+
+    # The rollout engine's process SIGKILLed as rank 1 asks it for step 4's rollouts (its 6th generate: the
+    # evals at steps 0 and 2 count): step 3, completed, is saved first; one paragraph, exit 1; --resume ends
+    # where the unbroken run ends.
+    killed = tmp_path / "killed"
+    args = tiny_args(embedded_model, killed, "--max-steps", "4", "--save-every", "2")
+    p = torchrun(2, [str(HELPERS / "faults.py"), "kill_engine", "6", "1", *args[2:]])
+    said = said_under_torchrun(p, 1)
+    assert said.startswith("lead_fast: stopped: the rollouts of step 4 failed (rank 1: EngineProcessError: the "
+                           "hf rollout engine's process was killed by signal 9"), said
+    assert "step 3 was saved first" in said and said.endswith("continue with --resume."), said
+    assert [r["step"] for r in rows(killed)] == [0, 1, 2, 3]
+    check(torchrun(2, [*args, "--resume"]))
+    assert_same_rows(a, rows(killed))
+    assert assert_same_checkpoint(full / step4, killed / step4) > 20
 
 
 def test_resume_with_other_world_size(embedded_model, tmp_path):

@@ -4,7 +4,7 @@ rollout.max_staleness updates apart. Real torchrun, gloo, the tiny model and the
 
 from tests.helpers.compare import assert_same_learning
 from tests.helpers.launch import HELPERS, check, torchrun
-from tests.helpers.runs import rows, tiny_args
+from tests.helpers.runs import rows, said_under_torchrun, tiny_args
 
 
 def _args(model, out, *extra):
@@ -12,9 +12,10 @@ def _args(model, out, *extra):
     return tiny_args(model, out, "--rollout.logprobs", "true", *extra)
 
 
-def test_staleness_0_is_colocated(embedded_model, tmp_path):
+def test_staleness_0_is_colocated_and_survives_its_engine(embedded_model, tmp_path):
     """1 rollout + 2 trainer ranks, max_staleness 0: the same losses, rewards and evals as 2 colocated ranks
-    (the rollout rank generates each trainer's share with that trainer's seed and the same weights)."""
+    (the rollout rank generates each trainer's share with that trainer's seed and the same weights); a
+    rollout engine that dies costs only the step in flight."""
     colo, dis = tmp_path / "colo", tmp_path / "dis"
     check(torchrun(2, _args(embedded_model, colo, "--max-steps", "3")))
     p = check(torchrun(3, _args(embedded_model, dis, "--max-steps", "3", "--rollout.mode", "disaggregated")))
@@ -24,6 +25,18 @@ def test_staleness_0_is_colocated(embedded_model, tmp_path):
     assert a[-1]["loss"] is not None and a[-1]["eval/accuracy"] is not None
     train = [r for r in b if r["step"] > 0]
     assert all(r["rollout/staleness"] == 0 and r["time/overlap_frac"] == 0 for r in train)  # in turn, never both
+
+    # The rollout rank's engine process SIGKILLed as it makes step 2's batch (its 5th generate: the eval at
+    # step 0 and step 1's batch took two each, one per trainer share): the trainer ranks save step 1 and
+    # stop the run, their lead says so (rank 0 is the rollout rank), and --resume logs what the unbroken
+    # run logged.
+    killed = tmp_path / "killed"
+    args = _args(embedded_model, killed, "--max-steps", "3", "--rollout.mode", "disaggregated")
+    said = said_under_torchrun(torchrun(3, [str(HELPERS / "faults.py"), "kill_engine", "5", "0", *args[2:]]), 1)
+    assert said.startswith("lead_fast: stopped: the rollouts of step 2 failed (rank 0: EngineProcessError"), said
+    assert "step 1 was saved first" in said, said
+    check(torchrun(3, [*args, "--resume"]))
+    assert_same_learning(b, rows(killed))
 
 
 def test_staleness_1_overlaps_and_resumes_exactly_after_sigterm_mid_generation(embedded_model, tmp_path):

@@ -66,9 +66,9 @@ def test_smollm2_preset_two_ranks_resume_export_and_eval(smollm2_dir, tmp_path):
     run = ["-m", "lead_fast.train", "--preset", "smollm2", "--output-dir", str(out), "--run.warm_start_steps", "2",
            "--rollout.max_new_tokens", "24", "--optim.prompts_per_step", "4", "--rollout.n", "2",
            "--data.eval_size", "4", "--eval-every", "0", "--algo.drop_no_signal", "false",
-           "--algo.entropy_coef", "0.001", "--save-every", "1"]
+           "--algo.entropy_coef", "0.001", "--save-every", "1", "--run.warm_start_cache", str(tmp_path / "cache")]
     p = check(torchrun(2, [*run, "--max-steps", "2"], timeout=900))
-    assert "[format warm-up] built" in p.stdout and smollm2_dir in p.stdout
+    assert "[format warm-up] built" in p.stdout and smollm2_dir in p.stdout and "kept in the cache" in p.stdout
     check(torchrun(2, [*run, "--max-steps", "3", "--resume"], timeout=900))
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3] and all(r["grad_norm"] > 0 for r in rows)

@@ -40,6 +40,15 @@ def refused(p: subprocess.CompletedProcess, code: int = 2) -> str:
     return lines[0]
 
 
+def said_under_torchrun(p: subprocess.CompletedProcess, code: int) -> str:
+    """The one ``lead_fast:`` line of a torchrun launch that ended with ``code`` (torchrun adds its own report,
+    ``ChildFailedError``, to any failure; ``lead-fast`` does not, see tests/core/test_launch.py)."""
+    assert p.returncode == code, (p.returncode, p.stdout[-2000:], p.stderr[-3000:])
+    lines = [line for line in p.stderr.splitlines() if line.startswith("lead_fast: ")]
+    assert len(lines) == 1, p.stderr[-6000:]
+    return lines[0]
+
+
 def copy_run(run, tmp_path) -> Path:
     """A copy of a finished run directory that a test may change."""
     dst = tmp_path / "run"
