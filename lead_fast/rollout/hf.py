@@ -18,6 +18,21 @@ from lead_fast.choices import HFBatching, options
 from lead_fast.rollout.base import Completion, SamplingSettings
 
 
+def _paged_cache_for(prompts: list[list[int]], settings: SamplingSettings) -> dict:
+    """generate_batch's paged cache sized to this batch. Left to itself it sizes the cache and its attention
+    mask from the free memory (gigabytes on a CPU host: one 6-response batch of the tiny model spent 11 s
+    filling the mask); a batch needs at most one page per 256 tokens of each response, plus one."""
+    try:
+        from transformers import ContinuousBatchingConfig
+    except ImportError:           # a transformers without it sizes the cache itself
+        return {}
+    page = 256
+    pages = sum(-(-(len(p) + settings.max_new_tokens) // page) for p in prompts) * settings.n
+    tokens = sum(len(p) + settings.max_new_tokens for p in prompts) * settings.n
+    return dict(continuous_batching_config=ContinuousBatchingConfig(
+        page_size=page, num_blocks=pages + 1, max_batch_tokens=min(tokens, 8192)))
+
+
 class HFEngine:
     """Generates with ``model.generate``; receives new weights only through ``update_weights``."""
 
@@ -98,7 +113,8 @@ class HFEngine:
         gen = torch.Generator(device="cpu").manual_seed(settings.seed)
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
-            out = self.model.generate_batch(prompts, generation_config=config, progress_bar=False)
+            out = self.model.generate_batch(prompts, generation_config=config, progress_bar=False,
+                                            **_paged_cache_for(prompts, settings))
         # ordered by prompt, each prompt's n responses together; generate_batch logs failures, we raise
         results = list(out.values())
         failed = [r.error for r in results if r.error is not None]
