@@ -21,7 +21,11 @@ LossNorm = Literal["kept", "sampled"]
 LossBackend = Literal["auto", "torch", "triton"]
 Tracker = Literal["tensorboard", "wandb"]
 Correction = Literal["none", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask"]
-"""Rollout-trainer mismatch correction (importance sampling against the engine's log-probs; docs/design.md)."""
+"""Rollout-trainer mismatch correction (importance sampling against the engine's log-probs; docs/design.md),
+TRL's ``vllm_importance_sampling_mode`` names with TRL's meaning."""
+Rejection = Literal["none", "token", "sequence", "geometric"]
+"""Rejection of tokens or responses whose engine-vs-trainer ratio leaves bounds (weight 1 inside, 0 outside):
+each token's ratio, a response's product of ratios, or its geometric mean (docs/design.md)."""
 CorrectionSetting = Literal["auto", "none", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask"]
 """``algo.rollout_correction``: a ``Correction``, or auto (token_truncate when the engine returns log-probs)."""
 

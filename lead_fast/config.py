@@ -15,7 +15,7 @@ import typing
 from dataclasses import dataclass, field
 
 from lead_fast.choices import (AnswerFrom, CorrectionSetting, Dtype, Engine, HFBatching, LossAgg, LossBackend,
-                               LossNorm, RolloutMode, Switch, Template, Tracker, options)
+                               LossNorm, Rejection, RolloutMode, Switch, Template, Tracker, options)
 from lead_fast.errors import ConfigError
 
 PACKING_ATTENTION = ("sdpa", "eager", "flash_attention_2")
@@ -183,15 +183,26 @@ class AlgoConfig:
     grade_workers: int = 0
     """Grading processes per rank (0: as many as this rank's share of the CPU cores)."""
     rollout_correction: CorrectionSetting = "auto"
-    """Correct the policy-gradient term for the mismatch between the engine's log-probs and the trainer's
-    (importance sampling; docs/design.md): token_truncate (w = min(ratio, cap)), token_mask (drop tokens whose
-    ratio leaves [low, cap]), sequence_truncate (the response's product of ratios, truncated),
-    sequence_mask (drop responses whose geometric-mean ratio leaves [low, cap]), none, or auto: token_truncate
-    when rollout.logprobs is on, else none. Any mode but none needs rollout.logprobs."""
+    """Correct the policy-gradient term for the mismatch between the engine's log-probs and the trainer's by
+    importance sampling (docs/rollout_correction.md), TRL's vllm_importance_sampling_mode with TRL's meaning:
+    token_truncate (each token's ratio clamped to [low, cap]), token_mask (the ratio inside [low, cap], 0
+    outside), sequence_truncate / sequence_mask (the same on the response's product of ratios), none, or auto:
+    token_truncate when rollout.logprobs is on, else none. Any mode but none needs rollout.logprobs."""
     rollout_correction_cap: float = 2.0
-    """The importance weight's upper bound: the truncation cap, and a mask's upper bound."""
-    rollout_correction_low: float = 0.5
-    """A mask's lower bound on the importance weight (token_mask, sequence_mask)."""
+    """The importance weight's upper bound (TRL's vllm_importance_sampling_clip_max): truncated to it, or
+    masked above it."""
+    rollout_correction_low: float | None = None
+    """The importance weight's lower bound (TRL's vllm_importance_sampling_clip_min), only when set: truncated to
+    it, or masked below it."""
+    rollout_rejection: Rejection = "none"
+    """Also reject (weight 0) what the engine sampled too far from the trainer, whatever the correction:
+    token (each token by its ratio), sequence (a response by its product of ratios), geometric (a response by
+    its geometric-mean ratio, the per-token mismatch, comparable across lengths), or none. Needs
+    rollout.logprobs."""
+    rollout_rejection_low: float = 0.5
+    """The rejection's lower bound on the ratio (kept inside [low, high])."""
+    rollout_rejection_high: float = 2.0
+    """The rejection's upper bound on the ratio."""
 
     def correction(self, logprobs: bool) -> str:
         """The correction in force: ``rollout_correction``, with auto resolved by whether the engine returns
@@ -373,7 +384,9 @@ RANGES: dict[str, tuple] = {
     "algo.grade_timeout_s": (lambda v: v > 0, "> 0"),
     "algo.grade_workers": (lambda v: v >= 0, ">= 0 (0: one per CPU core of this rank)"),
     "algo.rollout_correction_cap": (lambda v: v >= 1, ">= 1 (a weight of 1, no mismatch, is never truncated)"),
-    "algo.rollout_correction_low": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "algo.rollout_correction_low": (lambda v: v is None or 0 <= v <= 1, "in [0, 1], or none"),
+    "algo.rollout_rejection_low": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "algo.rollout_rejection_high": (lambda v: v >= 1, ">= 1"),
     "optim.lr": (lambda v: v > 0, "> 0"),
     "optim.weight_decay": (lambda v: v >= 0, ">= 0"),
     "optim.betas": (lambda v: all(0 <= b < 1 for b in v), "two numbers in [0, 1)"),
@@ -459,9 +472,13 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                           "samples from the top-p truncated distribution and reports log-probs renormalized over it, "
                           "while the trainer's log-probs are over the whole vocabulary, so their ratio is not the "
                           "importance weight. Use rollout.top_p 1, or --algo.rollout_correction none")
-    if cfg.algo.rollout_correction_low >= cfg.algo.rollout_correction_cap:
-        raise ConfigError(f"algo.rollout_correction_low ({cfg.algo.rollout_correction_low}) must be below "
-                          f"algo.rollout_correction_cap ({cfg.algo.rollout_correction_cap})")
+    if cfg.algo.rollout_rejection != "none" and not cfg.rollout.logprobs:
+        raise ConfigError(f"algo.rollout_rejection={cfg.algo.rollout_rejection} compares the engine's log-probs with "
+                          "the trainer's, which the engine returns only when asked: add --rollout.logprobs true")
+    if cfg.algo.rollout_rejection != "none" and cfg.rollout.top_p < 1:
+        raise ConfigError(f"algo.rollout_rejection={cfg.algo.rollout_rejection} with rollout.top_p="
+                          f"{cfg.rollout.top_p}: the engine's log-probs are renormalized over the top-p tokens, so "
+                          "their ratio to the trainer's is not the mismatch. Use rollout.top_p 1")
     if cfg.rollout.mode == "colocated" and cfg.rollout.max_staleness:
         raise ConfigError(f"rollout.max_staleness={cfg.rollout.max_staleness} needs --rollout.mode disaggregated "
                           "(colocated ranks generate and train in turn, so their rollouts are never stale)")

@@ -331,7 +331,8 @@ class Updater:
         result = dict(loss=math.nan, clip_frac=math.nan, kl=math.nan, entropy=math.nan, grad_norm=math.nan,
                       updated=False, nonfinite_skipped=0, logprob_gap=math.nan, mismatch_kl=math.nan,
                       is_weight_mean=math.nan)
-        flag_key = "is_masked_frac" if self.loss.correction.endswith("mask") else "is_truncated_frac"
+        masks = self.loss.correction.endswith("mask") or self.loss.rejection != "none"
+        flag_key = "is_masked_frac" if masks else "is_truncated_frac"
         result[flag_key] = math.nan
         self._mismatch = torch.zeros(5, dtype=torch.float64)     # sums: |gap|, k3, weight, flagged; tokens
         if all_sum({"tokens": sum(len(s.response) for s in samples)}, self.device, self.group)["tokens"] == 0:
@@ -455,7 +456,8 @@ def update_settings(cfg: "TrainConfig", device_type: str) -> tuple[UpdateSetting
                       entropy_coef=algo.entropy_coef, temperature=cfg.rollout.temperature, w_min=algo.w_min,
                       w_max=algo.w_max, midpoint=algo.midpoint, steepness=algo.steepness,
                       correction=algo.correction(cfg.rollout.logprobs), correction_cap=algo.rollout_correction_cap,
-                      correction_low=algo.rollout_correction_low)
+                      correction_low=algo.rollout_correction_low, rejection=algo.rollout_rejection,
+                      rejection_low=algo.rollout_rejection_low, rejection_high=algo.rollout_rejection_high)
     attn = cfg.model.attn_implementation
     settings = UpdateSettings(updates_per_batch=optim.updates_per_batch,
                               micro_batch_tokens=optim.micro_batch_budget(device_type), packed=optim.packed(attn),

@@ -17,6 +17,17 @@ import pytest  # noqa: E402
 from tests.helpers.launch import DATA_DIR  # noqa: E402
 
 
+# The files whose tests run longest, started first: pytest-xdist (--dist loadfile) hands out files in
+# collection order, so a long file collected last would run alone at the end while the other workers idle.
+FIRST = ("tests/core/test_pretrained.py", "tests/core/test_trainer.py", "tests/benchmarks/test_benchmarks.py",
+         "tests/core/test_checkpoint.py", "tests/core/test_disaggregated.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(FIRST)))     # stable: the rest keep order
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "real_vllm: runs vLLM itself (its CPU build); .ci/run selects these in the "
                                        "vLLM environment")

@@ -7,7 +7,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from lead_fast.choices import Correction
+from lead_fast.choices import Correction, Rejection
 
 
 def triton_interpret() -> bool:
@@ -32,9 +32,15 @@ class LossParams:
     correction: Correction = "none"
     """Rollout-trainer mismatch correction of the policy-gradient term (docs/design.md, "Rollout correction")."""
     correction_cap: float = 2.0
-    """The importance weight's upper bound C: truncated to it, or a mask's upper bound."""
-    correction_low: float = 0.5
-    """A mask's lower bound on the importance weight (token ratio, or a sequence's geometric mean)."""
+    """The importance weight's upper bound: truncated to it, or masked above it."""
+    correction_low: float | None = None
+    """The importance weight's lower bound, applied only when set (as TRL does): truncated to it, or masked
+    below it."""
+    rejection: Rejection = "none"
+    """Reject (weight 0) tokens or responses whose ratio leaves ``[rejection_low, rejection_high]``; the
+    rejection multiplies the correction's weight (docs/design.md)."""
+    rejection_low: float = 0.5
+    rejection_high: float = 2.0
 
     @property
     def token_correction(self) -> bool:
@@ -43,6 +49,17 @@ class LossParams:
     @property
     def sequence_correction(self) -> bool:
         return self.correction in ("sequence_truncate", "sequence_mask")
+
+    @property
+    def corrected(self) -> bool:
+        """Any weight on the policy-gradient term from the engine's log-probs (a correction or a rejection)."""
+        return self.correction != "none" or self.rejection != "none"
+
+    @property
+    def weights_before_loss(self) -> bool:
+        """The weights are computed per response before the loss (sequence modes, any rejection) and handed
+        to the row op; a token correction alone is computed inside it."""
+        return self.sequence_correction or self.rejection != "none"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -20,12 +20,13 @@ from dataclasses import dataclass, fields, replace
 
 import torch
 
-from lead_fast.choices import Correction, LossBackend, options
+from lead_fast.choices import Correction, LossBackend, Rejection, options
 from lead_fast.ops import rows_torch
 from lead_fast.ops.common import LossParams, TokenInputs, triton_interpret
 
 BACKENDS = options(LossBackend)
 CORRECTIONS = options(Correction)
+REJECTIONS = options(Rejection)
 
 
 @dataclass
@@ -235,15 +236,18 @@ def grpo_loss(hidden, weight, targets, advantages, token_weights, *, old_logprob
               bias=None, clip_low=0.2, clip_high=0.2, kl_coef=0.0, entropy_coef=0.0, temperature=1.0,
               correct_ratio=None, w_min=0.4, w_max=1.5, midpoint=0.75, steepness=10.0, backend="auto",
               chunk_size=None, rollout_logprobs=None, seq_ids=None, rollout_correction="none",
-              correction_cap=2.0, correction_low=0.5) -> GRPOLossOutput:
+              correction_cap=2.0, correction_low=None, rejection="none", rejection_low=0.5,
+              rejection_high=2.0) -> GRPOLossOutput:
     """Clipped GRPO loss with KL, entropy and difficulty weights, fused with the LM head.
 
     hidden ``(N, H)``, weight ``(V, H)``, bias ``(V,)`` or None, targets ``(N,)`` token ids; every other
     per-token argument is ``(N,)``. ``token_weights`` carry the aggregation (e.g. ``1 / total tokens`` for
     a token mean), so the loss is a plain weighted sum and does not depend on chunking. See docs/design.md.
-    ``rollout_correction`` (``token_truncate``, ``token_mask``, ``sequence_truncate``, ``sequence_mask``)
-    weighs the policy-gradient term by the importance ratio of the generating weights to the engine's
-    ``rollout_logprobs`` (sequence modes: per response, ``seq_ids`` saying which response each token is in).
+    ``rollout_correction`` (``token_truncate``, ``token_mask``, ``sequence_truncate``, ``sequence_mask``: TRL's
+    modes) weighs the policy-gradient term by the importance ratio of the generating weights to the engine's
+    ``rollout_logprobs`` (sequence modes: per response, ``seq_ids`` saying which response each token is in);
+    ``rejection`` (``token``, ``sequence``, ``geometric``) zeroes tokens or responses whose ratio leaves
+    ``[rejection_low, rejection_high]``.
     The keyword arguments become one ``TokenInputs`` and one ``LossParams``, by name (``fused_grpo_loss``).
     """
     tokens = TokenInputs(targets=targets, advantages=advantages, token_weights=token_weights,
@@ -253,32 +257,50 @@ def grpo_loss(hidden, weight, targets, advantages, token_weights, *, old_logprob
                         entropy_coef=float(entropy_coef), temperature=float(temperature), w_min=float(w_min),
                         w_max=float(w_max), midpoint=float(midpoint), steepness=float(steepness),
                         correction=rollout_correction, correction_cap=float(correction_cap),
-                        correction_low=float(correction_low))
+                        correction_low=None if correction_low is None else float(correction_low),
+                        rejection=rejection, rejection_low=float(rejection_low), rejection_high=float(rejection_high))
     return fused_grpo_loss(hidden, weight, tokens, params, bias=bias, backend=backend, chunk_size=chunk_size)
 
 
-def sequence_weights(lp_old: torch.Tensor, rollout: torch.Tensor, seq_ids: torch.Tensor,
-                     p: LossParams) -> tuple[torch.Tensor, torch.Tensor]:
-    """The sequence-level corrections' per-token weights and flags (every token carries its response's).
+def given_weights(lp_old: torch.Tensor, rollout: torch.Tensor, seq_ids: torch.Tensor,
+                  p: LossParams) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weights computed before the loss (sequence corrections, rejections): each token's weight on the
+    policy-gradient term and whether the correction truncated, masked or rejected it.
 
-    ``sequence_truncate``: ``min(prod_t exp(lp_old - lp_rollout), C)``, the product over the response (in log
-    space, so no overflow). ``sequence_mask``: 1 where the response's geometric-mean ratio
-    ``exp(mean_t (lp_old - lp_rollout))`` lies in ``[low, C]``, else 0. The geometric mean, not the product:
-    a product over thousands of tokens leaves any fixed bounds for a per-token gap of 1e-3, so it would mask
-    long responses for their length; the mean is the per-token mismatch, comparable across lengths."""
-    d = (lp_old.double() - rollout.double())
+    The correction, as TRL's ``vllm_importance_sampling_mode`` computes it: the ratio ``exp(lp_old -
+    lp_rollout)`` per token, or per response the product of its tokens' ratios (``sequence_*``), clamped to
+    ``[low, cap]`` (``*_truncate``) or kept inside those bounds and 0 outside (``*_mask``); the lower bound
+    only when set. The rejection then zeroes what leaves ``[rejection_low, rejection_high]``: each token by its
+    ratio (``token``), each response by its product (``sequence``) or by its geometric mean (``geometric``:
+    the per-token mismatch, comparable across lengths, where a product over thousands of tokens leaves any
+    fixed bounds for a per-token gap of 1e-3). All in log space, so no product overflows."""
+    d = lp_old.double() - rollout.double()
     ids = seq_ids.long()
     n = int(ids.max()) + 1 if ids.numel() else 0
     total = torch.zeros(n, dtype=torch.float64, device=d.device).index_add_(0, ids, d)
-    if p.correction == "sequence_truncate":
+    w, flag = torch.ones_like(d), torch.zeros_like(d, dtype=torch.bool)
+    if p.correction != "none":
+        lr = d if p.token_correction else total[ids]
+        log_low = math.log(p.correction_low) if p.correction_low else -math.inf
         log_cap = math.log(p.correction_cap)
-        w_seq, flag_seq = torch.exp(total.clamp(max=log_cap)), total > log_cap
-    else:
-        count = torch.zeros(n, dtype=torch.float64, device=d.device).index_add_(0, ids, torch.ones_like(d))
-        g = torch.exp(total / count.clamp(min=1))
-        inside = (g >= p.correction_low) & (g <= p.correction_cap)
-        w_seq, flag_seq = inside.double(), ~inside
-    return w_seq[ids], flag_seq[ids]
+        inside = (lr >= log_low) & (lr <= log_cap)
+        if p.correction.endswith("truncate"):
+            w = torch.exp(lr.clamp(min=log_low, max=log_cap))
+        else:
+            w = torch.where(inside, torch.exp(lr.clamp(max=log_cap)), 0.0)
+        flag = ~inside
+    if p.rejection != "none":
+        if p.rejection == "token":
+            x = d
+        elif p.rejection == "sequence":
+            x = total[ids]
+        else:
+            count = torch.zeros(n, dtype=torch.float64, device=d.device).index_add_(0, ids, torch.ones_like(d))
+            x = (total / count.clamp(min=1))[ids]
+        log_low = math.log(p.rejection_low) if p.rejection_low > 0 else -math.inf
+        keep = (x >= log_low) & (x <= math.log(p.rejection_high))
+        w, flag = w * keep, flag | ~keep
+    return w, flag
 
 
 def fused_grpo_loss(hidden, weight, tokens: TokenInputs, params: LossParams, *, bias=None, backend="auto",
@@ -290,10 +312,14 @@ def fused_grpo_loss(hidden, weight, tokens: TokenInputs, params: LossParams, *, 
         raise ValueError("kl_coef != 0 needs ref_logprobs")
     if params.correction not in CORRECTIONS:
         raise ValueError(f"rollout_correction must be one of {', '.join(CORRECTIONS)}, got {params.correction!r}")
-    if params.correction != "none" and tokens.rollout_logprobs is None:
-        raise ValueError(f"rollout_correction={params.correction!r} needs rollout_logprobs (the engine's)")
-    if params.sequence_correction and tokens.seq_ids is None:
-        raise ValueError(f"rollout_correction={params.correction!r} needs seq_ids (each token's response)")
+    if params.rejection not in REJECTIONS:
+        raise ValueError(f"rejection must be one of {', '.join(REJECTIONS)}, got {params.rejection!r}")
+    what = f"rollout_correction={params.correction!r}" if params.correction != "none" else \
+        f"rejection={params.rejection!r}"
+    if params.corrected and tokens.rollout_logprobs is None:
+        raise ValueError(f"{what} needs rollout_logprobs (the engine's)")
+    if params.weights_before_loss and tokens.seq_ids is None:
+        raise ValueError(f"{what} needs seq_ids (each token's response)")
     per_token = {f.name: getattr(tokens, f.name) for f in fields(tokens) if f.name != "targets"}
     _check_inputs(hidden, weight, tokens.targets, per_token, bias)
     backend = resolve_backend(backend, hidden.device)
@@ -301,7 +327,7 @@ def fused_grpo_loss(hidden, weight, tokens: TokenInputs, params: LossParams, *, 
     tok = TokenInputs(targets=_targets(tokens.targets, dev), seq_ids=None,
                       **{k: _f32(t, dev) for k, t in per_token.items() if k != "seq_ids"})
     seq_flag = None
-    if params.sequence_correction:
+    if params.weights_before_loss:
         # each response's sum before its loss: a forward-only pass of the head over these hidden states (not
         # a second model forward), or the old-policy log-probs when that pass already ran
         lp_old = tok.old_logprobs
@@ -309,11 +335,11 @@ def fused_grpo_loss(hidden, weight, tokens: TokenInputs, params: LossParams, *, 
             lp_old = _run(hidden, weight, bias, TokenInputs(targets=tok.targets),
                           LossParams(temperature=params.temperature), backend, chunk_size, (False, False, False),
                           compute_loss=False)[0]["logp"]
-        isw, seq_flag = sequence_weights(lp_old, tok.rollout_logprobs, tokens.seq_ids.to(dev), params)
+        isw, seq_flag = given_weights(lp_old, tok.rollout_logprobs, tokens.seq_ids.to(dev), params)
         tok = replace(tok, is_weights=isw.to(torch.promote_types(hidden.dtype, torch.float32)))
     loss, logp, ent, kl, clipped, isw, flag = _GRPOLossFn.apply(hidden, weight, bias, tok, params, backend,
                                                                  chunk_size)
-    corrected = params.correction != "none"
+    corrected = params.corrected
     return GRPOLossOutput(loss=loss, logprobs=logp, entropy=ent, kl=kl, clipped=clipped.bool(),
                           is_weight=isw if corrected else None,
                           is_flag=(seq_flag if seq_flag is not None else flag.bool()) if corrected else None)

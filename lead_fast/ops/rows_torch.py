@@ -21,19 +21,20 @@ def difficulty_scale(adv: torch.Tensor, rho: torch.Tensor, p) -> torch.Tensor:
 
 def correction_weights(logp, old, rollout, given, p):
     """The rollout correction's per-token weight on the policy-gradient term, and which tokens it truncated
-    or masked: ``(weight, flag)``, or ``(None, None)`` without a correction (docs/design.md, "Rollout
-    correction"). Token modes: the ratio ``exp(lp_old - lp_rollout)``, with ``lp_old`` the old-policy
-    log-prob when there is one, else the head's own (on-policy), truncated at ``correction_cap`` or masked
-    outside ``[correction_low, correction_cap]``. Sequence modes: ``given`` (the head computed them per
-    sequence before the loss); their flags are the head's too."""
+    or masked: ``(weight, flag)``, or ``(None, None)`` without one (docs/design.md, "Rollout correction").
+    A token correction alone: the ratio ``exp(lp_old - lp_rollout)``, with ``lp_old`` the old-policy log-prob
+    when there is one, else the head's own (on-policy), clamped to ``[correction_low, correction_cap]``
+    (truncate) or kept inside those bounds and 0 outside (mask), the lower bound only when set. Sequence
+    modes and rejections: ``given`` (the head computed them per response before the loss), flags the head's."""
+    if p.weights_before_loss:
+        return given, None
     if p.token_correction:
         ratio = torch.exp((logp if old is None else old) - rollout)
+        low = p.correction_low or 0.0           # unset: no lower bound (a ratio is > 0)
         if p.correction == "token_truncate":
-            return ratio.clamp(max=p.correction_cap), ratio > p.correction_cap
-        inside = (ratio >= p.correction_low) & (ratio <= p.correction_cap)
-        return inside.to(logp.dtype), ~inside
-    if p.sequence_correction:
-        return given, None
+            return ratio.clamp(min=low, max=p.correction_cap), (ratio > p.correction_cap) | (ratio < low)
+        inside = (ratio >= low) & (ratio <= p.correction_cap)
+        return torch.where(inside, ratio, 0.0), ~inside
     return None, None
 
 

@@ -131,12 +131,12 @@ def _grpo_rows_kernel(
                 r_is = tl.exp(tl.load(old_ptr + row) - tl.load(roll_ptr + row))
             else:
                 r_is = tl.exp(logp - tl.load(roll_ptr + row))
-            if IS_MODE == 1:
-                isw = tl.minimum(r_is, is_cap)
-                flag = r_is > is_cap
-            else:
+            if IS_MODE == 1:        # truncated IS (is_low 0: no lower bound)
+                isw = tl.minimum(tl.maximum(r_is, is_low), is_cap)
+                flag = (r_is > is_cap) | (r_is < is_low)
+            else:                   # masked IS: the ratio inside the bounds, 0 outside
                 inside = (r_is >= is_low) & (r_is <= is_cap)
-                isw = tl.where(inside, 1.0, 0.0)
+                isw = tl.where(inside, r_is, 0.0)
                 flag = inside == 0
             tl.store(flag_out_ptr + row, flag.to(tl.int8))
             tl.store(isw_out_ptr + row, isw)
@@ -187,7 +187,7 @@ def _grpo_rows_kernel(
 
 
 IS_MODES = {"none": 0, "token_truncate": 1, "token_mask": 2, "sequence_truncate": 3, "sequence_mask": 3}
-"""The kernel's ``IS_MODE`` per rollout correction (sequence modes arrive as given weights)."""
+"""The kernel's ``IS_MODE`` per rollout correction (sequence modes, and any rejection, arrive as given weights)."""
 
 
 def pick_block(V: int, gpu: bool | None = None) -> tuple[int, int]:
@@ -222,7 +222,7 @@ def grpo_rows(buf, tok, p, *, write_grad: bool, compute_loss: bool):
     dev = buf.device
     adv, tw, old, ref, rho = tok.advantages, tok.token_weights, tok.old_logprobs, tok.ref_logprobs, tok.correct_ratio
     roll, given = tok.rollout_logprobs, tok.is_weights
-    mode = IS_MODES[p.correction] if compute_loss else 0
+    mode = (3 if p.weights_before_loss else IS_MODES[p.correction]) if compute_loss else 0
     logp = torch.empty(C, dtype=torch.float32, device=dev)
     ent = torch.empty(C, dtype=torch.float32, device=dev)
     if compute_loss:
@@ -242,7 +242,7 @@ def grpo_rows(buf, tok, p, *, write_grad: bool, compute_loss: bool):
         dummy if roll is None else roll, dummy if given is None else given, isw, flag,
         logp, ent, kl, clipped, loss,
         1.0 / p.temperature, p.clip_low, p.clip_high, p.kl_coef, p.entropy_coef,
-        p.w_min, p.w_max, p.midpoint, p.steepness, p.correction_cap, p.correction_low,
+        p.w_min, p.w_max, p.midpoint, p.steepness, p.correction_cap, p.correction_low or 0.0,
         V=V, BLOCK=block, HAS_OLD=old is not None, HAS_REF=ref is not None, HAS_RHO=rho is not None,
         COMPUTE_LOSS=compute_loss, WRITE_GRAD=compute_loss and write_grad, IS_MODE=mode, num_warps=warps,
     )

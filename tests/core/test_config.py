@@ -103,6 +103,7 @@ BAD = {
     "algo.steepness": "-2", "algo.clip_low": "-0.5", "algo.clip_high": "-0.1", "algo.kl_coef": "-1",
     "algo.entropy_coef": "-0.001", "algo.grade_timeout_s": "0", "algo.grade_workers": "-1", "optim.lr": "-1",
     "algo.rollout_correction_cap": "0.5", "algo.rollout_correction_low": "1.5",
+    "algo.rollout_rejection_low": "1.5", "algo.rollout_rejection_high": "0.5",
     "optim.weight_decay": "-0.01", "optim.betas": "0.9,1.0", "optim.warmup_steps": "-1", "optim.grad_clip": "-1",
     "optim.prompts_per_step": "0", "optim.updates_per_batch": "0", "optim.micro_batch_tokens": "-1",
     "optim.loss_chunk_size": "-1", "run.max_steps": "-1", "run.epochs": "-1", "run.save_every": "-1",
@@ -257,9 +258,18 @@ def test_rollout_correction_defaults_and_refusals():
         parse_args(["--rollout.logprobs", "true", "--rollout.top_p", "0.9"])
     assert parse_args(["--rollout.logprobs", "true", "--rollout.top_p", "0.9", "--algo.rollout_correction",
                        "none"]).rollout.top_p == 0.9          # the mismatch logged, nothing corrected: allowed
-    with pytest.raises(ConfigError, match=r"rollout_correction_low \(1.0\) must be below algo.rollout_correction_cap \(1.0\)"):
-        parse_args(["--rollout.logprobs", "true", "--algo.rollout_correction", "token_mask",
-                    "--algo.rollout_correction_cap", "1", "--algo.rollout_correction_low", "1"])
+    # TRL's bounds: no lower bound unless set (then as TRL's clip_min), for the truncate modes too
+    assert cfg.algo.rollout_correction_low is None
+    assert parse_args(["--rollout.logprobs", "true", "--algo.rollout_correction_low", "0.5"]).algo.rollout_correction_low == 0.5
+    assert parse_args(["--rollout.logprobs", "true", "--algo.rollout_correction_low", "none"]).algo.rollout_correction_low is None
+    # the rejection filters, on their own or with a correction; they read the engine's log-probs too
+    both = parse_args(["--rollout.logprobs", "true", "--algo.rollout_rejection", "geometric",
+                       "--algo.rollout_correction", "sequence_mask"])
+    assert (both.algo.rollout_rejection, both.algo.correction(True)) == ("geometric", "sequence_mask")
+    with pytest.raises(ConfigError, match="rollout_rejection=token compares the engine's log-probs.*logprobs true"):
+        parse_args(["--algo.rollout_rejection", "token"])
+    with pytest.raises(ConfigError, match="algo.rollout_rejection must be one of none, token, sequence, geometric"):
+        parse_args(["--rollout.logprobs", "true", "--algo.rollout_rejection", "tis"])
     with pytest.raises(ConfigError, match="algo.rollout_correction must be one of auto, none, token_truncate"):
         parse_args(["--algo.rollout_correction", "tis"])
 

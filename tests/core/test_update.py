@@ -238,41 +238,49 @@ def test_activation_checkpointing_keeps_less_and_changes_nothing(tiny_model_dir)
         torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7)
 
 
-def _expected_mismatch(lengths, mode, cap=2.0, low=0.5):
-    """The mismatch metrics worked out by hand from the helper's per-token offsets (ratio exp(-delta))."""
+def _expected_mismatch(lengths, case, cap=2.0):
+    """The mismatch metrics worked out by hand from the helper's per-token offsets (ratio exp(-delta)), for
+    one of its cases: TRL's correction (the lower bound 0.5 where the case sets one), then the rejection (1
+    inside [0.5, 2], 0 outside)."""
     import math
 
-    from tests.helpers.correction_update import DELTAS
+    from tests.helpers.correction_update import CASES, DELTAS
 
+    c = CASES[case]
+    mode, low, rejection = c["correction"], c.get("correction_low") or 0.0, c.get("rejection", "none")
     weights, flags, k3s, gaps = [], [], [], []
     for R in lengths:
         logr = [-DELTAS[t % len(DELTAS)] for t in range(R)]
         ratios = [math.exp(x) for x in logr]
         k3s += [r - 1 - x for r, x in zip(ratios, logr)]
         gaps += [abs(x) for x in logr]
-        if mode in ("none", "token_truncate"):
-            weights += [min(r, cap) if mode != "none" else r for r in ratios]
-            flags += [r > cap for r in ratios]
-        elif mode == "token_mask":
-            weights += [float(low <= r <= cap) for r in ratios]
-            flags += [not low <= r <= cap for r in ratios]
-        elif mode == "sequence_truncate":
-            w = min(math.exp(sum(logr)), cap)
-            weights += [w] * R
-            flags += [sum(logr) > math.log(cap)] * R
-        else:
-            gm = math.exp(sum(logr) / R)
-            weights += [float(low <= gm <= cap)] * R
-            flags += [not low <= gm <= cap] * R
+        seq = math.exp(sum(logr))
+        for r in ratios:
+            x = r if mode.startswith("token") or mode == "none" else seq
+            inside = low <= x <= cap
+            if mode == "none":
+                w, f = (x, x > cap) if rejection == "none" else (1.0, False)   # no correction: the raw ratio
+            elif mode.endswith("truncate"):
+                w, f = min(max(x, low), cap), not inside
+            else:
+                w, f = (x if inside else 0.0), not inside
+            if rejection != "none":
+                y = {"token": r, "geometric": math.exp(sum(logr) / R)}[rejection]
+                if not 0.5 <= y <= 2.0:
+                    w, f = 0.0, True
+            weights.append(w)
+            flags.append(f)
     n = len(weights)
     return dict(is_weight_mean=sum(weights) / n, flag=sum(flags) / n, mismatch_kl=sum(k3s) / n, gap=sum(gaps) / n)
 
 
 @pytest.mark.parametrize("world,packing", [(1, "off"), (2, "off"), (2, "on")])
 def test_a_synthetic_mismatch_gives_the_hand_computed_weights_and_masks(tiny_model_dir, tmp_path, world, packing):
-    """Engine log-probs = the trainer's + known offsets: every mode's weights, truncated or masked fractions
-    and the k3 mismatch equal the hand-computed ones, padded and packed, on 1 and 2 ranks."""
+    """Engine log-probs = the trainer's + known offsets: every correction's and rejection's weights, truncated
+    or masked fractions and the k3 mismatch equal the hand-computed ones, padded and packed, on 1 and 2 ranks."""
     import json
+
+    from tests.helpers.correction_update import CASES
 
     from tests.helpers.launch import HELPERS, TRAIN_DATA, check, torchrun
 
@@ -281,9 +289,10 @@ def test_a_synthetic_mismatch_gives_the_hand_computed_weights_and_masks(tiny_mod
                            "--optim.packing", packing]))
     r = json.loads(out.read_text())
     assert r["world"] == world
+    assert set(r["results"]) == set(CASES)
     for mode, res in r["results"].items():
         want = _expected_mismatch(r["lengths"], mode)
-        flag = res["is_masked_frac"] if mode.endswith("mask") else res["is_truncated_frac"]
+        flag = res["is_masked_frac"] if mode.endswith(("mask", "rejection")) else res["is_truncated_frac"]
         assert res["updated"], mode
         assert res["is_weight_mean"] == pytest.approx(want["is_weight_mean"], rel=1e-5), mode
         assert flag == pytest.approx(want["flag"], abs=1e-12), mode

@@ -1,4 +1,4 @@
-"""Run under torchrun: a synthetic rollout-trainer mismatch. For each correction mode: fill a fixed global
+"""Run under torchrun: a synthetic rollout-trainer mismatch. For each correction and rejection case: fill a fixed global
 batch's trainer log-probs at the current weights, make the engine's log-probs those plus a known per-token
 offset, run one update and record its mismatch metrics. argv: MODEL_DIR DATA_FILE OUT_JSON [train.py flags]
 
@@ -14,7 +14,18 @@ import torch
 import torch.distributed as dist
 
 DELTAS = (-1.0, 0.0, 1.0, 0.3, -0.3)
-MODES = ("none", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
+# each case's LossParams changes (the correction's lower bound 0.5 where one is set; cap 2, the rejection's
+# bounds [0.5, 2] by default)
+CASES = {
+    "none": dict(correction="none"),
+    "token_truncate": dict(correction="token_truncate"),
+    "token_truncate_low": dict(correction="token_truncate", correction_low=0.5),
+    "token_mask": dict(correction="token_mask", correction_low=0.5),
+    "sequence_truncate": dict(correction="sequence_truncate"),
+    "sequence_mask": dict(correction="sequence_mask", correction_low=0.5),
+    "geometric_rejection": dict(correction="none", rejection="geometric"),
+    "token_truncate_token_rejection": dict(correction="token_truncate", rejection="token"),
+}
 
 
 def main():
@@ -36,8 +47,9 @@ def main():
                       float(torch.randn(1, generator=g)), float(torch.rand(1, generator=g))) for P, R in shapes]
     mine = samples[tr.rank::tr.world]        # the same global batch whatever the world size
     results = {}
-    for mode in MODES:
-        tr.updater.loss = dataclasses.replace(tr.updater.loss, correction=mode)
+    for mode, changes in CASES.items():
+        tr.updater.loss = dataclasses.replace(tr.updater.loss, **{"correction_low": None, "rejection": "none",
+                                                                   **changes})
         tr.updater._fill_logprobs(tr.policy, mine, "old_logprobs")       # the trainer's own, at these weights
         for s in mine:
             delta = torch.tensor([DELTAS[t % len(DELTAS)] for t in range(len(s.response))])

@@ -58,7 +58,7 @@ def compare(backend, inp, tol, **opts):
                            chunk_size=chunk, **opts)
     rloss, rlogp, rent, rkl, rclip = ref_out[:5]
     close = dict(rtol=tol, atol=tol)
-    if opts.get("rollout_correction", "none") != "none":
+    if opts.get("rollout_correction", "none") != "none" or opts.get("rejection", "none") != "none":
         rw, rflag = ref_out[5:]
         torch.testing.assert_close(out.is_weight.double(), rw, **close)
         assert torch.equal(out.is_flag, rflag)
@@ -93,6 +93,15 @@ CASES = [
     *[dict(opts=dict(rollout_correction=mode, kl_coef=0.1, entropy_coef=0.01), inp=dict(rollout=True, old=old))
       for mode in ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask") for old in (False, True)],
     dict(opts=dict(rollout_correction="token_mask", correction_low=0.8, correction_cap=1.5), inp=dict(rollout=True)),
+    dict(opts=dict(rollout_correction="token_truncate", correction_low=0.7, correction_cap=1.5), inp=dict(rollout=True)),
     dict(opts=dict(rollout_correction="sequence_truncate", correction_cap=1.2), inp=dict(rollout=True, old=False)),
+    dict(opts=dict(rollout_correction="sequence_mask", correction_low=0.3, correction_cap=3.0),
+         inp=dict(rollout=True, old=False)),
+    # the rejections, alone and on top of a correction (the weights are then computed before the loss)
+    *[dict(opts=dict(rejection=rej, rejection_low=0.6, rejection_high=1.8, kl_coef=0.1), inp=dict(rollout=True))
+      for rej in ("token", "sequence", "geometric")],
+    dict(opts=dict(rollout_correction="token_truncate", rejection="geometric"), inp=dict(rollout=True, old=False)),
+    dict(opts=dict(rollout_correction="sequence_mask", correction_cap=3.0, rejection="token", rejection_low=0.4),
+         inp=dict(rollout=True)),
     dict(opts=dict(), inp=dict(rollout=True)),       # engine log-probs given, correction off: no weight
 ]

@@ -9,7 +9,7 @@ def naive_grpo_loss(hidden, weight, targets, advantages, token_weights, *, old_l
                     bias=None, clip_low=0.2, clip_high=0.2, kl_coef=0.0, entropy_coef=0.0, temperature=1.0,
                     correct_ratio=None, w_min=0.4, w_max=1.5, midpoint=0.75, steepness=10.0,
                     rollout_logprobs=None, seq_ids=None, rollout_correction="none", correction_cap=2.0,
-                    correction_low=0.5):
+                    correction_low=None, rejection="none", rejection_low=0.5, rejection_high=2.0):
     """Full-logits float64 autograd version of the loss. Returns (loss, logp, entropy, kl, clipped) and,
     with a rollout correction, (..., weight, flag) as well."""
     f = torch.float64
@@ -31,7 +31,7 @@ def naive_grpo_loss(hidden, weight, targets, advantages, token_weights, *, old_l
     pg2 = -a * torch.clamp(ratio, 1 - clip_low, 1 + clip_high)
     pg = torch.max(pg1, pg2)
     corr = rollout_correction_weights(old, rollout_logprobs, seq_ids, rollout_correction, correction_cap,
-                                      correction_low)
+                                      correction_low, rejection, rejection_low, rejection_high)
     if corr is not None:
         pg = corr[0] * pg
     if ref_logprobs is not None:
@@ -45,32 +45,34 @@ def naive_grpo_loss(hidden, weight, targets, advantages, token_weights, *, old_l
     return out if corr is None else out + corr
 
 
-def rollout_correction_weights(lp_old, rollout, seq_ids, mode, cap, low):
+def rollout_correction_weights(lp_old, rollout, seq_ids, mode, cap, low, rejection="none", rej_low=0.5,
+                               rej_high=2.0):
     """(weight, flag) per token from the definitions in docs/design.md ("Rollout correction"), in float64 and
-    with a plain loop over sequences; None for mode none."""
-    if mode == "none":
+    with a plain loop over sequences; None when neither a correction nor a rejection is on. The correction is
+    TRL's: the ratio (per token, or a sequence's product) clamped to [low, cap] or kept inside and 0 outside,
+    the lower bound only when given; the rejection multiplies by 1 inside [rej_low, rej_high], 0 outside."""
+    if mode == "none" and rejection == "none":
         return None
     d = (lp_old.detach() - rollout.to(torch.float64)).tolist()
-    w, flag = [0.0] * len(d), [False] * len(d)
-    if mode.startswith("token"):
-        for i, x in enumerate(d):
-            r = math.exp(x)
-            if mode == "token_truncate":
-                w[i], flag[i] = min(r, cap), r > cap
+    ids = seq_ids.tolist() if seq_ids is not None else list(range(len(d)))
+    members = {s: [i for i in range(len(d)) if ids[i] == s] for s in set(ids)}
+    lo = 0.0 if low is None else low
+    w, flag = [1.0] * len(d), [False] * len(d)
+    for i in range(len(d)):
+        if mode != "none":
+            r = math.exp(d[i]) if mode.startswith("token") else math.exp(sum(d[j] for j in members[ids[i]]))
+            inside = lo <= r <= cap
+            if mode.endswith("truncate"):
+                w[i] = min(max(r, lo), cap)
             else:
-                w[i], flag[i] = (1.0, False) if low <= r <= cap else (0.0, True)
-    else:
-        ids = seq_ids.tolist()
-        for s in set(ids):
-            members = [i for i in range(len(d)) if ids[i] == s]
-            total = sum(d[i] for i in members)
-            if mode == "sequence_truncate":
-                ws, fs = min(math.exp(total), cap), total > math.log(cap)
-            else:
-                g = math.exp(total / len(members))
-                ws, fs = (1.0, False) if low <= g <= cap else (0.0, True)
-            for i in members:
-                w[i], flag[i] = ws, fs
+                w[i] = r if inside else 0.0
+            flag[i] = not inside
+        if rejection != "none":
+            seq = [d[j] for j in members[ids[i]]]
+            x = {"token": math.exp(d[i]), "sequence": math.exp(sum(seq)),
+                 "geometric": math.exp(sum(seq) / len(seq))}[rejection]
+            if not rej_low <= x <= rej_high:
+                w[i], flag[i] = 0.0, True
     return torch.tensor(w, dtype=torch.float64), torch.tensor(flag)
 
 
