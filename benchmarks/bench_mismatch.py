@@ -11,7 +11,7 @@ trainer is lead_fast's loss head in float32 at the same temperature. Per engine 
 |log-prob gap| per token, ``rollout/mismatch_kl`` (the k3 estimate of KL(rollout || trainer) per token), and
 what each correction would do at cap 2 and low 0.5: the token-level truncated fraction and mean weight, the
 token-level masked fraction, the fraction of responses whose product of ratios exceeds the cap, and the
-fraction of responses the geometric-mean mask drops. vLLM runs where it is installed (its CPU build: in
+fraction of responses the geometric-mean rejection drops (``algo.rollout_rejection geometric``). vLLM runs where it is installed (its CPU build: in
 its own environment, README "Rollout engines"). Prints a table, writes JSON.
 """
 
