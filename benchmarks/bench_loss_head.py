@@ -181,6 +181,21 @@ def methods_fwd_bwd(hidden, weight, targets, adv, old, dev):
     except Exception as e:  # noqa: BLE001
         out["Liger LigerFusedLinearGRPOLoss (chunked)"] = f"missing: {type(e).__name__}: {e}"
 
+    try:
+        # TRL 1.16's own fused head (GRPOTrainer's default): cuBLAS tiles folded by a Triton kernel on CUDA,
+        # torch ops elsewhere, tiles recomputed in backward; its default vocabulary chunk, the entropy with it
+        from trl.kernels.chunked_logprob import ChunkedLogProbFunction
+
+        def trl_chunked():
+            clear()
+            logp, _entropy = ChunkedLogProbFunction.apply(h, w, None, targets, 1.0, 32768, None, 1.0, ("entropy",))[:2]
+            loss = grpo_from_logp(logp.float(), old, adv)
+            loss.backward()
+            return loss
+        out["TRL ChunkedLogProbFunction (log-probs + entropy)"] = trl_chunked
+    except Exception as e:  # noqa: BLE001
+        out["TRL ChunkedLogProbFunction (log-probs + entropy)"] = f"missing: {type(e).__name__}: {e}"
+
     if dev.type != "cuda":
         out["Liger triton_grpo_loss (full logits)"] = "missing: needs CUDA"
         out["Cut Cross-Entropy (log-probs only)"] = "missing: needs CUDA"
