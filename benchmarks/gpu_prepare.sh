@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 CARRY=${CARRY:-.gpu_carry}
 WARM_STEPS=${WARM_STEPS:-300}
 WHEELS=(liger-kernel==0.8.5 cut-cross-entropy==25.1.1 math-verify==0.9.0 latex2sympy2_extended==1.11.0
-        antlr4-python3-runtime==4.13.2)
+        antlr4-python3-runtime==4.13.2 trl==1.16.0)      # trl: its fused head is a peer row of bench_loss_head
 mkdir -p "$CARRY/wheels"
 
 echo "== wheels for the device's Python 3.12 (pure Python, no dependencies resolved: the image has the rest)"

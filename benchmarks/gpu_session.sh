@@ -27,7 +27,7 @@ CARRY=${CARRY:-.gpu_carry}
 STEPS=${STEPS:-"1 2 3 4"}
 WORK=${WORK:-/tmp/lead_fast_gpu}
 MODEL=$CARRY/tiny_model
-WHEELS="liger_kernel cut_cross_entropy math_verify latex2sympy2_extended antlr4_python3_runtime"
+WHEELS="liger_kernel cut_cross_entropy math_verify latex2sympy2_extended antlr4_python3_runtime trl"
 # step: box seconds and command; a step's output goes to $WORK/<name>.txt
 declare -A BOX=([probe]=15 [gate]=60 [bench]=110 [sweep]=30 [train_step]=50 [grpo]=85 [rollout]=40)
 declare -A CMD=(
