@@ -98,9 +98,11 @@ CASES = [
     dict(opts=dict(rollout_correction="sequence_mask", correction_low=0.3, correction_cap=3.0),
          inp=dict(rollout=True, old=False)),
     # the rejections, alone and on top of a correction (the weights are then computed before the loss)
-    *[dict(opts=dict(rejection=rej, rejection_low=0.6, rejection_high=1.8, kl_coef=0.1), inp=dict(rollout=True))
-      for rej in ("token", "sequence", "geometric")],
-    dict(opts=dict(rollout_correction="token_truncate", rejection="geometric"), inp=dict(rollout=True, old=False)),
+    # (the geometric mean varies little between responses: its bounds are tight enough to reject some)
+    *[dict(opts=dict(rejection=rej, rejection_low=low, rejection_high=high, kl_coef=0.1), inp=dict(rollout=True))
+      for rej, low, high in (("token", 0.6, 1.8), ("sequence", 0.6, 1.8), ("geometric", 0.9, 1.1))],
+    dict(opts=dict(rollout_correction="token_truncate", rejection="geometric", rejection_low=0.9, rejection_high=1.1),
+         inp=dict(rollout=True, old=False)),
     dict(opts=dict(rollout_correction="sequence_mask", correction_cap=3.0, rejection="token", rejection_low=0.4),
          inp=dict(rollout=True)),
     dict(opts=dict(), inp=dict(rollout=True)),       # engine log-probs given, correction off: no weight
