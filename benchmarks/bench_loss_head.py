@@ -149,6 +149,15 @@ def methods_fwd_bwd(hidden, weight, targets, adv, old, dev):
         loss.backward()
         return loss
 
+    def through_logp(logp_of):
+        """A peer that gives per-token log-probs: the same GRPO objective on them, then its backward."""
+        def run():
+            clear()
+            loss = grpo_from_logp(logp_of().float(), old, adv)
+            loss.backward()
+            return loss
+        return run
+
     out = {"GEMM floor (3 GEMMs)": lambda: floor_3_gemms(hidden, weight)}
     if dev.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
         out["lead_fast triton"] = lead_fwd_bwd(x, targets, adv, old, "triton")
@@ -186,13 +195,8 @@ def methods_fwd_bwd(hidden, weight, targets, adv, old, dev):
         # torch ops elsewhere, tiles recomputed in backward; its default vocabulary chunk, the entropy with it
         from trl.kernels.chunked_logprob import ChunkedLogProbFunction
 
-        def trl_chunked():
-            clear()
-            logp, _entropy = ChunkedLogProbFunction.apply(h, w, None, targets, 1.0, 32768, None, 1.0, ("entropy",))[:2]
-            loss = grpo_from_logp(logp.float(), old, adv)
-            loss.backward()
-            return loss
-        out["TRL ChunkedLogProbFunction (log-probs + entropy)"] = trl_chunked
+        out["TRL ChunkedLogProbFunction (log-probs + entropy)"] = through_logp(
+            lambda: ChunkedLogProbFunction.apply(h, w, None, targets, 1.0, 32768, None, 1.0, ("entropy",))[0])
     except Exception as e:  # noqa: BLE001
         out["TRL ChunkedLogProbFunction (log-probs + entropy)"] = f"missing: {type(e).__name__}: {e}"
 
@@ -221,13 +225,8 @@ def methods_fwd_bwd(hidden, weight, targets, adv, old, dev):
     try:
         from cut_cross_entropy import linear_cross_entropy
 
-        def cce():
-            clear()
-            logp = -linear_cross_entropy(h, w, targets, reduction="none")
-            loss = grpo_from_logp(logp.float(), old, adv)
-            loss.backward()
-            return loss
-        out["Cut Cross-Entropy (log-probs only)"] = cce
+        out["Cut Cross-Entropy (log-probs only)"] = through_logp(
+            lambda: -linear_cross_entropy(h, w, targets, reduction="none"))
     except Exception as e:  # noqa: BLE001
         out["Cut Cross-Entropy (log-probs only)"] = f"missing: {type(e).__name__}: {e}"
     return out, clear
