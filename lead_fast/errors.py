@@ -80,6 +80,11 @@ class RolloutError(LeadFastError, RuntimeError):
     exit_code = 1
 
 
+class RewardFunctionError(RolloutError):
+    """A reward function raised, hung, or returned something other than one number (or None) per completion:
+    the message names it, the step and the first bad row."""
+
+
 def describe_os_error(e: OSError) -> str:
     """A short human cause for an OSError from writing files."""
     if e.errno == errno.ENOSPC:

@@ -194,7 +194,7 @@ def run(argv=None) -> int:
         log(f"skipping {len(done)} problems already in {args.output_dir}/samples.jsonl")
     mine = todo[rank::world]
     # every rank tokenizes every problem once and checks the longest of all, so that all ranks agree
-    all_prompts = [build_prompt(tok, p.problem, settings.instruction, settings.template) for p in problems]
+    all_prompts = [build_prompt(tok, p.problem, settings.instruction, settings.template, trl=p.trl) for p in problems]
     check_context(settings.model, max(map(len, all_prompts), default=1), settings.max_new_tokens,
                   flags="--max-new-tokens (or leave out the longest problems)")
     prompts = {i: all_prompts[i] for i in mine}

@@ -22,17 +22,27 @@ from lead_fast.rollout.graded import GradedRollouts
 # step's parts, so a test can build them in-process.
 
 
-def step_counts(rollouts: GradedRollouts, rewards: torch.Tensor, groups: GroupFilter, num_prompts: int) -> dict:
-    """This rank's sums for one step's metrics (``all_sum`` them, then ``step_metrics``)."""
+def step_counts(rollouts: GradedRollouts, rewards: torch.Tensor, groups: GroupFilter, num_prompts: int,
+                reward_funcs: tuple[str, ...] = ()) -> dict:
+    """This rank's sums for one step's metrics (``all_sum`` them, then ``step_metrics``). ``reward_funcs``:
+    the functions whose values ``rollouts.scores`` holds, each summed over the completions it scored."""
     outcomes = torch.tensor(rollouts.outcomes, dtype=torch.long)
     gid, dropped = rollouts.group_ids, ~groups.keep
 
     def groups_where(mask: torch.Tensor) -> int:
         return len(set(gid[mask].tolist()))
 
+    per_func = {}
+    if rollouts.scores is not None and len(reward_funcs) > 1:
+        for spec, col in zip(reward_funcs, rollouts.scores.T):
+            name = spec.rpartition(":")[2]          # the function's own name (math: math)
+            per_func[f"reward_fn/{name}"] = float(col.nansum())
+            per_func[f"reward_fn/{name}/scored"] = int((~col.isnan()).sum())
+    unscored = int(rewards.isnan().sum())
     return {"responses": len(rollouts.outcomes), "correct": int((outcomes == CORRECT).sum()),
             "no_answer": int((outcomes == NO_ANSWER).sum()), "degenerate": int((outcomes == DEGENERATE).sum()),
-            "reward": float(rewards.sum()), "tokens": float(rollouts.lengths.sum()), "groups": num_prompts,
+            "reward": float(rewards.nansum()), "scored": len(rollouts.outcomes) - unscored, "unscorable": unscored,
+            **per_func, "tokens": float(rollouts.lengths.sum()), "groups": num_prompts,
             "groups_dropped": num_prompts - groups_where(groups.keep),
             "dropped_all_equal": groups_where(groups.all_equal & dropped),
             "dropped_no_correct": groups_where(groups.no_correct & dropped),
@@ -47,7 +57,10 @@ def step_metrics(tot: dict, update: dict, seconds: dict, lr: float, shares: int 
     slowest rank's) and, when given, ``wait`` (for the batch to arrive) and ``overlap`` (of its generation
     with updates)."""
     n = max(tot["responses"], 1.0)
-    extra = {}
+    extra = {f"reward/{k[len('reward_fn/'):]}": tot[k] / max(tot[f"{k}/scored"], 1.0) for k in tot
+             if k.startswith("reward_fn/") and not k.endswith("/scored")}
+    if tot.get("unscorable"):
+        extra["reward/unscorable_frac"] = tot["unscorable"] / n
     if "staleness" in tot:
         extra["rollout/staleness"] = tot["staleness"] / shares
         extra["rollout/stale_dropped"] = int(tot["stale_dropped"])
@@ -55,7 +68,7 @@ def step_metrics(tot: dict, update: dict, seconds: dict, lr: float, shares: int 
         extra["time/wait_s"] = seconds["wait"]
         extra["time/overlap_frac"] = seconds["overlap"] / max(seconds["step"], 1e-9)
     return {
-        "loss": update["loss"], "reward/mean": tot["reward"] / n, "accuracy": tot["correct"] / n,
+        "loss": update["loss"], "reward/mean": tot["reward"] / max(tot.get("scored", n), 1.0), "accuracy": tot["correct"] / n,
         "response_length/mean": tot["tokens"] / n, "no_answer_frac": tot["no_answer"] / n,
         "degenerate_frac": tot["degenerate"] / n, "clip_frac": update["clip_frac"], "kl": update["kl"],
         "entropy": update["entropy"], "grad_norm": update["grad_norm"], "lr": lr,

@@ -20,7 +20,8 @@ def synthetic_problems(operands: tuple[int, int] = (0, TASK_MAX), limit: int = 2
     pairs = [(a, b) for a in range(lo, hi) for b in range(lo, hi)]
     if len(pairs) > limit:
         pairs = sorted(random.Random(lo * 100_003 + hi).sample(pairs, limit))
-    return [Problem(f"What is {a} + {b}?", str(a + b)) for a, b in pairs]
+    return [Problem(f"What is {a} + {b}?", str(a + b), {"problem": f"What is {a} + {b}?", "answer": str(a + b)})
+            for a, b in pairs]
 
 
 @dataclass(frozen=True)
@@ -37,15 +38,16 @@ def instruction_for(data: DataConfig) -> str:
     return TASK_INSTRUCTION if data.path is None else data.instruction
 
 
-def load_task(data: DataConfig, seed: int) -> Task:
-    """The problems of ``data``; eval problems from ``eval_path``, or ``eval_size`` held out (by ``seed``)."""
+def load_task(data: DataConfig, seed: int, *, need_answers: bool = True) -> Task:
+    """The problems of ``data``; eval problems from ``eval_path``, or ``eval_size`` held out (by ``seed``).
+    ``need_answers``: every row must have a gold answer (the math reward or the eval grades against it)."""
     if data.path is None:
         train, ev = split_eval(synthetic_problems(tuple(data.operands)), data.eval_size, seed)
         return Task(train, ev, instruction_for(data))
-    train = load_problems(data.path, data.problem_field, data.answer_field, split=data.split, subset=data.subset)
+    fields = dict(split=data.split, subset=data.subset, prompt_field=data.prompt_field, need_answers=need_answers)
+    train = load_problems(data.path, data.problem_field, data.answer_field, **fields)
     if data.eval_path:
-        ev = load_problems(data.eval_path, data.problem_field, data.answer_field, split=data.split,
-                           subset=data.subset)[: data.eval_size]
+        ev = load_problems(data.eval_path, data.problem_field, data.answer_field, **fields)[: data.eval_size]
     else:
         train, ev = split_eval(train, data.eval_size, seed)
     return Task(train, ev, instruction_for(data))

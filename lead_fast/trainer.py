@@ -2,8 +2,9 @@
 
 Choices this loop makes (GRPO-LEAD, arXiv 2504.09696, and its official recipe; docs/design.md has the
 definitions):
-- rewards: outcome rewards with an explicit penalty for wrong answers, length-regularized among each
-  group's correct responses (``lead_rewards``); grading by math-verify in worker processes;
+- rewards: the reward functions' weighted sum (``algo.reward_funcs``; by default math-verify grading in worker
+  processes, with an explicit penalty for wrong answers), length-regularized among each group's responses
+  with reward > 0 (``length_regularized``);
 - advantages: group-normalized, reweighted by problem difficulty; the weight ``w(rho)`` / ``w(1-rho)`` is
   applied inside the loss head from each token's group ``correct_ratio``;
 - groups whose rewards are all equal are dropped (no signal), and by default groups with no reward > 0
@@ -32,8 +33,9 @@ import torch
 import torch.distributed as dist
 
 from lead_fast import build, disaggregated, run_dir
-from lead_fast.algo import GradingRules, lead_advantages, lead_rewards, select_groups
+from lead_fast.algo import GradingRules, lead_advantages, lead_rewards, length_regularized, select_groups
 from lead_fast.algo.grading_pool import get_pool
+from lead_fast.algo.reward_funcs import MATH, RewardFunctions, RewardSettings
 from lead_fast.config import TrainConfig, check_world
 from lead_fast.data import prompts_for_step
 from lead_fast.distributed import all_max, all_sum, on_rank0, setup_distributed, step_seed, together
@@ -44,7 +46,7 @@ from lead_fast.orders import Batch   # also what checkpoints pickled as lead_fas
 from lead_fast.placement import place
 from lead_fast.preemption import StopRequest
 from lead_fast.rollout import SamplingSettings
-from lead_fast.rollout.graded import GradedRollouts, rollout_and_grade
+from lead_fast.rollout.graded import GradedRollouts, rollout_and_score
 from lead_fast.rollout.scoring import generate_and_score
 from lead_fast.task import load_task
 from lead_fast.update import Sample, save_samples
@@ -67,14 +69,15 @@ class Trainer:
         # Data, output directory and model directory, checked before anything expensive. Paths are made
         # absolute so that the run's config reads the same from any working directory.
         cfg.make_paths_absolute()
-        task = load_task(cfg.data, cfg.run.seed)
+        # gold answers: what the math reward and the eval grade against
+        task = load_task(cfg.data, cfg.run.seed, need_answers=MATH in cfg.algo.reward_funcs or cfg.run.eval_every > 0)
         on_rank0(lambda: run_dir.prepare(cfg.run.output_dir, resume=cfg.run.resume, overwrite=cfg.run.overwrite))
         self.model_dir = build.model_dir(cfg, self.log)
         self.tok = load_tokenizer(self.model_dir, log=self.log)
         self.train, self.eval = build.prompts(cfg, task, self.tok, self.log)
 
         dtype = resolve_dtype(cfg.model.dtype, self.device)
-        self.policy = self.updater = self.checkpointer = self.engine = self.metrics = None
+        self.policy = self.updater = self.checkpointer = self.engine = self.metrics = self.rewards = None
         self.start_step, self.resumed_batches = 0, []
         self._busy: list[tuple[float, float]] = []      # this trainer rank's last updates (start, end)
         self.no_signal = NoSignalWatch(cfg.run.max_no_signal_steps, log_row=lambda row: self.metrics.log(row))
@@ -96,6 +99,8 @@ class Trainer:
             self.log("rollout engine: the transformers engine generates with the policy's own weights (one rank, "
                      "float32): no copy, no sync")
         self.grade_workers = build.grade_workers(cfg, self.world)
+        if self.place.is_rollout:     # the user's reward functions imported (in their worker) before step 1
+            self.rewards = RewardFunctions(RewardSettings.from_config(cfg.algo), grade_workers=self.grade_workers)
         self.rules = GradingRules(require_think=cfg.algo.require_think, answer_from=cfg.algo.answer_from,
                                   unboxed_is_wrong=cfg.algo.unboxed_is_wrong, timeout_s=cfg.algo.grade_timeout_s)
 
@@ -150,29 +155,34 @@ class Trainer:
         graded. The same call on a colocated rank (its own share) and on a rollout rank (a trainer's)."""
         cfg = self.cfg
         idx = prompts_for_step(len(self.train), step, cfg.optim.prompts_per_step, share, shares, cfg.run.seed)
-        rollouts = rollout_and_grade(self.engine, self.tok, [self.train[i][0] for i in idx],
-                                     [self.train[i][1] for i in idx], SamplingSettings(
+        rollouts = rollout_and_score(self.engine, self.tok, [self.train[i] for i in idx], SamplingSettings(
             n=cfg.rollout.n, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
             max_new_tokens=cfg.rollout.max_new_tokens, seed=step_seed(cfg.run.seed, step, share),
-            stop=tuple(cfg.rollout.stop)), self.rules, num_workers=self.grade_workers, progress=self.rank == 0)
+            stop=tuple(cfg.rollout.stop)), self.rewards, step=step, max_steps=cfg.run.max_steps,
+            progress=self.rank == 0)
         return idx, rollouts
 
     def learn(self, step: int, batch: Batch, t0: float, sync_s: float) -> dict:
         """4-8. One step's update on this trainer rank's share of a graded batch; returns the step's row."""
         cfg, algo = self.cfg, self.cfg.algo
         rollouts = batch.rollouts
-        prompts = [self.train[i][0] for i in batch.idx]
+        prompts = [self.train[i].ids for i in batch.idx]
 
-        # 4. rewards: outcome, explicit penalties, length-regularized among correct responses
-        rewards = lead_rewards(rollouts.outcomes, rollouts.lengths, rollouts.group_ids, alpha=algo.alpha,
-                               correct_reward=algo.correct_reward, incorrect_reward=algo.incorrect_reward,
-                               format_error_reward=algo.format_error_reward,
-                               degenerate_reward=algo.degenerate_reward, min_short_len=algo.min_short_len)
+        # 4. rewards: the reward functions' weighted sum (by default math-verify's outcome rewards, an explicit
+        # penalty for wrong answers), length-regularized among each group's responses with reward > 0
+        shaping = dict(alpha=algo.alpha, min_short_len=algo.min_short_len)
+        if rollouts.rewards is not None:
+            rewards = length_regularized(rollouts.rewards, rollouts.lengths, rollouts.group_ids, **shaping)
+        else:       # a batch a checkpoint stored before reward functions existed: math-verify outcomes only
+            rewards = lead_rewards(rollouts.outcomes, rollouts.lengths, rollouts.group_ids, **shaping,
+                                   correct_reward=algo.correct_reward, incorrect_reward=algo.incorrect_reward,
+                                   format_error_reward=algo.format_error_reward, degenerate_reward=algo.degenerate_reward)
 
         # 5. advantages, group-normalized (the difficulty weight w(rho) is applied in the loss head); groups
         # without signal are dropped, and so is a batch older than rollout.max_staleness (the schedule never
         # makes one; the check is what keeps a stale batch out if it ever did)
-        advantages, correct_ratio = lead_advantages(rewards, rollouts.group_ids, reweight=False)
+        advantages, correct_ratio = lead_advantages(rewards, rollouts.group_ids, reweight=False,
+                                                    eps=algo.advantage_eps, scale=algo.scale_rewards == "group")
         groups = select_groups(rewards, rollouts.group_ids, drop_no_signal=algo.drop_no_signal,
                                drop_no_correct=algo.drop_no_correct)
         fresh = step - batch.version <= cfg.rollout.max_staleness
@@ -199,7 +209,8 @@ class Trainer:
 
         # 8. metrics, summed over ranks by name
         group = self.place.train_group
-        tot = all_sum(dict(step_counts(rollouts, rewards, groups, len(prompts)), staleness=step - batch.version,
+        tot = all_sum(dict(step_counts(rollouts, rewards, groups, len(prompts), tuple(algo.reward_funcs)),
+                           staleness=step - batch.version,
                            stale_dropped=0 if fresh else len(rollouts.outcomes)), self.device, group)
         step_s = time.time() - t0
         seconds = dict(rollout=rollouts.rollout_s, grade=rollouts.grade_s, update=update_s, sync=sync_s,
@@ -235,7 +246,7 @@ class Trainer:
         for t in shares:
             mine = self.eval[t::num_shares]
             results, _ = generate_and_score(
-                self.engine, self.tok, [p for p, _ in mine], [a for _, a in mine], SamplingSettings(
+                self.engine, self.tok, [p.ids for p in mine], [p.answer for p in mine], SamplingSettings(
                     n=cfg.rollout.eval_n, temperature=cfg.rollout.eval_temperature, top_p=1.0,
                     max_new_tokens=cfg.rollout.max_new_tokens, seed=step_seed(cfg.run.seed, 0, t, salt=3),
                     stop=tuple(cfg.rollout.stop)), self.rules, num_workers=self.grade_workers)
@@ -246,5 +257,7 @@ class Trainer:
     def close(self) -> None:
         if self.engine is not None:
             self.engine.close()
+        if self.rewards is not None:
+            self.rewards.close()
         if self.metrics is not None:
             self.metrics.close()

@@ -91,3 +91,40 @@ def arith_data(tmp_path_factory):
     path = tmp_path_factory.mktemp("arith") / "arith.json"
     path.write_text(json.dumps([{"problem": p.problem, "answer": p.answer} for p in synthetic_problems()[:40]]))
     return str(path)
+
+
+CHAT_TEMPLATE = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
+"""A chat template that renders a user turn as the embedded model's plain prompt ("problem instruction\\n")."""
+
+
+@pytest.fixture(scope="session")
+def chat_model(embedded_model, tmp_path_factory):
+    """The embedded model with a chat template (weights linked, not copied): TRL's conversational prompts
+    render to the prompts it was warm-started on."""
+    from transformers import AutoTokenizer
+
+    d = tmp_path_factory.mktemp("chat_model")
+    for name in os.listdir(embedded_model):
+        src = os.path.join(embedded_model, name)
+        if os.path.isfile(src):
+            (d / name).symlink_to(src)
+    tok = AutoTokenizer.from_pretrained(embedded_model)
+    tok.chat_template = CHAT_TEMPLATE
+    for name in os.listdir(d):
+        if "token" in name or name.endswith(".jinja"):
+            (d / name).unlink()
+    tok.save_pretrained(d)
+    return str(d)
+
+
+@pytest.fixture(scope="session")
+def conversational_data(tmp_path_factory):
+    """The embedded task in TRL's conversational format: a ``prompt`` of chat messages, the gold answer in
+    ``solution`` (TRL's accuracy_reward reads it) and a column of the user's own, ``max_len``."""
+    from lead_fast.task import TASK_INSTRUCTION, synthetic_problems
+
+    path = tmp_path_factory.mktemp("conversational") / "conversational.jsonl"
+    path.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": f"{p.problem} {TASK_INSTRUCTION}"}],
+                                        "solution": p.answer, "max_len": 64}) + "\n"
+                            for p in synthetic_problems()[:120]))
+    return str(path)

@@ -9,7 +9,7 @@ from lead_fast.algo.grading import (CORRECT, DEGENERATE, NO_ANSWER, WRONG, Gradi
                                     grade, is_degenerate_text)
 from lead_fast.algo.grading_pool import grade_batch
 
-_REWARDS = ("lead_rewards", "lead_advantages", "difficulty_weight", "select_groups", "GroupFilter",
+_REWARDS = ("lead_rewards", "length_regularized", "lead_advantages", "difficulty_weight", "select_groups", "GroupFilter",
             "groups_without_signal", "group_drop_reasons", "loss_token_weights", "LOSS_AGGS")
 
 __all__ = ["CORRECT", "WRONG", "NO_ANSWER", "DEGENERATE", "GradingRules", "grade", "grade_batch", "is_degenerate_text",

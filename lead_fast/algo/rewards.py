@@ -45,37 +45,45 @@ def _seg_mean_std(x: torch.Tensor, seg: torch.Tensor, G: int, mask: torch.Tensor
 def lead_rewards(outcomes, lengths, group_ids, *, alpha: float = 0.05, correct_reward: float = 1.0,
                  incorrect_reward: float = -1.0, format_error_reward: float = 0.0,
                  degenerate_reward: float = -2.0, min_short_len: float = 0.0) -> torch.Tensor:
-    """Outcome rewards with GRPO-LEAD's length regularization among a group's correct responses.
+    """Outcome rewards with GRPO-LEAD's length regularization (``length_regularized``).
 
     outcomes: ``(R,)`` codes 1 / 0 / -1 / -2; lengths: ``(R,)`` response lengths in tokens;
     group_ids: ``(R,)`` the prompt each response answers. Returns float32 ``(R,)``.
-
-    Each correct reward is scaled by ``exp(-alpha * (L - mu) / (sigma + 1e-6))`` where ``mu``, ``sigma``
-    (unbiased; 1 when fewer than 2 are correct) are the group's correct-response lengths. A group whose 3
-    shortest responses (any outcome) average ``<= min_short_len`` is left unshaped; groups of fewer than 3
-    responses are always shaped.
     """
     out = _as_1d("outcomes", outcomes, torch.long)
-    L = _as_1d("lengths", lengths, torch.float64)
-    gid = _as_1d("group_ids", group_ids)
-    if not (out.numel() == L.numel() == gid.numel()):
-        raise ValueError(f"outcomes, lengths and group_ids must have the same length, got "
-                         f"{out.numel()}, {L.numel()}, {gid.numel()}")
     bad = ~torch.isin(out, torch.tensor([CORRECT, WRONG, NO_ANSWER, DEGENERATE]))
     if bad.any():
         raise ValueError(f"outcomes must be 1, 0, -1 or -2; got {out[bad][:5].tolist()}")
-    L = L.to(out.device)
-    base = torch.full_like(L, float(incorrect_reward))
+    base = torch.full(out.shape, float(incorrect_reward), dtype=torch.float64)
     base = torch.where(out == CORRECT, float(correct_reward), base)
     base = torch.where(out == NO_ANSWER, float(format_error_reward), base)
     base = torch.where(out == DEGENERATE, float(degenerate_reward), base)
-    if out.numel() == 0:
+    return length_regularized(base, lengths, group_ids, alpha=alpha, min_short_len=min_short_len)
+
+
+def length_regularized(rewards, lengths, group_ids, *, alpha: float = 0.05, min_short_len: float = 0.0) -> torch.Tensor:
+    """GRPO-LEAD's length regularization of any rewards: among a group's responses with reward > 0 (its
+    correct ones, with the math reward), each reward is scaled by ``exp(-alpha * (L - mu) / (sigma + 1e-6))``
+    where ``mu``, ``sigma`` (unbiased; 1 when fewer than 2 are > 0) are their lengths' mean and std.
+
+    rewards: ``(R,)``, NaN for an unscorable response (left NaN, never shaped); lengths: ``(R,)`` tokens;
+    group_ids: ``(R,)``. A group whose 3 shortest responses (any reward) average ``<= min_short_len`` is left
+    unshaped; groups of fewer than 3 responses are always shaped. Returns float32 ``(R,)``.
+    """
+    base = _as_1d("rewards", rewards, torch.float64)
+    L = _as_1d("lengths", lengths, torch.float64)
+    gid = _as_1d("group_ids", group_ids)
+    if not (base.numel() == L.numel() == gid.numel()):
+        raise ValueError(f"rewards (outcomes), lengths and group_ids must have the same length, got "
+                         f"{base.numel()}, {L.numel()}, {gid.numel()}")
+    L = L.to(base.device)
+    if base.numel() == 0:
         return base.float()
 
-    seg, G = _segments(gid.to(out.device))
-    correct = out == CORRECT
-    mu, sigma, n_correct = _seg_mean_std(L, seg, G, correct)
-    sigma = torch.where(n_correct < 2, torch.ones_like(sigma), sigma)
+    seg, G = _segments(gid.to(base.device))
+    positive = base > 0          # NaN: False
+    mu, sigma, n_pos = _seg_mean_std(L, seg, G, positive)
+    sigma = torch.where(n_pos < 2, torch.ones_like(sigma), sigma)
     scale = torch.exp(-alpha * (L - mu[seg]) / (sigma[seg] + 1e-6))
 
     # Mean of the 3 shortest lengths per group: sort by (group, length), rank within the group.
@@ -88,7 +96,7 @@ def lead_rewards(outcomes, lengths, group_ids, *, alpha: float = 0.05, correct_r
     mean3 = _seg_sum(L[order] * top3, seg_sorted, G) / _seg_sum(top3, seg_sorted, G)
     shaped = (size < 3) | (mean3 > min_short_len)
 
-    reward = torch.where(correct & shaped[seg], base * scale, base)
+    reward = torch.where(positive & shaped[seg], base * scale, base)
     return reward.float()
 
 
@@ -99,11 +107,13 @@ def difficulty_weight(x: torch.Tensor, *, w_min: float = 0.4, w_max: float = 1.5
 
 
 def lead_advantages(rewards, group_ids, *, reweight: bool = True, w_min: float = 0.4, w_max: float = 1.5,
-                    midpoint: float = 0.75, steepness: float = 10.0, eps: float = 1e-6):
+                    midpoint: float = 0.75, steepness: float = 10.0, eps: float = 1e-6, scale: bool = True):
     """Group-normalized advantages with difficulty-aware reweighting.
 
-    ``a = (r - mean_g) / (std_g + eps)`` (unbiased std; a group of one has mean 0, std 1). ``rho_g`` is the
-    fraction of the group with reward > 0; ``a *= w(rho)`` where ``a > 0``, else ``a *= w(1 - rho)``.
+    ``a = (r - mean_g) / (std_g + eps)`` (unbiased std; a group of one has mean 0, std 1; ``scale=False``:
+    ``a = r - mean_g``, Dr. GRPO). A NaN reward (unscorable: every reward function gave None) is left out of
+    its group's mean, std and correct ratio, and gets advantage 0 (TRL's rule). ``rho_g`` is the fraction of
+    the group's scored rewards that are > 0; ``a *= w(rho)`` where ``a > 0``, else ``a *= w(1 - rho)``.
     Returns ``(advantages (R,), correct_ratio (R,))``, both float32; ``correct_ratio`` is ``rho`` of each
     response's group (what ``grpo_loss(correct_ratio=...)`` takes to apply the weight in the kernel).
     """
@@ -113,15 +123,18 @@ def lead_advantages(rewards, group_ids, *, reweight: bool = True, w_min: float =
         raise ValueError(f"rewards and group_ids must have the same length, got {r.numel()} and {gid.numel()}")
     if r.numel() == 0:
         return r.float(), r.float()
-    if not torch.isfinite(r).all():
-        raise ValueError("rewards contain NaN or inf")
+    if torch.isinf(r).any():
+        raise ValueError("rewards contain inf")
+    scored = ~torch.isnan(r)
+    r0 = torch.where(scored, r, torch.zeros_like(r))
     seg, G = _segments(gid.to(r.device))
-    mean, std, cnt = _seg_mean_std(r, seg, G)
+    mean, std, cnt = _seg_mean_std(r0, seg, G, scored)
     single = cnt < 2
     mean = torch.where(single, torch.zeros_like(mean), mean)
     std = torch.where(single, torch.ones_like(std), std)
-    adv = (r - mean[seg]) / (std[seg] + eps)
-    rho = (_seg_sum((r > 0).to(r.dtype), seg, G) / cnt)[seg]
+    adv = (r0 - mean[seg]) / (std[seg] + eps) if scale else r0 - mean[seg]
+    adv = torch.where(scored, adv, torch.zeros_like(adv))
+    rho = (_seg_sum((r0 > 0).to(r.dtype), seg, G) / cnt.clamp_min(1))[seg]
     if reweight:
         kw = dict(w_min=w_min, w_max=w_max, midpoint=midpoint, steepness=steepness)
         adv = adv * torch.where(adv > 0, difficulty_weight(rho, **kw), difficulty_weight(1 - rho, **kw))
@@ -162,7 +175,7 @@ def groups_without_signal(rewards, group_ids, *, drop_no_correct: bool = True, a
 
 def group_drop_reasons(rewards, group_ids, *, atol: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
     """``(all_equal, no_correct)``, each ``(R,)`` bool per response's group: all rewards equal (within
-    ``atol``); no reward > 0."""
+    ``atol``); no reward > 0. NaN rewards (unscorable) are left out (a group of them only: all equal)."""
     r = _as_1d("rewards", rewards, torch.float64)
     gid = _as_1d("group_ids", group_ids)
     if r.numel() != gid.numel():
@@ -171,8 +184,11 @@ def group_drop_reasons(rewards, group_ids, *, atol: float = 1e-6) -> tuple[torch
         empty = torch.zeros(0, dtype=torch.bool)
         return empty, empty
     seg, G = _segments(gid.to(r.device))
-    hi = torch.full((G,), -torch.inf, dtype=r.dtype, device=r.device).scatter_reduce(0, seg, r, "amax")
-    lo = torch.full((G,), torch.inf, dtype=r.dtype, device=r.device).scatter_reduce(0, seg, r, "amin")
+    nan = torch.isnan(r)       # unscorable: neither the highest nor the lowest reward of its group
+    hi = torch.full((G,), -torch.inf, dtype=r.dtype, device=r.device).scatter_reduce(
+        0, seg, torch.where(nan, -torch.inf, r), "amax")
+    lo = torch.full((G,), torch.inf, dtype=r.dtype, device=r.device).scatter_reduce(
+        0, seg, torch.where(nan, torch.inf, r), "amin")
     return ((hi - lo) <= atol)[seg], (hi <= 0)[seg]
 
 

@@ -18,7 +18,9 @@ def test_bad_input_is_one_paragraph_and_exit_2(tmp_path, embedded_model):
                 "--model", embedded_model, "--data", str(f), "--output-dir", str(tmp_path / "o")])
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
     assert p.stderr.strip() == f"lead_fast: cannot start: {f}: row 2 has no 'answer' field (fields: problem); set " \
-                               "--data.answer_field if it has another name"
+                               "--data.answer_field if it has another name (math-verify grades against it, in the " \
+                               "math reward and the eval; without answers, score with your own reward functions, " \
+                               "--algo.reward_funcs, and --run.eval_every 0)"
     p = python(["-m", "lead_fast.train", "--optim.learning_rate", "1e-5"])
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert "unknown config key 'optim.learning_rate'" in p.stderr

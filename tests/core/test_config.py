@@ -95,6 +95,7 @@ def test_packing_needs_an_attention_that_isolates_sequences():
 
 # One bad value for every checked field (and a non-finite float for a few unchecked ones).
 BAD = {
+    "algo.reward_funcs": "my_rewards", "algo.reward_timeout_s": "0", "algo.advantage_eps": "-1",
     "data.eval_size": "0", "data.max_prompt_tokens": "0", "rollout.n": "0", "rollout.temperature": "0",
     "rollout.top_p": "1.5", "rollout.max_new_tokens": "0", "rollout.eval_temperature": "-0.1", "rollout.eval_n": "0",
     "rollout.gpu_memory_utilization": "1.2", "rollout.kv_cache_gib": "-1", "rollout.ranks": "0",

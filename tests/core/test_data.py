@@ -1,6 +1,8 @@
 """Data loading, prompts and prompt order, the model directory checks, and budgets beyond the model's
 context or prompts all over the budget refused before any work."""
 
+import json
+
 import pytest
 
 from lead_fast.data import DataError, load_problems, prompts_for_step, tokenize_prompts
@@ -55,9 +57,9 @@ def test_prompts_too_long_are_skipped_or_refused(embedded_model):
     kw = dict(instruction="Answer.", template="plain", what="training", log=logged.append)
     with pytest.raises(DataError, match=r"longer than data.max_prompt_tokens=3 tokens; the longest has \d+: raise the limit"):
         tokenize_prompts(problems, tok, max_tokens=3, **kw)
-    lengths = sorted(len(ids) for ids, _ in tokenize_prompts(problems, tok, max_tokens=10**6, **kw))
+    lengths = sorted(len(p.ids) for p in tokenize_prompts(problems, tok, max_tokens=10**6, **kw))
     kept = tokenize_prompts(problems, tok, max_tokens=lengths[14], **kw)
-    assert 15 <= len(kept) < 30 and all(len(ids) <= lengths[14] for ids, _ in kept)
+    assert 15 <= len(kept) < 30 and all(len(p.ids) <= lengths[14] for p in kept)
     assert logged and f"skipped {30 - len(kept)} of 30 training prompts" in logged[-1]
 
 
@@ -103,6 +105,61 @@ def test_datasets_inputs(tmp_path):
     datasets.Dataset.from_list([{"problem": "x", "solution": "y"}]).save_to_disk(str(tmp_path / "bad"))
     with pytest.raises(DataError, match=f"{tmp_path / 'bad'}: row 1 has no 'answer' field"):
         load_problems(str(tmp_path / "bad"))
+
+
+@pytest.mark.parametrize("fmt", ["json", "jsonl", "parquet", "datasets"])
+def test_trl_conversational_rows_from_every_format(tmp_path, chat_model, fmt):
+    """TRL's conversational format: the messages rendered by the chat template, every other column kept for the
+    reward functions, the gold answer from a renamed field."""
+    import datasets
+
+    from lead_fast.model import load_tokenizer
+
+    messages = [[{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"What is {i} + 1?"}]
+                for i in range(5)]
+    rows = [{"prompt": m, "solution": str(i + 1), "max_len": 10 + i} for i, m in enumerate(messages)]
+    ds = datasets.Dataset.from_list(rows)
+    path = tmp_path / f"conv.{fmt}"
+    if fmt == "json":
+        path.write_text(json.dumps(rows))
+    elif fmt == "jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    elif fmt == "parquet":
+        ds.to_parquet(str(path))
+    else:
+        ds.save_to_disk(str(path))
+    problems = load_problems(str(path), answer_field="solution")
+    assert [p.problem for p in problems] == messages and all(p.trl for p in problems)
+    assert [p.answer for p in problems] == ["1", "2", "3", "4", "5"]
+    assert [p.columns for p in problems] == [{"solution": str(i + 1), "max_len": 10 + i} for i in range(5)]
+    tok = load_tokenizer(chat_model)
+    prompts = tokenize_prompts(problems, tok, instruction="Ignored.", template="plain", max_tokens=10**6,
+                               what="training")
+    for p, m in zip(prompts, messages):   # TRL's rendering whatever data.template says; no instruction added
+        assert p.ids == list(tok.apply_chat_template(m, add_generation_prompt=True, tokenize=True)["input_ids"])
+        assert tok.decode(p.ids) == f"Be brief.\n{m[1]['content']}\n" and p.shown == m
+
+
+def test_trl_text_prompts_and_bad_rows(tmp_path, chat_model):
+    from lead_fast.model import load_tokenizer
+
+    f = tmp_path / "text.jsonl"
+    f.write_text('{"prompt": "What is 2 + 2?", "level": 1}\n')
+    (p,) = load_problems(str(f), need_answers=False)     # no gold answer: only the user's rewards can score it
+    assert (p.problem, p.answer, p.columns, p.trl) == ("What is 2 + 2?", None, {"level": 1}, True)
+    tok = load_tokenizer(chat_model)
+    (q,) = tokenize_prompts([p], tok, instruction="Ignored.", template="chat", max_tokens=100, what="training")
+    assert q.ids == tok("What is 2 + 2?", add_special_tokens=False)["input_ids"] and q.shown == "What is 2 + 2?"
+    with pytest.raises(DataError, match=f"{f}: row 1 has no 'answer' field"):
+        load_problems(str(f))
+    f.write_text('{"prompt": {"role": "user"}, "answer": "1"}\n')
+    with pytest.raises(DataError, match=f"{f}: row 1's 'prompt' is neither text nor a list of chat messages"):
+        load_problems(str(f))
+    f.write_text('{"question": "What is 2 + 2?", "answer": "4"}\n')
+    with pytest.raises(DataError, match=f"{f}: row 1 has neither a 'problem' field .* nor a 'prompt' field .*; "
+                                        "its fields: answer, question. Set --data.problem_field"):
+        load_problems(str(f))
+    assert load_problems(str(f), "question")[0].problem == "What is 2 + 2?"
 
 
 def test_hub_name_offline_is_one_paragraph(monkeypatch):

@@ -43,8 +43,8 @@ def test_step_counts_and_metrics_are_the_hand_computed_values():
     rewards = lead_rewards(r.outcomes, r.lengths, r.group_ids)
     groups = select_groups(rewards, r.group_ids)
     tot = step_counts(r, rewards, groups, num_prompts=3)
-    assert tot == {"responses": 6, "correct": 1, "no_answer": 1, "degenerate": 1, "reward": -4.0, "tokens": 38.0,
-                   "groups": 3, "groups_dropped": 2, "dropped_all_equal": 1, "dropped_no_correct": 1,
+    assert tot == {"responses": 6, "correct": 1, "no_answer": 1, "degenerate": 1, "reward": -4.0, "scored": 6,
+                   "unscorable": 0, "tokens": 38.0, "groups": 3, "groups_dropped": 2, "dropped_all_equal": 1, "dropped_no_correct": 1,
                    "grade_timeouts": 1, "truncated": 2}
     update = dict(loss=0.25, clip_frac=0.0, kl=0.0, entropy=1.5, grad_norm=0.75, nonfinite_skipped=0,
                   logprob_gap=math.nan)
@@ -63,6 +63,22 @@ def test_step_counts_and_metrics_are_the_hand_computed_values():
                           lr=1e-5)
     assert (masked["rollout/mismatch_kl"], masked["rollout/is_weight_mean"], masked["rollout/is_masked_frac"]) == \
         (0.01, 0.9, 0.1) and "rollout/is_truncated_frac" not in masked
+
+
+def test_several_reward_functions_each_get_their_mean_and_unscorable_responses_are_counted():
+    r = _rollouts()
+    nan = math.nan
+    # math's values, and a user's function that gave None for responses 2 and 5 (response 5: every function None)
+    r.scores = torch.tensor([[1, 0.5], [-1, nan], [-1, 0.25], [-1, 0.0], [0, 1.0], [nan, nan]], dtype=torch.float64)
+    rewards = torch.tensor([1.5, -1, -0.75, -1, 1.0, nan], dtype=torch.float64)
+    tot = step_counts(r, rewards, select_groups(rewards, r.group_ids), 3, ("math", "my_rewards.py:brevity"))
+    assert (tot["reward"], tot["scored"], tot["unscorable"]) == (-0.25, 5, 1)
+    assert (tot["reward_fn/math"], tot["reward_fn/math/scored"]) == (-2.0, 5)
+    assert (tot["reward_fn/brevity"], tot["reward_fn/brevity/scored"]) == (1.75, 4)
+    row = step_metrics(tot, dict(loss=0.0, clip_frac=0.0, kl=0.0, entropy=0.0, grad_norm=0.0, nonfinite_skipped=0),
+                       dict(rollout=1.0, grade=1.0, update=1.0, sync=0.0, slowest_rollout=1.0, step=3.0), lr=1e-5)
+    assert row["reward/mean"] == -0.25 / 5 and row["reward/math"] == -2.0 / 5 and row["reward/brevity"] == 1.75 / 4
+    assert row["reward/unscorable_frac"] == 1 / 6
 
 
 def test_eval_metrics_are_pass_at_1_and_majority_vote():

@@ -15,7 +15,7 @@ def main():
 
     tr = Trainer(parse_args(args))
     tr.fit()
-    prompts = [p for p, _ in tr.eval[:4]]
+    prompts = [p.ids for p in tr.eval[:4]]
     greedy = [tr.engine.generate([p], SamplingSettings(n=1, temperature=0, max_new_tokens=24))[0][0].token_ids
               for p in prompts]
     if tr.rank == 0:
