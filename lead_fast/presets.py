@@ -72,6 +72,32 @@ def grpo_lead_14b() -> TrainConfig:
     return c
 
 
+def grpo() -> TrainConfig:
+    """Plain GRPO as TRL 1.16's GRPOTrainer runs it by default (needs --model): its loss (dapo: a token mean over
+    the batch), rewards scaled by the group's std + 1e-4, beta 0, clip 0.2, temperature 1, 8 responses of up to
+    512 tokens, lr 1e-6; math-verify's reward 1 / 0 like TRL's accuracy_reward; none of GRPO-LEAD's parts (no
+    length regularization, no difficulty weight, no group filter). README lists what still differs."""
+    c = TrainConfig(preset="grpo")
+    c.rollout.n = 8
+    c.rollout.temperature = 1.0
+    c.rollout.max_new_tokens = 512
+    c.algo.incorrect_reward = 0.0
+    c.algo.degenerate_reward = 0.0
+    c.algo.alpha = 0.0
+    c.algo.reweight = False
+    c.algo.drop_no_signal = False
+    c.algo.drop_no_correct = False
+    c.algo.advantage_eps = 1e-4
+    c.algo.loss_agg = "token_mean"
+    c.algo.kl_coef = 0.0
+    c.algo.clip_low = c.algo.clip_high = 0.2
+    c.optim.lr = 1e-6
+    c.optim.weight_decay = 0.0
+    c.optim.grad_clip = 1.0
+    c.run.output_dir = "runs/grpo"
+    return c
+
+
 def defaults() -> TrainConfig:
     """The dataclass defaults, meant for your own model (what --model without --preset gets)."""
     return TrainConfig(preset="defaults")
@@ -101,7 +127,7 @@ def smollm2() -> TrainConfig:
     return c
 
 
-PRESETS = {"tiny": tiny, "smollm2": smollm2, "grpo_lead_14b": grpo_lead_14b, "defaults": defaults}
+PRESETS = {"tiny": tiny, "smollm2": smollm2, "grpo_lead_14b": grpo_lead_14b, "grpo": grpo, "defaults": defaults}
 
 
 def preset_changes(name: str) -> dict[str, object]:

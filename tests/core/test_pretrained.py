@@ -110,3 +110,17 @@ def test_a_tokenizer_without_pad_is_said(smollm2_dir, tmp_path):
     loaded = load_tokenizer(str(d), log=said.append)
     assert loaded.pad_token_id == loaded.eos_token_id == loaded.convert_tokens_to_ids("<|im_end|>")
     assert len(said) == 1 and "has no pad token: padding with its EOS '<|im_end|>'" in said[0]
+
+
+def test_a_trl_reward_module_and_conversational_data_train_smollm2(smollm2_dir, conversational_data, tmp_path):
+    """A TRL user's inputs, unchanged, on the real model: TRL's conversational prompts through SmolLM2's own chat
+    template, TRL's accuracy_reward and a reward function of the user's reading a column of the dataset."""
+    out = tmp_path / "run"
+    check(python(["-m", "lead_fast.train", "--preset", "smollm2", "--model", smollm2_dir, "--output-dir", str(out),
+                  "--data", conversational_data, "--data.answer_field", "solution", "--algo.reward_funcs",
+                  "[trl.rewards:accuracy_reward, tests/helpers/user_rewards.py:brevity]", "--algo.reward_weights",
+                  "[1.0, 0.5]", "--run.warm_start_steps", "0", "--rollout.max_new_tokens", "64",
+                  "--optim.prompts_per_step", "2", "--rollout.n", "4", "--data.eval_size", "2", "--eval-every", "0",
+                  "--algo.drop_no_signal", "false", "--max-steps", "1"], timeout=900))
+    (row,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert 0 <= row["reward/accuracy_reward"] <= 1 and -1 <= row["reward/brevity"] < 0 and row["grad_norm"] > 0
