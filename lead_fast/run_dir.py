@@ -129,12 +129,12 @@ def write_config(output_dir: str, config: dict) -> str:
 
 def write_eval_problems(output_dir: str, problems) -> str:
     """``OUTPUT_DIR/eval_problems.jsonl``: the run's eval problems (held out from training, or read from
-    ``data.eval_path``), one ``{"problem", "answer"}`` per line, so that the eval command can score the
-    trained model on exactly them (``--data`` this file, ``--run-dir`` the run)."""
+    ``data.eval_path``), one ``{"problem", "answer"}`` per line (a TRL prompt: ``{"prompt", "answer"}``), so that
+    the eval command can score the trained model on exactly them (``--data`` this file, ``--run-dir`` the run)."""
     import json
 
     path = os.path.join(output_dir, "eval_problems.jsonl")
     with open(path, "w") as f:
         for p in problems:
-            f.write(json.dumps({"problem": p.problem, "answer": p.answer}) + "\n")
+            f.write(json.dumps({"prompt" if p.trl else "problem": p.problem, "answer": p.answer}) + "\n")
     return path

@@ -2,6 +2,7 @@
 tiny model with a chat template); a reward function that fails mid-run stops it before the update, with the
 last completed step saved."""
 
+import json
 import os
 
 from lead_fast.checkpoint import latest_checkpoint
@@ -30,6 +31,9 @@ def test_a_trl_reward_module_and_conversational_data_train_on_two_ranks(chat_mod
     stored = yaml.safe_load((out / "config.yaml").read_text())["algo"]["reward_funcs"]
     # a file path made absolute (the stored config resumes from any directory); a module name stays a name
     assert stored == ["trl.rewards:accuracy_reward", f"{os.getcwd()}/tests/helpers/user_rewards.py:brevity"]
+    # the held-out TRL prompts, for the eval command: chat messages under "prompt", the gold answer
+    held_out = [json.loads(line) for line in (out / "eval_problems.jsonl").read_text().splitlines()]
+    assert len(held_out) == 8 and all(isinstance(r["prompt"], list) and r["answer"] for r in held_out)
 
 
 def test_a_reward_function_failing_mid_run_stops_before_the_update(embedded_model, tmp_path):
@@ -44,3 +48,6 @@ def test_a_reward_function_failing_mid_run_stops_before_the_update(embedded_mode
     assert said.endswith(f"step 1 was saved first ({out / 'checkpoints' / 'step-00000001'}). Remove the cause, then "
                          "continue with --resume."), said
     assert [r["step"] for r in rows(out)] == [1] and latest_checkpoint(str(out)).endswith("step-00000001")
+    # the function fixed (here: left out), the run continues from the saved step
+    check(train(embedded_model, out, "--max-steps", "3", "--algo.reward_funcs", "[math]", "--resume", timeout=600))
+    assert [r["step"] for r in rows(out)] == [1, 2, 3]
