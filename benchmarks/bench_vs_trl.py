@@ -48,7 +48,15 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 
-TRAINERS = ("trl", "lead_fast", "lead_fast_ac")
+# TRL's configurations: its defaults, and its switches that can make it faster (which of them do, on a given
+# device, is what a run of this script shows; Liger's kernels need CUDA)
+TRL_VARIANTS = {
+    "trl": {},
+    "trl_nogc": dict(gradient_checkpointing=False),
+    "trl_cb": dict(gradient_checkpointing=False, use_transformers_continuous_batching=True),
+    "trl_liger": dict(gradient_checkpointing=False, use_liger_kernel=True),
+}
+TRAINERS = (*TRL_VARIANTS, "lead_fast", "lead_fast_ac")
 QWEN05 = dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
               num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768, tie_word_embeddings=True)
 
@@ -133,7 +141,7 @@ def child_lead_fast(a) -> dict:
                 first_accuracy=first["accuracy"], response_tokens=last["response_length/mean"])
 
 
-def child_trl(a) -> dict:
+def child_trl(a, variant: str = "trl") -> dict:
     import trl
     from datasets import Dataset
     from transformers import AutoTokenizer, TrainerCallback
@@ -157,7 +165,8 @@ def child_trl(a) -> dict:
         num_generations=a.n, max_completion_length=a.max_new_tokens, temperature=a.temperature, top_p=1.0,
         learning_rate=a.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
         beta=0.0, num_iterations=1, max_steps=a.steps, logging_steps=1, save_strategy="no", report_to=[],
-        use_cpu=True, bf16=False, seed=0, disable_tqdm=True, model_init_kwargs={"dtype": "float32"})
+        use_cpu=True, bf16=False, seed=0, disable_tqdm=True, model_init_kwargs={"dtype": "float32"},
+        **TRL_VARIANTS[variant])
     tok = AutoTokenizer.from_pretrained(a.model)
     trainer = trl.GRPOTrainer(model=a.model, reward_funcs=correctness, args=args, train_dataset=ds,
                               processing_class=tok)
@@ -226,8 +235,10 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--lr", type=float, default=1e-5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--lead-fast-flags", default="", help="more lead_fast flags, e.g. '--optim.packing false'")
-    ap.add_argument("--trainers", default="trl,lead_fast,lead_fast_ac",
-                    help="lead_fast_ac: lead_fast with activation checkpointing, as TRL's default gradient checkpointing")
+    ap.add_argument("--trainers", default="trl,trl_nogc,trl_cb,lead_fast,lead_fast_ac",
+                    help="trl: TRL's defaults (gradient checkpointing on); trl_nogc: without it; trl_cb: also "
+                         "transformers' continuous batching for generation; trl_liger: Liger's kernels (CUDA only); "
+                         "lead_fast_ac: lead_fast with activation checkpointing, as TRL's default")
     ap.add_argument("--out", default="bench_vs_trl.json")
     ap.add_argument("--child", choices=TRAINERS, help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
@@ -239,7 +250,7 @@ def main(argv=None) -> list[dict]:
         torch.set_num_threads(a.threads)
         if a.child == "lead_fast_ac":
             a.lead_fast_flags += " --model.activation_checkpointing true"
-        result = (child_trl if a.child == "trl" else child_lead_fast)(a)
+        result = child_trl(a, a.child) if a.child in TRL_VARIANTS else child_lead_fast(a)
         with open(a.result, "w") as f:
             json.dump(result, f)
         return []
@@ -247,6 +258,9 @@ def main(argv=None) -> list[dict]:
     for who in a.trainers.split(","):
         if who not in TRAINERS:
             raise SystemExit(f"--trainers: unknown trainer {who!r} (choose from {', '.join(TRAINERS)})")
+    if "trl_liger" in a.trainers.split(","):
+        raise SystemExit("--trainers trl_liger: Liger's kernels need CUDA, and this benchmark runs both trainers on "
+                         "the CPU (use_cpu=True); its GPU counterpart is benchmarks/gpu_session.sh")
     import importlib.metadata as md
 
     from lead_fast.pretrained import model_dir
@@ -277,26 +291,31 @@ def main(argv=None) -> list[dict]:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     versions = {k: md.version(k) for k in ("trl", "transformers", "torch")}
-    meta = dict(steps=a.steps, prompts=a.prompts, n=a.n, max_new_tokens=a.max_new_tokens, lr=a.lr,
+    meta = dict(trl_variants={k: v for k, v in TRL_VARIANTS.items() if k in a.trainers.split(",")}, steps=a.steps, prompts=a.prompts, n=a.n, max_new_tokens=a.max_new_tokens, lr=a.lr,
                 temperature=a.temperature, threads=a.threads, lead_fast_flags=a.lead_fast_flags, **versions)
     print(f"\n{a.prompts} prompts x {a.n} responses x <= {a.max_new_tokens} tokens, one rank, {a.threads} threads; "
           f"last of {a.steps} steps; {', '.join(f'{k} {v}' for k, v in versions.items())}")
-    head = (f"{'model':30} {'trainer':10} {'rollout s':>9} {'update s':>8} {'update mem GiB':>14} "
+    head = (f"{'model':30} {'trainer':12} {'step s':>7} {'rollout s':>9} {'update s':>8} {'update mem GiB':>14} "
             f"{'peak GiB':>8} {'loss@1':>8} {'reward@1':>8} {'acc@1':>6}")
     print(head)   # TRL checkpoints activations by default (GRPOConfig.gradient_checkpointing=True)
     for r in rows:
-        print(f"{r['model']:30} {r['trainer']:10} {r['rollout_s']:9.1f} {r['update_s']:8.1f} "
+        print(f"{r['model']:30} {r['trainer']:12} {r['step_s']:7.1f} {r['rollout_s']:9.1f} {r['update_s']:8.1f} "
               f"{r['update_mem']['above_start_gib']:14.2f} {r['peak_gib']:8.2f} {r['first_loss']:8.4f} "
               f"{r['first_reward']:8.3f} {r['first_accuracy']:6.3f}")
     for key in a.rows.split(","):
         pair = {r["trainer"]: r for r in rows if r["model"] == models[key][0]}
+        trls = [r for w, r in pair.items() if w in TRL_VARIANTS]
+        if not trls:
+            continue
+        fastest = min(trls, key=lambda r: r["step_s"])     # TRL's strongest configuration here: its fastest step
         for who in ("lead_fast", "lead_fast_ac"):
-            if "trl" not in pair or who not in pair:
+            if who not in pair:
                 continue
-            t, lf = pair["trl"], pair[who]
-            print(f"{models[key][0]}: {who}'s update takes {lf['update_s'] / t['update_s']:.2f}x TRL's time and "
-                  f"{lf['update_mem']['above_start_gib'] / t['update_mem']['above_start_gib']:.2f}x its memory above "
-                  f"the step's start; whole-process peak {lf['peak_gib'] / t['peak_gib']:.2f}x")
+            t, lf = fastest, pair[who]
+            print(f"{models[key][0]}: {who} against TRL's fastest here ({t['trainer']}): step {lf['step_s'] / t['step_s']:.2f}x, "
+                  f"rollout {lf['rollout_s'] / t['rollout_s']:.2f}x, update {lf['update_s'] / t['update_s']:.2f}x its time, "
+                  f"{lf['update_mem']['above_start_gib'] / t['update_mem']['above_start_gib']:.2f}x its update's memory "
+                  f"above the step's start; whole-process peak {lf['peak_gib'] / t['peak_gib']:.2f}x")
     with open(a.out, "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=1)
     print(f"wrote {a.out}")

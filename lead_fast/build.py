@@ -34,7 +34,8 @@ def model_dir(cfg: TrainConfig, log) -> str:
     path = source
     if source is None or cfg.run.warm_start_steps:
         path = prepare_model_dir(cfg.run.output_dir, steps=cfg.run.warm_start_steps, seed=cfg.run.seed, source=source,
-                                 cache=cfg.run.warm_start_cache, log=log)
+                                 cache=cfg.run.warm_start_cache, task=cfg.data.task if cfg.data.path is None else "sums",
+                                 log=log)
     check_context(path, cfg.data.max_prompt_tokens, cfg.rollout.max_new_tokens,
                   flags="--data.max_prompt_tokens or --rollout.max_new_tokens")
     return path

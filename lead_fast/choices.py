@@ -11,6 +11,8 @@ Dtype = Literal["auto", "float32", "bfloat16"]
 Switch = Literal["auto", "on", "off"]
 """A feature that is on, off, or decided by the device (auto)."""
 Template = Literal["auto", "chat", "plain"]
+GeneratedTask = Literal["sums", "mixed"]
+"""The generated task (no data.path): sums of two numbers, or sums of 2, 3 and 4 numbers (easy, medium, hard)."""
 Engine = Literal["hf", "vllm"]
 HFBatching = Literal["generate", "continuous"]
 RolloutMode = Literal["colocated", "disaggregated"]

@@ -14,7 +14,7 @@ import os
 import typing
 from dataclasses import dataclass, field
 
-from lead_fast.choices import (AnswerFrom, CorrectionSetting, Dtype, Engine, HFBatching, LossAgg, LossBackend,
+from lead_fast.choices import (AnswerFrom, CorrectionSetting, Dtype, Engine, GeneratedTask, HFBatching, LossAgg, LossBackend,
                                LossNorm, Rejection, RolloutMode, ScaleRewards, Switch, Template, Tracker, options)
 from lead_fast.errors import ConfigError
 
@@ -53,6 +53,10 @@ class ModelConfig:
 class DataConfig:
     path: str | None = None
     """Training problems: a .json, .jsonl or .parquet file, a datasets directory (save_to_disk, or data files), or a hub name org/name. None: the generated task, a + b (see operands)."""
+    task: GeneratedTask = "sums"
+    """The generated task (data.path none): sums (a + b, see operands) or mixed (sums of 2, 3 and 4 one- or
+    two-digit numbers, 200 problems each, tagged easy / medium / hard: the eval reports pass@1 per level, and
+    the embedded model's warm start slips more often the more numbers there are)."""
     operands: tuple[int, int] = (0, 20)
     """The generated task (data.path none): every a + b with both operands in [lo, hi), as lo,hi (over 2,000
     pairs: a fixed sample of 2,000)."""

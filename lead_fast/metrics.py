@@ -88,20 +88,33 @@ def step_metrics(tot: dict, update: dict, seconds: dict, lr: float, shares: int 
     }
 
 
-def eval_counts(results) -> dict:
-    """This rank's sums over its eval problems (``ProblemResult``s of ``lead_fast.eval``)."""
-    return {"problems": len(results), "pass1": sum(r.correct / r.n for r in results),
-            "cons": sum(r.vote_correct for r in results), "responses": sum(r.n for r in results),
-            "tokens": sum(sum(r.lengths) for r in results)}
+def eval_counts(results, levels: list | None = None, all_levels: tuple = ()) -> dict:
+    """This rank's sums over its eval problems (``ProblemResult``s of ``lead_fast.eval``); with ``levels``
+    (each problem's ``level`` column), also per level, for every level in ``all_levels`` (every rank gives
+    the same keys, as ``all_sum`` sums by name)."""
+    out = {"problems": len(results), "pass1": sum(r.correct / r.n for r in results),
+           "cons": sum(r.vote_correct for r in results), "responses": sum(r.n for r in results),
+           "tokens": sum(sum(r.lengths) for r in results), "correct": sum(r.correct for r in results),
+           "correct_tokens": sum(sum(r.correct_lengths) for r in results)}
+    for level in all_levels:
+        mine = [r for r, lv in zip(results, levels) if lv == level]
+        out[f"problems/{level}"] = len(mine)
+        out[f"pass1/{level}"] = sum(r.correct / r.n for r in mine)
+    return out
 
 
 def eval_metrics(tot: dict, seconds: float) -> dict:
     """The trainer's eval columns from ``eval_counts`` summed over ranks; ``eval/accuracy`` is pass@1 and
-    ``eval/cons@n`` the majority vote over ``rollout.eval_n`` samples."""
+    ``eval/cons@n`` the majority vote over ``rollout.eval_n`` samples; ``eval/correct_length`` the mean length
+    of the correct responses (NaN: none); ``eval/pass@1/LEVEL`` per level of the eval problems."""
     problems = max(tot["problems"], 1.0)
+    levels = {f"eval/pass@1/{k[len('pass1/'):]}": tot[k] / max(tot[f"problems/{k[len('pass1/'):]}"], 1.0)
+              for k in tot if k.startswith("pass1/")}
     return {"eval/accuracy": tot["pass1"] / problems, "eval/pass@1": tot["pass1"] / problems,
             "eval/cons@n": tot["cons"] / problems,
-            "eval/response_length": tot["tokens"] / max(tot["responses"], 1.0), "time/eval_s": seconds}
+            "eval/response_length": tot["tokens"] / max(tot["responses"], 1.0),
+            "eval/correct_length": tot["correct_tokens"] / tot["correct"] if tot["correct"] else math.nan,
+            **levels, "time/eval_s": seconds}
 
 
 def _fmt(v) -> str:

@@ -75,6 +75,8 @@ class Trainer:
         self.model_dir = build.model_dir(cfg, self.log)
         self.tok = load_tokenizer(self.model_dir, log=self.log)
         self.train, self.eval = build.prompts(cfg, task, self.tok, self.log)
+        # the eval reports pass@1 per level when its problems carry a level column (the mixed task's do)
+        self.eval_levels = tuple(sorted({str(lv) for p in self.eval if (lv := p.problem.columns.get("level"))}))
 
         dtype = resolve_dtype(cfg.model.dtype, self.device)
         self.policy = self.updater = self.checkpointer = self.engine = self.metrics = self.rewards = None
@@ -250,7 +252,7 @@ class Trainer:
                     n=cfg.rollout.eval_n, temperature=cfg.rollout.eval_temperature, top_p=1.0,
                     max_new_tokens=cfg.rollout.max_new_tokens, seed=step_seed(cfg.run.seed, 0, t, salt=3),
                     stop=tuple(cfg.rollout.stop)), self.rules, num_workers=self.grade_workers)
-            counts = eval_counts(results)
+            counts = eval_counts(results, [str(p.problem.columns.get("level")) for p in mine], self.eval_levels)
             total = counts if total is None else {k: total[k] + counts[k] for k in total}
         return total
 

@@ -25,7 +25,11 @@ import torch
 from lead_fast.data import Problem, build_prompt
 from lead_fast.distributed import on_rank0
 from lead_fast.model import load_model, load_tokenizer
-from lead_fast.task import TASK_INSTRUCTION, synthetic_problems
+from lead_fast.task import TASK_INSTRUCTION, mixed_problems, synthetic_problems
+
+SLIP = {"easy": 0.2, "medium": 0.5, "hard": 0.8}
+"""The mixed task's warm start: how often a worked solution's answer is off, by level (the warm-started
+model then starts with a spread in accuracy by difficulty for the difficulty weight to act on)."""
 
 def synthetic_solution(a: int, b: int, rng: random.Random) -> str:
     """One worked solution, drawn from a deliberately mixed distribution.
@@ -43,14 +47,37 @@ def synthetic_solution(a: int, b: int, rng: random.Random) -> str:
     return f"We add {a} and {b}. {a} + {b} = {s}. {checks} So the answer is \\boxed{{{s}}}"
 
 
-def synthetic_corpus(n: int, seed: int) -> list[tuple[Problem, str]]:
+def mixed_solution(ops: list[int], level: str, rng: random.Random) -> str:
+    """One worked solution of the mixed task: half concise, half adding up step by step and checking once;
+    the answer (and the last step with it) is off by 1 or 10 with the level's ``SLIP`` probability."""
+    s = sum(ops)
+    if rng.random() < SLIP[level]:
+        s = max(0, s + rng.choice([-10, -1, 1, 10]))
+    if rng.random() < 0.5:
+        return f"\\boxed{{{s}}}"
+    steps, run = [], ops[0]
+    for x in ops[1:-1]:
+        steps.append(f"{run} + {x} = {run + x}.")
+        run += x
+    steps.append(f"{run} + {ops[-1]} = {s}.")
+    return f"We add {', '.join(map(str, ops))}. {' '.join(steps)} Check: {s} - {ops[-1]} = {s - ops[-1]}. " \
+           f"So the answer is \\boxed{{{s}}}"
+
+
+def _operands(p: Problem) -> list[int]:
+    return [int(x) for x in p.problem[len("What is "):-1].split(" + ")]
+
+
+def synthetic_corpus(n: int, seed: int, task: str = "sums") -> list[tuple[Problem, str]]:
+    """``n`` (problem, worked solution) pairs of the generated task ``task`` (sums or mixed)."""
     rng = random.Random(seed)
-    probs = synthetic_problems()
+    probs = mixed_problems() if task == "mixed" else synthetic_problems()
     out = []
     for _ in range(n):
         p = rng.choice(probs)
-        a, b = (int(x) for x in p.problem[len("What is "):-1].split(" + "))
-        out.append((p, synthetic_solution(a, b, rng)))
+        ops = _operands(p)
+        out.append((p, mixed_solution(ops, p.columns["level"], rng) if task == "mixed"
+                    else synthetic_solution(*ops, rng)))
     return out
 
 
@@ -92,11 +119,11 @@ def build_tiny_model(tokenizer, out_dir: str, *, hidden: int = 128, layers: int 
 
 
 def prepare_model_dir(output_dir: str, *, steps: int, seed: int, source: str | None = None, cache: str = "auto",
-                      log=print) -> str:
+                      task: str = "sums", log=print) -> str:
     """Collective: rank 0 builds (or reuses) ``OUTPUT_DIR/base_model``; every rank returns its path.
     ``source`` None: the embedded tiny model after ``steps`` warm-start steps; a model directory: that
     model after ``steps`` steps of the answer-format warm-up (``format_warm_up``). ``cache``: the
-    ``run.warm_start_cache`` setting (``cache_dir``)."""
+    ``run.warm_start_cache`` setting (``cache_dir``); ``task``: the generated task the embedded model learns."""
     path = os.path.join(output_dir, "base_model")
 
     def build():
@@ -104,7 +131,7 @@ def prepare_model_dir(output_dir: str, *, steps: int, seed: int, source: str | N
         torch.set_num_threads(os.cpu_count() or 1)  # the other ranks wait: give the warm start every core
         try:
             if source is None:
-                build_embedded_model(path, steps=steps, seed=seed, cache=cache_dir(cache), log=log)
+                build_embedded_model(path, steps=steps, seed=seed, cache=cache_dir(cache), task=task, log=log)
             else:
                 format_warm_up(source, path, steps=steps, seed=seed, cache=cache_dir(cache), log=log)
         finally:
@@ -197,13 +224,16 @@ def _built_once(out_dir: str, marker: str, spec: dict, label: str, build, log, c
     return out_dir
 
 
-def build_embedded_model(out_dir: str, *, steps: int, seed: int, cache: str | None = None, log=print) -> str:
-    """Build (or reuse) ``out_dir``: tokenizer + tiny Qwen2-style model after ``steps`` SFT steps."""
+def build_embedded_model(out_dir: str, *, steps: int, seed: int, cache: str | None = None, task: str = "sums",
+                         log=print) -> str:
+    """Build (or reuse) ``out_dir``: tokenizer + tiny Qwen2-style model after ``steps`` SFT steps on the
+    generated task ``task``."""
 
     def build(tmp):
-        corpus = synthetic_corpus(20000, seed)
+        corpus = synthetic_corpus(20000, seed, task)
         texts = [f"{p.problem} {TASK_INSTRUCTION}\n{s}" for p, s in corpus]
-        tok = train_tokenizer(texts + [p.problem for p in synthetic_problems()], tmp, vocab_size=400)
+        problems = mixed_problems() if task == "mixed" else synthetic_problems()
+        tok = train_tokenizer(texts + [p.problem for p in problems], tmp, vocab_size=400)
         model = build_tiny_model(tok, tmp, seed=seed)
         if steps > 0:
             examples = [(build_prompt(tok, p.problem, TASK_INSTRUCTION, "plain"),
@@ -212,7 +242,8 @@ def build_embedded_model(out_dir: str, *, steps: int, seed: int, cache: str | No
                  schedule=lambda s: min(1.0, (s + 1) / 20) * max(0.1, 1 - s / steps), log=log)
         model.save_pretrained(tmp)
 
-    return _built_once(out_dir, MARKER, dict(steps=steps, seed=seed, version=1), "warm start", build, log, cache)
+    spec = dict(steps=steps, seed=seed, version=1, **({} if task == "sums" else {"task": task}))
+    return _built_once(out_dir, MARKER, spec, "warm start", build, log, cache)
 
 
 def _sft(model, examples: list[tuple[list[int], list[int]]], *, pad_id: int, steps: int, seed: int, batch: int,

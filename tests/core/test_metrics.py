@@ -88,7 +88,12 @@ def test_eval_metrics_are_pass_at_1_and_majority_vote():
                ProblemResult(correct=0, n=2, vote_correct=False, lengths=[7, 9], correct_lengths=[], truncated=1)]
     m = eval_metrics(eval_counts(results), seconds=2.5)
     assert m == {"eval/accuracy": 0.25, "eval/pass@1": 0.25, "eval/cons@n": 0.5, "eval/response_length": 6.0,
-                 "time/eval_s": 2.5}
+                 "eval/correct_length": 3.0, "time/eval_s": 2.5}
+    # per level, every level a key on every rank (a rank may hold none of a level's problems)
+    c = eval_counts(results, ["easy", "hard"], ("easy", "hard", "medium"))
+    assert (c["pass1/easy"], c["problems/easy"], c["pass1/hard"], c["problems/medium"]) == (0.5, 1, 0.0, 0)
+    m = eval_metrics(c, seconds=1.0)
+    assert (m["eval/pass@1/easy"], m["eval/pass@1/hard"], m["eval/pass@1/medium"]) == (0.5, 0.0, 0.0)
 
 
 def test_tensorboard_and_wandb_offline(embedded_model, tmp_path):
