@@ -154,7 +154,7 @@ def report(results: dict[str, list[dict]], target: float) -> dict:
         pairs.append(("grpo", "grpo_trl"))
     diffs = {}
     if pairs:
-        print(f"\npaired differences (second minus first, seed by seed; mean ± 95 % interval)")
+        print("\npaired differences (second minus first, seed by seed; mean ± 95 % interval)")
         for a, b in pairs:
             d = {key: mean_ci([_num(rb[key]) - _num(ra[key]) for ra, rb in zip(results[a], results[b])])
                  for key, _ in METRICS}

@@ -15,8 +15,11 @@ Same work, for both trainers:
 - both generate with transformers ``generate`` (lead_fast's hf engine, TRL without vLLM);
 - one optimizer step per rollout batch, every response trained on (lead_fast's group filter off, so both
   update on all P x G sequences), no KL term and no reference model (TRL beta 0, lead_fast kl_coef 0);
-- activation checkpointing: TRL's default turns it on (``GRPOConfig.gradient_checkpointing=True``), lead_fast's
-  leaves it off; the ``lead_fast_ac`` row turns it on for lead_fast, the like-for-like comparison;
+- TRL in each of its configurations that could be faster here (``TRL_VARIANTS``): ``trl`` its defaults (gradient
+  checkpointing on, its fused chunked head on), ``trl_nogc`` without gradient checkpointing, ``trl_cb`` also
+  with transformers' continuous batching for generation (Liger's kernels, ``use_liger_kernel``, need CUDA);
+  lead_fast is compared with whichever had the fastest step. lead_fast leaves activation checkpointing off;
+  the ``lead_fast_ac`` row turns it on, the like-for-like comparison with TRL's default;
 - rewards differ by design: TRL gets +1/-1 for correct/incorrect from lead_fast's grader (a reward
   function of its own), lead_fast its GRPO-LEAD rewards; accuracy is reported for both.
 
@@ -260,7 +263,7 @@ def main(argv=None) -> list[dict]:
             raise SystemExit(f"--trainers: unknown trainer {who!r} (choose from {', '.join(TRAINERS)})")
     if "trl_liger" in a.trainers.split(","):
         raise SystemExit("--trainers trl_liger: Liger's kernels need CUDA, and this benchmark runs both trainers on "
-                         "the CPU (use_cpu=True); its GPU counterpart is benchmarks/gpu_session.sh")
+                         "the CPU (use_cpu=True)")
     import importlib.metadata as md
 
     from lead_fast.pretrained import model_dir
