@@ -111,12 +111,33 @@ def test_default_chunks_fit_the_budget_and_are_even():
     assert chunk_for_budget(10, 2 * 151936, 1000) == 1  # a row larger than the budget still runs
 
 
-def test_only_hidden_needs_grad():
-    hidden, weight, bias, targets, adv, tw, kw = make_inputs(9, 8, 40, dtype=torch.float32)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_frozen_weight_gets_no_gradient_and_the_hidden_one_matches_float64(backend, monkeypatch):
+    """A frozen output head (LoRA, a frozen embedding): the weight-gradient GEMM is not run at all (its
+    matmul never sees a (V, H) output), and the hidden gradient is still float64's."""
+    _skip_no_triton(backend)
+    hidden, weight, bias, targets, adv, tw, kw = make_inputs(33, 24, 517, seed=11, dtype=torch.float32)
+    ref_h = hidden.double().clone().requires_grad_(True)
+    ref = naive_grpo_loss(ref_h, weight.double(), targets, adv, tw, bias=bias.double(), **kw, kl_coef=0.1,
+                          entropy_coef=0.01)
+    ref[0].backward()
+    shapes = []
+    matmul = torch.matmul
+
+    def spy(a, b, *, out=None):
+        shapes.append(tuple(out.shape) if out is not None else None)
+        return matmul(a, b, out=out) if out is not None else matmul(a, b)
+
+    monkeypatch.setattr(torch, "matmul", spy)
     h = hidden.clone().requires_grad_(True)
-    out = grpo_loss(h, weight, targets, adv, tw, bias=bias, backend="torch", **kw)
+    out = grpo_loss(h, weight, targets, adv, tw, bias=bias, backend=backend, chunk_size=8, kl_coef=0.1,
+                    entropy_coef=0.01, **kw)
     out.loss.backward()
-    assert h.grad is not None and weight.grad is None
+    monkeypatch.undo()
+    assert weight.grad is None and bias.grad is None and (517, 24) not in shapes
+    assert shapes.count((8, 24)) == 4 and shapes.count((8, 517)) == 4      # per chunk: logits, grad_hidden
+    torch.testing.assert_close(out.loss.double(), ref[0], rtol=2e-5, atol=2e-5)
+    torch.testing.assert_close(h.grad.double(), ref_h.grad, rtol=2e-5, atol=2e-5)
 
 
 def test_grad_output_scaling():
