@@ -7,6 +7,8 @@ Every method computes the same loss (clipped GRPO, token mean, old log-probs giv
 gradients w.r.t. hidden and weight (forward+backward), or the target log-probs (forward only). Each row:
 median ms, TFLOP/s (of the 6NHV / 2NHV floor work), ratio to the floor, transient peak GiB above the
 inputs and the gradient tensors every method must return, and the loss value. Prints a table, writes JSON.
+The "frozen weight" rows (LoRA: the output head is not trained) compute only the hidden gradient: their work
+is 4NHV and their floor the two GEMMs that remain.
 """
 
 from __future__ import annotations
@@ -94,12 +96,19 @@ def floor_3_gemms(hidden, weight):
     logits.T @ hidden
 
 
-class Leaves:
-    """Trainable copies of hidden and weight that the fwd+bwd methods differentiate."""
+def floor_2_gemms(hidden, weight):
+    """The floor of fwd+bwd with a frozen weight (LoRA): the logits GEMM and the hidden gradient's, alone."""
+    logits = hidden @ weight.T
+    logits @ weight
 
-    def __init__(self, hidden, weight):
+
+class Leaves:
+    """Copies of hidden and weight that the fwd+bwd methods differentiate (``frozen``: not the weight, as
+    under LoRA, so no weight gradient is computed)."""
+
+    def __init__(self, hidden, weight, frozen: bool = False):
         self.h = hidden.clone().requires_grad_(True)
-        self.w = weight.clone().requires_grad_(True)
+        self.w = weight.clone().requires_grad_(not frozen)
 
     def clear(self):
         """Drop the gradients the previous call left (each call starts from none)."""
@@ -159,6 +168,7 @@ def methods_fwd_bwd(hidden, weight, targets, adv, old, dev):
         return run
 
     out = {"GEMM floor (3 GEMMs)": lambda: floor_3_gemms(hidden, weight)}
+    frozen = Leaves(hidden, weight, frozen=True)
     if dev.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
         out["lead_fast triton"] = lead_fwd_bwd(x, targets, adv, old, "triton")
         out["lead_fast triton + token_truncate"] = lead_fwd_bwd(x, targets, adv, old, "triton",
@@ -166,6 +176,10 @@ def methods_fwd_bwd(hidden, weight, targets, adv, old, dev):
     else:
         out["lead_fast triton"] = "missing: needs CUDA (or TRITON_INTERPRET=1)"
     out["lead_fast torch"] = lead_fwd_bwd(x, targets, adv, old, "torch")
+    out["GEMM floor, frozen weight (2 GEMMs)"] = lambda: floor_2_gemms(hidden, weight)
+    out["lead_fast torch, frozen weight"] = lead_fwd_bwd(frozen, targets, adv, old, "torch")
+    if dev.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
+        out["lead_fast triton, frozen weight"] = lead_fwd_bwd(frozen, targets, adv, old, "triton")
     out["lead_fast torch + token_truncate"] = lead_fwd_bwd(x, targets, adv, old, "torch", correction="token_truncate")
     out["lead_fast torch + sequence_mask"] = lead_fwd_bwd(x, targets, adv, old, "torch", correction="sequence_mask")
     out["torch full logits (fp32 log_softmax)"] = plain_torch
@@ -283,7 +297,7 @@ def run_shape(N, H, V, dtype, dev, warmup, rep):
         ("fwd+bwd", 6 * N * H * V, (N * H + V * H) * esz, fb_methods, clear),
         ("fwd", 2 * N * H * V, 0, methods_fwd(hidden, weight, targets, dev), lambda: None),
     ):
-        floor_ms = None
+        floor_ms = frozen_floor_ms = None
         ref_val = None
         for name, fn in methods.items():
             print(f"  {mode:<8} {name} ...", file=sys.stderr, flush=True)
@@ -292,13 +306,17 @@ def run_shape(N, H, V, dtype, dev, warmup, rep):
                 row.update(status=fn)
                 rows.append(row)
                 continue
-            res = measure(fn, dev, warmup, rep, grad_bytes, reset)
+            # a frozen weight (LoRA): 2 GEMMs of work, only the hidden gradient kept, its own floor
+            frozen = "frozen weight" in name
+            res = measure(fn, dev, warmup, rep, N * H * esz if frozen else grad_bytes, reset)
             if isinstance(res, str):
                 rows.append(dict(row, status=res))
                 continue
             val, ms, mem = res
             if floor_ms is None:
                 floor_ms = ms
+            if frozen and frozen_floor_ms is None:
+                frozen_floor_ms = ms
             if mode == "fwd+bwd" and isinstance(val, torch.Tensor):
                 v = float(val.detach().float())
                 row["loss"] = v
@@ -306,7 +324,8 @@ def run_shape(N, H, V, dtype, dev, warmup, rep):
                 row["loss_rel_diff"] = abs(v - ref_val) / max(abs(ref_val), 1e-12)  # vs the first loss (ours)
             elif isinstance(val, torch.Tensor) and val.dim() == 1 and val.numel() == N:
                 row["logprob_sum"] = float(val.float().sum())
-            row.update(status="ok", ms=ms, tflops=flops / ms / 1e9, x_floor=ms / floor_ms, transient_gib=mem)
+            work, floor = (flops * 2 // 3, frozen_floor_ms) if frozen else (flops, floor_ms)
+            row.update(status="ok", ms=ms, tflops=work / ms / 1e9, x_floor=ms / floor, transient_gib=mem)
             rows.append(row)
     return rows
 
