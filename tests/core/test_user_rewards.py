@@ -6,7 +6,7 @@ import json
 import os
 
 from lead_fast.checkpoint import latest_checkpoint
-from tests.helpers.launch import check, torchrun
+from tests.helpers.launch import check, python, torchrun
 from tests.helpers.runs import refused, rows, tiny_args, train
 
 REWARDS = ["--algo.reward_funcs", "[trl.rewards:accuracy_reward, tests/helpers/user_rewards.py:brevity]",
@@ -34,6 +34,13 @@ def test_a_trl_reward_module_and_conversational_data_train_on_two_ranks(chat_mod
     # the held-out TRL prompts, for the eval command: chat messages under "prompt", the gold answer
     held_out = [json.loads(line) for line in (out / "eval_problems.jsonl").read_text().splitlines()]
     assert len(held_out) == 8 and all(isinstance(r["prompt"], list) and r["answer"] for r in held_out)
+    # the eval command scores the trained model on them, rendered as in training (the chat template)
+    check(python(["-m", "lead_fast.export", "--output-dir", str(out), "--out", str(tmp_path / "exp")]))
+    check(python(["-m", "lead_fast.eval", "--model", str(tmp_path / "exp"), "--data", str(out / "eval_problems.jsonl"),
+                  "--output-dir", str(tmp_path / "ev"), "--run-dir", str(out), "--n", "2", "--limit", "4",
+                  "--max-new-tokens", "64"], timeout=600))
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert summary["problems"] == 4 and summary["pass@1"] > 0, summary
 
 
 def test_a_reward_function_failing_mid_run_stops_before_the_update(embedded_model, tmp_path):
