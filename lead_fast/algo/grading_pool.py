@@ -48,13 +48,8 @@ def worker_main(read_fd: int, write_fd: int) -> None:
         conn_out.send(("error", traceback.format_exc(limit=3).strip()))
         return
     conn_out.send(_READY)
-    while True:
-        try:
-            msg = conn_in.recv()
-        except (EOFError, OSError):
-            return
-        if msg is None:
-            return
+
+    def grade(msg):
         idx, resp, ans, rules = msg
         try:
             out = rules.grade(resp, ans)
@@ -62,21 +57,39 @@ def worker_main(read_fd: int, write_fd: int) -> None:
             out = WRONG
         conn_out.send((idx, out))
 
+    serve(conn_in, grade)
 
-class _Worker:
-    def __init__(self):
-        to_child_r, to_child_w = os.pipe()
-        from_child_r, from_child_w = os.pipe()
-        code = f"from lead_fast.algo.grading_pool import worker_main; worker_main({to_child_r}, {from_child_w})"
-        self.proc = subprocess.Popen([sys.executable, "-c", code], pass_fds=(to_child_r, from_child_w),
-                                     stdin=subprocess.DEVNULL)
-        os.close(to_child_r)
-        os.close(from_child_w)
-        self.send_conn = Connection(to_child_w, readable=False)
-        self.conn = Connection(from_child_r, writable=False)
-        self.ready = False
-        self.item: int | None = None  # index of the item being graded
-        self.deadline = math.inf
+
+def serve(conn_in: Connection, handle) -> None:
+    """A worker's loop: ``handle`` each message received until ``None`` or a closed pipe."""
+    while True:
+        try:
+            msg = conn_in.recv()
+        except (EOFError, OSError):
+            return
+        if msg is None:
+            return
+        handle(msg)
+
+
+def spawn(main: str) -> tuple[subprocess.Popen, Connection, Connection]:
+    """A plain subprocess running ``main(read_fd, write_fd)`` (``"module:function"``), and its pipes as
+    ``(process, connection to send on, connection to receive on)``."""
+    module, fn = main.split(":")
+    to_child_r, to_child_w = os.pipe()
+    from_child_r, from_child_w = os.pipe()
+    proc = subprocess.Popen([sys.executable, "-c", f"from {module} import {fn}; {fn}({to_child_r}, {from_child_w})"],
+                            pass_fds=(to_child_r, from_child_w), stdin=subprocess.DEVNULL)
+    os.close(to_child_r)
+    os.close(from_child_w)
+    return proc, Connection(to_child_w, readable=False), Connection(from_child_r, writable=False)
+
+
+class WorkerProcess:
+    """A ``spawn``ed worker: its process (``proc``) and connections (``send_conn``, ``conn``)."""
+
+    def __init__(self, main: str):
+        self.proc, self.send_conn, self.conn = spawn(main)
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -84,6 +97,14 @@ class _Worker:
         self.proc.wait()
         self.send_conn.close()
         self.conn.close()
+
+
+class _Worker(WorkerProcess):
+    def __init__(self):
+        super().__init__("lead_fast.algo.grading_pool:worker_main")
+        self.ready = False
+        self.item: int | None = None  # index of the item being graded
+        self.deadline = math.inf
 
 
 @dataclass

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
 from lead_fast.algo.grading import CORRECT, DEGENERATE, NO_ANSWER, WRONG, GradingRules
-from lead_fast.algo.grading_pool import grade_batch
+from lead_fast.algo.grading_pool import WorkerProcess, grade_batch, serve
 from lead_fast.errors import ConfigError, RewardFunctionError
 
 MATH = "math"
@@ -118,13 +118,8 @@ def worker_main(read_fd: int, write_fd: int) -> None:
             conn_out.send(("error", spec, text))
             return
     conn_out.send(_READY)
-    while True:
-        try:
-            msg = conn_in.recv()
-        except (EOFError, OSError):
-            return
-        if msg is None:
-            return
+
+    def call(msg):
         i, kwargs = msg
         try:
             values = funcs[i](**kwargs)
@@ -132,26 +127,20 @@ def worker_main(read_fd: int, write_fd: int) -> None:
             tb = traceback.extract_tb(e.__traceback__)[-1]
             conn_out.send(("bad", None, f"it raised {type(e).__name__}: {e} ({os.path.basename(tb.filename)} line "
                                         f"{tb.lineno}, in {tb.name})"))
-            continue
+            return
         got, problem = _checked(values, len(kwargs["completions"]))     # got: the values, or the bad row
         conn_out.send(("ok", got) if problem is None else ("bad", got, problem))
 
+    serve(conn_in, call)
 
-class _Worker:
+
+class _Worker(WorkerProcess):
     """The user's functions, imported in a process of their own."""
 
     START_TIMEOUT_S = 300.0
 
     def __init__(self, specs: list[str]):
-        to_child_r, to_child_w = os.pipe()
-        from_child_r, from_child_w = os.pipe()
-        code = f"from lead_fast.algo.reward_funcs import worker_main; worker_main({to_child_r}, {from_child_w})"
-        self.proc = subprocess.Popen([sys.executable, "-c", code], pass_fds=(to_child_r, from_child_w),
-                                     stdin=subprocess.DEVNULL)
-        os.close(to_child_r)
-        os.close(from_child_w)
-        self.send_conn = Connection(to_child_w, readable=False)
-        self.conn = Connection(from_child_r, writable=False)
+        super().__init__("lead_fast.algo.reward_funcs:worker_main")
         self.send_conn.send((specs, os.getcwd()))
         if not self.conn.poll(self.START_TIMEOUT_S):
             self.kill()
@@ -180,13 +169,6 @@ class _Worker:
         except (EOFError, OSError):
             code = self.proc.wait()
             return "bad", None, f"its process died (exit code {code}; a negative code is the signal that killed it)"
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        self.send_conn.close()
-        self.conn.close()
 
     def close(self) -> None:
         try:
