@@ -80,10 +80,11 @@ def flags(values: dict) -> list[str]:
     return [x for k, v in values.items() for x in (f"--{k}", str(v).lower() if isinstance(v, bool) else str(v))]
 
 
-def run_one(name: str, seed: int, out: str, *, steps: int, nproc: int, cache: str, quick: bool) -> list[dict]:
+def run_one(name: str, seed: int, out: str, *, steps: int, nproc: int, cache: str, quick: bool,
+            max_new_tokens: int) -> list[dict]:
     """One training run; returns its metrics rows."""
     values = {**COMMON, **(QUICK if quick else {}), **config_values(name), "run.seed": seed, "run.output_dir": out,
-              "run.warm_start_cache": cache, "run.max_steps": steps}
+              "run.warm_start_cache": cache, "run.max_steps": steps, "rollout.max_new_tokens": max_new_tokens}
     cmd = [sys.executable, "-m", "lead_fast.launch", "--nproc", str(nproc), "--preset", "tiny", *flags(values)]
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:
@@ -191,6 +192,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--steps", type=int, default=80)
     ap.add_argument("--nproc", type=int, default=2)
     ap.add_argument("--target", type=float, default=0.7, help="the pass@1 whose first eval step is reported")
+    ap.add_argument("--max-new-tokens", type=int, default=64, help="the response budget of every configuration "
+                    "(the tiny preset's 64 by default)")
     ap.add_argument("--quick", action="store_true", help="1 seed, 2 steps, a 20-step warm start: that it runs")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "ablation.json"))
     ap.add_argument("--work", default=None, help="where the runs go (default: a temporary directory, removed)")
@@ -213,13 +216,14 @@ def main(argv=None) -> dict:
             left = "" if not done else f", ~{(time.time() - t0) / done * (total - done) / 60:.0f} min left"
             print(f"[ablation] {n}, seed {seed} ({done + 1}/{total}{left})", file=sys.stderr, flush=True)
             rows = run_one(n, seed, os.path.join(work, f"{n}-seed{seed}"), steps=a.steps, nproc=a.nproc, cache=cache,
-                           quick=a.quick)
+                           quick=a.quick, max_new_tokens=a.max_new_tokens)
             results[n].append(dict(seed=seed, **summarize_run(rows, a.target, per_step)))
     out = report(results, a.target)
     import importlib.metadata as md
 
     meta = dict(common=COMMON, configs={n: config_values(n) for n in names}, seeds=a.seeds, steps=a.steps,
-                nproc=a.nproc, target=a.target, quick=a.quick, minutes=(time.time() - t0) / 60,
+                nproc=a.nproc, target=a.target, quick=a.quick, max_new_tokens=a.max_new_tokens,
+                minutes=(time.time() - t0) / 60,
                 versions={k: md.version(k) for k in ("torch", "transformers")})
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out, "w") as f:
