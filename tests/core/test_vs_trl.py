@@ -72,13 +72,18 @@ def _lead_fast_loss_and_grads(model_dir, tmp_path, prompts, completions, advanta
     policy.train()
     samples = [Sample(prompts[i // G], c, float(advantages[i]), 0.0, old_logprobs=None if old is None else old[i])
                for i, c in enumerate(completions)]
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    # a world of one; another test in this process (a Trainer built in-process) may have made it already
+    own = not dist.is_initialized()
+    if own:
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    assert dist.get_world_size() == 1
     try:
         updater = Updater(policy, None, None, None, settings, loss, pad_id=0, device=torch.device("cpu"), rank=0,
                           world=1)
         sums = updater._accumulate(samples, None)
     finally:
-        dist.destroy_process_group()
+        if own:
+            dist.destroy_process_group()
     return float(sums["loss"]), {n: p.grad for n, p in policy.lm.named_parameters()}
 
 
