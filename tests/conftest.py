@@ -20,7 +20,7 @@ from tests.helpers.launch import DATA_DIR  # noqa: E402
 # The files whose tests run longest, started first: pytest-xdist (--dist loadfile) hands out files in
 # collection order, so a long file collected last would run alone at the end while the other workers idle.
 FIRST = ("tests/core/test_pretrained.py", "tests/core/test_trainer.py", "tests/benchmarks/test_benchmarks.py",
-         "tests/core/test_checkpoint.py", "tests/core/test_disaggregated.py")
+         "tests/core/test_checkpoint.py", "tests/core/test_disaggregated.py", "tests/core/test_user_rewards.py")
 
 
 def pytest_collection_modifyitems(config, items):
