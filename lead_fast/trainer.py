@@ -1,27 +1,19 @@
 """The GRPO-LEAD loop, top to bottom.
 
-Choices this loop makes (GRPO-LEAD, arXiv 2504.09696, and its official recipe; docs/design.md has the
-definitions):
-- rewards: the reward functions' weighted sum (``algo.reward_funcs``; by default math-verify grading in worker
-  processes, with an explicit penalty for wrong answers), length-regularized among each group's responses
-  with reward > 0 (``length_regularized``);
-- advantages: group-normalized, reweighted by problem difficulty; the weight ``w(rho)`` / ``w(1-rho)`` is
-  applied inside the loss head from each token's group ``correct_ratio``;
-- groups whose rewards are all equal are dropped (no signal), and by default groups with no reward > 0
-  (the official filter), each counted;
-- loss: clipped policy gradient, aggregated over each mini-batch across ranks as a token mean or a mean
-  of per-sequence token means (``algo.loss_agg``, ``update.py``), optional k3 KL to a frozen reference and
-  entropy bonus;
-- one optimizer step per rollout batch by default: on-policy, so no old-policy pass;
-- every rank generates, grades and computes advantages for its own prompts (groups never span ranks);
-  all sampling and shuffling derive from ``(seed, step, rank)``, so a resumed run repeats exactly.
+Choices this loop makes (GRPO-LEAD, arXiv 2504.09696, its official recipe; definitions in docs/design.md):
+- rewards: the reward functions' weighted sum (``algo.reward_funcs``; by default math-verify grading, with an
+  explicit penalty for wrong answers), length-regularized among each group's rewards > 0;
+- advantages: group-normalized, reweighted by difficulty (``w(rho)`` / ``w(1-rho)``, applied in the loss head
+  from each token's group ``correct_ratio``); groups without signal dropped, each reason counted;
+- loss: clipped policy gradient aggregated over each mini-batch across ranks (``algo.loss_agg``), optional k3 KL
+  to a frozen reference and entropy bonus; one on-policy optimizer step per rollout batch by default;
+- every rank generates, grades and computes advantages for its own prompts (groups never span ranks); all
+  sampling and shuffling derive from ``(seed, step, rank)``, so a resumed run repeats exactly.
 
-One step: sync weights into the rollout engine -> this rank's prompts -> rollouts -> grade -> rewards -> advantages
+One step: sync weights into the rollout engine -> this rank's prompts -> rollouts -> rewards -> advantages
 (drop groups without signal) -> update -> metrics; eval (after its own sync) and checkpoints between steps.
-
-Disaggregated (``rollout.mode``): rollout ranks generate and grade (steps 2-3, ``generate``), trainer ranks
-learn (steps 4-8, ``learn``) from batches up to ``rollout.max_staleness`` updates old; the two loops and
-their protocol are ``lead_fast/disaggregated.py``.
+Disaggregated (``rollout.mode``): rollout ranks generate and score (``generate``), trainer ranks learn
+(``learn``) from batches up to ``rollout.max_staleness`` updates old (``lead_fast/disaggregated.py``).
 """
 
 from __future__ import annotations
@@ -33,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from lead_fast import build, disaggregated, run_dir
-from lead_fast.algo import GradingRules, lead_advantages, lead_rewards, length_regularized, select_groups
+from lead_fast.algo import GradingRules, lead_advantages, length_regularized, select_groups
 from lead_fast.algo.grading_pool import get_pool
 from lead_fast.algo.reward_funcs import MATH, RewardFunctions, RewardSettings
 from lead_fast.config import TrainConfig, check_world
@@ -60,22 +52,20 @@ class Trainer:
         check_world(cfg, self.world)
         # who generates and who trains; colocated: every rank both, disaggregated: split (lead_fast/placement.py)
         self.place = place(cfg.rollout.mode, cfg.rollout.ranks, self.device)
-        # the training side's messages come from its first rank (rank 0 when colocated)
         self.tlog = (lambda msg: print(msg, flush=True)) if self.rank == self.place.lead_trainer else (lambda msg: None)
         # seeded by the rank's place among the trainers, so that a disaggregated run draws what a colocated one would
         torch.manual_seed(step_seed(cfg.run.seed, 0, self.place.train_rank if self.place.is_trainer else self.rank,
                                     salt=1))
 
-        # Data, output directory and model directory, checked before anything expensive. Paths are made
-        # absolute so that the run's config reads the same from any working directory.
+        # Data, output and model directories checked before anything expensive; paths made absolute so that the
+        # run's config reads the same anywhere. Gold answers: what the math reward and the eval grade against.
         cfg.make_paths_absolute()
-        # gold answers: what the math reward and the eval grade against
         task = load_task(cfg.data, cfg.run.seed, need_answers=MATH in cfg.algo.reward_funcs or cfg.run.eval_every > 0)
         on_rank0(lambda: run_dir.prepare(cfg.run.output_dir, resume=cfg.run.resume, overwrite=cfg.run.overwrite))
         self.model_dir = build.model_dir(cfg, self.log)
         self.tok = load_tokenizer(self.model_dir, log=self.log)
         self.train, self.eval = build.prompts(cfg, task, self.tok, self.log)
-        # the eval reports pass@1 per level when its problems carry a level column (the mixed task's do)
+        # pass@1 per level when the eval problems have a level column (the mixed task's do)
         self.eval_levels = tuple(sorted({str(lv) for p in self.eval if (lv := p.problem.columns.get("level"))}))
 
         dtype = resolve_dtype(cfg.model.dtype, self.device)
@@ -101,8 +91,9 @@ class Trainer:
             self.log("rollout engine: the transformers engine generates with the policy's own weights (one rank, "
                      "float32): no copy, no sync")
         self.grade_workers = build.grade_workers(cfg, self.world)
+        self.reward_settings = RewardSettings.from_config(cfg.algo)
         if self.place.is_rollout:     # the user's reward functions imported (in their worker) before step 1
-            self.rewards = RewardFunctions(RewardSettings.from_config(cfg.algo), grade_workers=self.grade_workers)
+            self.rewards = RewardFunctions(self.reward_settings, grade_workers=self.grade_workers)
         self.rules = GradingRules(require_think=cfg.algo.require_think, answer_from=cfg.algo.answer_from,
                                   unboxed_is_wrong=cfg.algo.unboxed_is_wrong, timeout_s=cfg.algo.grade_timeout_s)
 
@@ -170,15 +161,9 @@ class Trainer:
         rollouts = batch.rollouts
         prompts = [self.train[i].ids for i in batch.idx]
 
-        # 4. rewards: the reward functions' weighted sum (by default math-verify's outcome rewards, an explicit
-        # penalty for wrong answers), length-regularized among each group's responses with reward > 0
-        shaping = dict(alpha=algo.alpha, min_short_len=algo.min_short_len)
-        if rollouts.rewards is not None:
-            rewards = length_regularized(rollouts.rewards, rollouts.lengths, rollouts.group_ids, **shaping)
-        else:       # a batch a checkpoint stored before reward functions existed: math-verify outcomes only
-            rewards = lead_rewards(rollouts.outcomes, rollouts.lengths, rollouts.group_ids, **shaping,
-                                   correct_reward=algo.correct_reward, incorrect_reward=algo.incorrect_reward,
-                                   format_error_reward=algo.format_error_reward, degenerate_reward=algo.degenerate_reward)
+        # 4. rewards: the reward functions' weighted sum, length-regularized among each group's rewards > 0
+        rewards = length_regularized(rollouts.base_rewards(self.reward_settings.outcome_rewards), rollouts.lengths,
+                                     rollouts.group_ids, alpha=algo.alpha, min_short_len=algo.min_short_len)
 
         # 5. advantages, group-normalized (the difficulty weight w(rho) is applied in the loss head); groups
         # without signal are dropped, and so is a batch older than rollout.max_staleness (the schedule never

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lead_fast.algo import GradingRules, grade_batch
+from lead_fast.algo import CORRECT, DEGENERATE, NO_ANSWER, WRONG, GradingRules, grade_batch
 from lead_fast.algo.reward_funcs import RewardFunctions
 from lead_fast.rollout.base import Completion, SamplingSettings
 
@@ -33,6 +33,15 @@ class GradedRollouts:
     @property
     def responses(self) -> list[list[int]]:
         return [c.token_ids for c in self.completions]
+
+    def base_rewards(self, outcome_rewards: tuple[float, float, float, float]) -> torch.Tensor:
+        """(R,) float64, before length regularization: ``rewards``; for a batch a checkpoint stored before
+        reward functions existed, the math reward's ``outcome_rewards`` (correct, wrong, unanswered,
+        degenerate) of its outcomes."""
+        if self.rewards is not None:
+            return self.rewards
+        value = dict(zip((CORRECT, WRONG, NO_ANSWER, DEGENERATE), outcome_rewards))
+        return torch.tensor([value[o] for o in self.outcomes], dtype=torch.float64)
 
     @property
     def lengths(self) -> torch.Tensor:
