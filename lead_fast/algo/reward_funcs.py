@@ -179,6 +179,12 @@ class _Worker(WorkerProcess):
         self.kill()
 
 
+def outcome_values(outcomes: list[int], outcome_rewards: tuple[float, float, float, float]) -> list[float]:
+    """The math reward of each outcome code: ``outcome_rewards`` is (correct, wrong, unanswered, degenerate)."""
+    value = dict(zip((CORRECT, WRONG, NO_ANSWER, DEGENERATE), outcome_rewards))
+    return [value[o] for o in outcomes]
+
+
 @dataclass
 class Scores:
     """One batch of completions, scored: ``per_func`` is ``(R, F)`` float64 with NaN for None, ``total`` the
@@ -232,8 +238,7 @@ class RewardFunctions:
             raise RewardFunctionError("the math reward needs every prompt's gold answer (data.answer_field)")
         outcomes, timeouts = grade_batch(completions, answers, rules=self.settings.rules,
                                          num_workers=self.grade_workers, return_timeouts=True, progress=progress)
-        value = dict(zip((CORRECT, WRONG, NO_ANSWER, DEGENERATE), self.settings.outcome_rewards))
-        return [value[o] for o in outcomes], outcomes, timeouts
+        return outcome_values(outcomes, self.settings.outcome_rewards), outcomes, timeouts
 
     def score(self, prompts: list, texts: list[str], completion_ids: list[list[int]], columns: list[dict],
               answers: list[str | None], *, step: int, max_steps: int, progress: bool = False) -> Scores:

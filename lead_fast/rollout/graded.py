@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
-from lead_fast.algo import CORRECT, DEGENERATE, NO_ANSWER, WRONG, GradingRules, grade_batch
-from lead_fast.algo.reward_funcs import RewardFunctions
+from lead_fast.algo import GradingRules, grade_batch
+from lead_fast.algo.reward_funcs import RewardFunctions, outcome_values
 from lead_fast.rollout.base import Completion, SamplingSettings
 
 
@@ -40,8 +40,7 @@ class GradedRollouts:
         degenerate) of its outcomes."""
         if self.rewards is not None:
             return self.rewards
-        value = dict(zip((CORRECT, WRONG, NO_ANSWER, DEGENERATE), outcome_rewards))
-        return torch.tensor([value[o] for o in self.outcomes], dtype=torch.float64)
+        return torch.tensor(outcome_values(self.outcomes, outcome_rewards), dtype=torch.float64)
 
     @property
     def lengths(self) -> torch.Tensor:
